@@ -1,0 +1,4 @@
+//! rk: a lightweight Kubernetes distribution in one executable.
+#![forbid(unsafe_code)]
+
+pub mod embedded;
