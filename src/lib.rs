@@ -1,4 +1,24 @@
 //! rk: a lightweight Kubernetes distribution in one executable.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod api;
+pub mod cli;
 pub mod embedded;
+pub mod server;
+
+/// Tells systemd the service is ready (`READY=1` on `$NOTIFY_SOCKET`), if it asked.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    let res = if let Some(abs) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", std::path::Path::new(&path))
+    };
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "notifying systemd failed");
+    }
+}

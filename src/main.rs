@@ -1,1 +1,79 @@
-fn main() {}
+//! The `rk` executable: parse and validate the command line, set up logging, run.
+
+use std::process::ExitCode;
+
+use rk::cli::{self, CliError, Command};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(c) => c,
+        Err(CliError::Clap(e)) if !e.use_stderr() => e.exit(),
+        Err(CliError::Clap(e)) => {
+            let first = e.render().to_string().lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+            eprintln!("rk: error: {first}");
+            return ExitCode::from(2);
+        }
+        Err(CliError::Message(m)) => {
+            eprintln!("rk: error: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Server(args) => {
+            let level = args.log_level.clone();
+            let cfg = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("rk: error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(&level);
+            run(async move {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone());
+                rk::server::run(cfg, shutdown).await.map_err(anyhow::Error::from)
+            })
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sled=warn,hyper=warn,rustls=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rk: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rk: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        token.cancel();
+    });
+}

@@ -48,7 +48,7 @@ pub enum TlsError {
     },
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TlsError + 'a {
     move |source| TlsError::Io { action, path: path.to_path_buf(), source }
 }
 

@@ -1,0 +1,11 @@
+//! The resource model shared by the API server and its clients inside rk: the registry
+//! of served kinds, `metav1.Status` errors, selectors, patches, tables and defaults.
+
+pub mod defaults;
+pub mod meta;
+pub mod patch;
+pub mod registry;
+pub mod selectors;
+pub mod status;
+pub mod table;
+pub mod validation;

@@ -1,0 +1,179 @@
+//! Defaulting, as Kubernetes's `SetDefaults_*` functions do for the fields users see
+//! in `kubectl get -o yaml` (pkg/apis/*/v1/defaults.go).
+
+use serde_json::{Value, json};
+
+fn set(obj: &mut Value, path: &[&str], v: Value) {
+    let mut cur = obj;
+    for (i, k) in path.iter().enumerate() {
+        if !cur.is_object() {
+            return;
+        }
+        if i == path.len() - 1 {
+            if cur.get(*k).is_none_or(Value::is_null) {
+                cur[*k] = v;
+            }
+            return;
+        }
+        if cur.get(*k).is_none_or(Value::is_null) {
+            cur[*k] = json!({});
+        }
+        cur = &mut cur[*k];
+    }
+}
+
+fn each(obj: &mut Value, path: &[&str], f: impl Fn(&mut Value)) {
+    let mut cur = obj;
+    for k in path {
+        match cur.get_mut(*k) {
+            Some(v) => cur = v,
+            None => return,
+        }
+    }
+    if let Some(a) = cur.as_array_mut() {
+        a.iter_mut().for_each(f);
+    }
+}
+
+fn container(c: &mut Value) {
+    set(c, &["terminationMessagePath"], json!("/dev/termination-log"));
+    set(c, &["terminationMessagePolicy"], json!("File"));
+    set(c, &["resources"], json!({}));
+    let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+    let last = image.rsplit('/').next().unwrap_or("");
+    let pinned = image.contains('@') || last.split_once(':').is_some_and(|(_, t)| t != "latest");
+    set(c, &["imagePullPolicy"], json!(if pinned { "IfNotPresent" } else { "Always" }));
+    each(c, &["ports"], |p| set(p, &["protocol"], json!("TCP")));
+}
+
+/// Defaults of a PodSpec.
+pub fn pod_spec(spec: &mut Value) {
+    set(spec, &["restartPolicy"], json!("Always"));
+    set(spec, &["terminationGracePeriodSeconds"], json!(30));
+    set(spec, &["dnsPolicy"], json!("ClusterFirst"));
+    set(spec, &["securityContext"], json!({}));
+    set(spec, &["schedulerName"], json!("default-scheduler"));
+    set(spec, &["enableServiceLinks"], json!(true));
+    each(spec, &["containers"], container);
+    each(spec, &["initContainers"], container);
+}
+
+fn template(obj: &mut Value) {
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        pod_spec(spec);
+    }
+}
+
+/// Applies the defaults of `plural` (in `group`) to a new or updated object.
+pub fn apply(group: &str, plural: &str, obj: &mut Value) {
+    match (group, plural) {
+        ("", "namespaces") => {
+            set(obj, &["spec", "finalizers"], json!(["kubernetes"]));
+            set(obj, &["status", "phase"], json!("Active"));
+        }
+        ("", "secrets") => set(obj, &["type"], json!("Opaque")),
+        ("", "services") => {
+            let external = obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
+            set(obj, &["spec", "type"], json!("ClusterIP"));
+            set(obj, &["spec", "sessionAffinity"], json!("None"));
+            if !external {
+                set(obj, &["spec", "internalTrafficPolicy"], json!("Cluster"));
+            }
+            each(obj, &["spec", "ports"], |p| {
+                set(p, &["protocol"], json!("TCP"));
+                if let Some(port) = p.get("port").cloned() {
+                    set(p, &["targetPort"], port);
+                }
+            });
+        }
+        ("", "pods") => {
+            if let Some(spec) = obj.get_mut("spec") {
+                pod_spec(spec);
+            }
+        }
+        ("", "replicationcontrollers") => {
+            set(obj, &["spec", "replicas"], json!(1));
+            template(obj);
+        }
+        ("apps", "deployments") => {
+            set(obj, &["spec", "replicas"], json!(1));
+            set(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            set(obj, &["spec", "progressDeadlineSeconds"], json!(600));
+            if obj.pointer("/spec/strategy/type").is_none_or(|t| t == "RollingUpdate") {
+                set(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
+                set(obj, &["spec", "strategy", "rollingUpdate", "maxUnavailable"], json!("25%"));
+                set(obj, &["spec", "strategy", "rollingUpdate", "maxSurge"], json!("25%"));
+            }
+            template(obj);
+        }
+        ("apps", "replicasets") => {
+            set(obj, &["spec", "replicas"], json!(1));
+            template(obj);
+        }
+        ("apps", "statefulsets") => {
+            set(obj, &["spec", "replicas"], json!(1));
+            set(obj, &["spec", "podManagementPolicy"], json!("OrderedReady"));
+            set(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            if obj.pointer("/spec/updateStrategy/type").is_none_or(|t| t == "RollingUpdate") {
+                set(obj, &["spec", "updateStrategy", "type"], json!("RollingUpdate"));
+                set(obj, &["spec", "updateStrategy", "rollingUpdate", "partition"], json!(0));
+            }
+            template(obj);
+        }
+        ("apps", "daemonsets") => {
+            set(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            if obj.pointer("/spec/updateStrategy/type").is_none_or(|t| t == "RollingUpdate") {
+                set(obj, &["spec", "updateStrategy", "type"], json!("RollingUpdate"));
+                set(obj, &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"], json!(1));
+                set(obj, &["spec", "updateStrategy", "rollingUpdate", "maxSurge"], json!(0));
+            }
+            template(obj);
+        }
+        ("batch", "jobs") => {
+            set(obj, &["spec", "parallelism"], json!(1));
+            set(obj, &["spec", "backoffLimit"], json!(6));
+            set(obj, &["spec", "completionMode"], json!("NonIndexed"));
+            set(obj, &["spec", "suspend"], json!(false));
+            if obj.pointer("/spec/completions").is_none() && obj.pointer("/spec/parallelism") == Some(&json!(1)) {
+                set(obj, &["spec", "completions"], json!(1));
+            }
+            template(obj);
+        }
+        ("batch", "cronjobs") => {
+            set(obj, &["spec", "concurrencyPolicy"], json!("Allow"));
+            set(obj, &["spec", "suspend"], json!(false));
+            set(obj, &["spec", "successfulJobsHistoryLimit"], json!(3));
+            set(obj, &["spec", "failedJobsHistoryLimit"], json!(1));
+            if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
+                pod_spec(spec);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Status a new object starts with, for kinds whose create resets it.
+pub fn initial_status(group: &str, plural: &str, obj: &mut Value) {
+    if let ("", "pods") = (group, plural) {
+        obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_and_service_defaults() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "busybox"}, {"name": "d", "image": "x:1.0"}]}});
+        apply("", "pods", &mut pod);
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
+        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "IfNotPresent");
+        let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
+        apply("", "services", &mut svc);
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
+    }
+}

@@ -1,0 +1,306 @@
+//! The registry of served kinds: group, version, kind, plural, scope, short names,
+//! categories, subresources and field labels, taken from `k8s-openapi` where it knows
+//! them and from the Kubernetes registry code where it does not.
+
+use std::any::TypeId;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use k8s_openapi::api;
+use k8s_openapi::{NamespaceResourceScope, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// The verbs of a full read-write resource.
+pub const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+/// One served resource.
+#[derive(Debug)]
+pub struct ResourceDef {
+    /// API group, "" for core.
+    pub group: &'static str,
+    /// Version, `v1`.
+    pub version: &'static str,
+    /// Kind, `ConfigMap`.
+    pub kind: &'static str,
+    /// Plural resource name, `configmaps`.
+    pub plural: &'static str,
+    /// Singular resource name, `configmap`.
+    pub singular: String,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// Short names (discovery is kubectl's only source for them).
+    pub short_names: &'static [&'static str],
+    /// Categories, `all`.
+    pub categories: &'static [&'static str],
+    /// Whether `/status` is a subresource with the spec/status split.
+    pub has_status: bool,
+    /// Field labels beyond metadata.name / metadata.namespace.
+    pub field_labels: &'static [&'static str],
+    /// Decodes into the typed object and back (strict decoding and type checks).
+    pub roundtrip: fn(&Value) -> Result<Value, String>,
+}
+
+impl ResourceDef {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// The storage key prefix for this resource (ends in `/`).
+    pub fn key_prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/registry/{}/", self.plural)
+        } else {
+            format!("/registry/{}/{}/", self.group, self.plural)
+        }
+    }
+
+    /// The storage key for an object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/{name}", self.key_prefix()),
+            _ => format!("{}{name}", self.key_prefix()),
+        }
+    }
+
+    /// The storage prefix for a list (all namespaces, or one).
+    pub fn list_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/", self.key_prefix()),
+            _ => self.key_prefix(),
+        }
+    }
+
+    /// The subresources served for this kind.
+    pub fn subresources(&self) -> Vec<&'static str> {
+        let mut s = Vec::new();
+        if self.has_status {
+            s.push("status");
+        }
+        s
+    }
+
+    /// Whether objects of this kind carry `metadata.generation` bumped on spec changes.
+    pub fn tracks_generation(&self) -> bool {
+        !matches!(
+            self.plural,
+            "configmaps" | "secrets" | "endpoints" | "events" | "serviceaccounts" | "leases" | "endpointslices" | "namespaces"
+        )
+    }
+
+    /// Whether an update of a missing object creates it (Kubernetes's AllowCreateOnUpdate).
+    pub fn create_on_update(&self) -> bool {
+        matches!(self.plural, "endpoints" | "events" | "leases" | "endpointslices")
+    }
+
+    /// Whether names are DNS-1123 labels (not subdomains), as Kubernetes validates them.
+    pub fn name_is_label(&self) -> bool {
+        matches!(self.plural, "namespaces" | "services")
+    }
+
+    /// Whether names are path segments (RBAC names such as `system:node`).
+    pub fn name_is_path_segment(&self) -> bool {
+        self.group == "rbac.authorization.k8s.io"
+    }
+}
+
+fn roundtrip<K: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
+    let k: K = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(&k).map_err(|e| e.to_string())
+}
+
+fn def<K>(
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    has_status: bool,
+    field_labels: &'static [&'static str],
+) -> ResourceDef
+where
+    K: Resource + DeserializeOwned + Serialize + 'static,
+{
+    ResourceDef {
+        group: K::GROUP,
+        version: K::VERSION,
+        kind: K::KIND,
+        plural: K::URL_PATH_SEGMENT,
+        singular: K::KIND.to_lowercase(),
+        namespaced: TypeId::of::<K::Scope>() == TypeId::of::<NamespaceResourceScope>(),
+        short_names,
+        categories,
+        has_status,
+        field_labels,
+        roundtrip: roundtrip::<K>,
+    }
+}
+
+const ALL: &[&str] = &["all"];
+const NONE: &[&str] = &[];
+const POD_FIELDS: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+fn build() -> Vec<ResourceDef> {
+    use api::admissionregistration::v1 as adm;
+    use api::apps::v1 as apps;
+    use api::autoscaling::v2 as autoscaling;
+    use api::batch::v1 as batch;
+    use api::coordination::v1 as coord;
+    use api::core::v1 as core;
+    use api::discovery::v1 as disc;
+    use api::events::v1 as events;
+    use api::networking::v1 as net;
+    use api::node::v1 as node;
+    use api::policy::v1 as policy;
+    use api::rbac::v1 as rbac;
+    use api::scheduling::v1 as sched;
+    use api::storage::v1 as storage;
+    vec![
+        def::<core::ConfigMap>(&["cm"], NONE, false, NONE),
+        def::<core::Endpoints>(&["ep"], NONE, false, NONE),
+        def::<core::Event>(&["ev"], NONE, false, EVENT_FIELDS),
+        def::<core::LimitRange>(&["limits"], NONE, false, NONE),
+        def::<core::Namespace>(&["ns"], NONE, true, &["status.phase"]),
+        def::<core::Node>(&["no"], NONE, true, &["spec.unschedulable"]),
+        def::<core::PersistentVolumeClaim>(&["pvc"], NONE, true, NONE),
+        def::<core::PersistentVolume>(&["pv"], NONE, true, NONE),
+        def::<core::Pod>(&["po"], ALL, true, POD_FIELDS),
+        def::<core::PodTemplate>(NONE, NONE, false, NONE),
+        def::<core::ReplicationController>(&["rc"], ALL, true, &["status.replicas"]),
+        def::<core::ResourceQuota>(&["quota"], NONE, true, NONE),
+        def::<core::Secret>(NONE, NONE, false, &["type"]),
+        def::<core::ServiceAccount>(&["sa"], NONE, false, NONE),
+        def::<core::Service>(&["svc"], ALL, true, &["spec.clusterIP", "spec.type"]),
+        def::<apps::ControllerRevision>(NONE, NONE, false, NONE),
+        def::<apps::DaemonSet>(&["ds"], ALL, true, NONE),
+        def::<apps::Deployment>(&["deploy"], ALL, true, NONE),
+        def::<apps::ReplicaSet>(&["rs"], ALL, true, &["status.replicas"]),
+        def::<apps::StatefulSet>(&["sts"], ALL, true, NONE),
+        def::<batch::CronJob>(&["cj"], ALL, true, NONE),
+        def::<batch::Job>(NONE, ALL, true, &["status.successful"]),
+        def::<autoscaling::HorizontalPodAutoscaler>(&["hpa"], ALL, true, NONE),
+        def::<policy::PodDisruptionBudget>(&["pdb"], NONE, true, NONE),
+        def::<net::Ingress>(&["ing"], NONE, true, NONE),
+        def::<net::IngressClass>(NONE, NONE, false, NONE),
+        def::<net::NetworkPolicy>(&["netpol"], NONE, false, NONE),
+        def::<net::IPAddress>(&["ip"], NONE, false, NONE),
+        def::<net::ServiceCIDR>(NONE, NONE, true, NONE),
+        def::<disc::EndpointSlice>(NONE, NONE, false, &["addressType"]),
+        def::<coord::Lease>(NONE, NONE, false, NONE),
+        def::<events::Event>(&["ev"], NONE, false, NONE),
+        def::<rbac::ClusterRole>(NONE, NONE, false, NONE),
+        def::<rbac::ClusterRoleBinding>(NONE, NONE, false, NONE),
+        def::<rbac::Role>(NONE, NONE, false, NONE),
+        def::<rbac::RoleBinding>(NONE, NONE, false, NONE),
+        def::<storage::CSIDriver>(NONE, NONE, false, NONE),
+        def::<storage::CSINode>(NONE, NONE, false, NONE),
+        def::<storage::CSIStorageCapacity>(NONE, NONE, false, NONE),
+        def::<storage::StorageClass>(&["sc"], NONE, false, NONE),
+        def::<storage::VolumeAttachment>(NONE, NONE, true, NONE),
+        def::<sched::PriorityClass>(&["pc"], NONE, false, NONE),
+        def::<node::RuntimeClass>(NONE, NONE, false, NONE),
+        def::<adm::MutatingWebhookConfiguration>(NONE, &["api-extensions"], false, NONE),
+        def::<adm::ValidatingWebhookConfiguration>(NONE, &["api-extensions"], false, NONE),
+        def::<adm::ValidatingAdmissionPolicy>(NONE, &["api-extensions"], true, NONE),
+        def::<adm::ValidatingAdmissionPolicyBinding>(NONE, &["api-extensions"], false, NONE),
+    ]
+}
+
+/// The registry: every served resource, and lookups by group/version/plural.
+pub struct Registry {
+    defs: Vec<ResourceDef>,
+    by_path: BTreeMap<(String, String, String), usize>,
+}
+
+impl Registry {
+    /// The process-wide registry of built-in kinds.
+    pub fn builtin() -> &'static Registry {
+        static R: OnceLock<Registry> = OnceLock::new();
+        R.get_or_init(|| {
+            let defs = build();
+            let by_path = defs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| ((d.group.to_string(), d.version.to_string(), d.plural.to_string()), i))
+                .collect();
+            Registry { defs, by_path }
+        })
+    }
+
+    /// All resources, in registration order.
+    pub fn all(&self) -> &[ResourceDef] {
+        &self.defs
+    }
+
+    /// The resource served at `group/version/plural`.
+    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
+        self.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).map(|&i| &self.defs[i])
+    }
+
+    /// The resource for a kind (first match).
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&ResourceDef> {
+        self.defs.iter().find(|d| d.group == group && d.kind == kind)
+    }
+
+    /// Groups in discovery order, each with its versions (preferred first).
+    pub fn groups(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+        for d in &self.defs {
+            match out.iter_mut().find(|(g, _)| *g == d.group) {
+                Some((_, vs)) => {
+                    if !vs.contains(&d.version) {
+                        vs.push(d.version)
+                    }
+                }
+                None => out.push((d.group, vec![d.version])),
+            }
+        }
+        out
+    }
+
+    /// The resources of one group-version.
+    pub fn in_group_version<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a ResourceDef> + 'a {
+        self.defs.iter().filter(move |d| d.group == group && d.version == version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_knows_scope_and_plurals() {
+        let r = Registry::builtin();
+        let pods = r.get("", "v1", "pods").unwrap();
+        assert!(pods.namespaced);
+        assert_eq!(pods.kind, "Pod");
+        assert_eq!(pods.key(Some("default"), "p"), "/registry/pods/default/p");
+        let ns = r.get("", "v1", "namespaces").unwrap();
+        assert!(!ns.namespaced);
+        let dep = r.get("apps", "v1", "deployments").unwrap();
+        assert_eq!(dep.key(Some("a"), "b"), "/registry/apps/deployments/a/b");
+        assert!(r.get("networking.k8s.io", "v1", "ingresses").is_some());
+        assert_eq!(r.by_kind("rbac.authorization.k8s.io", "ClusterRole").unwrap().plural, "clusterroles");
+    }
+}

@@ -1,0 +1,337 @@
+//! The command line: clap definitions, and the merge of flags, `RK_*` environment
+//! variables and the config file (`/etc/rk/config.yaml` plus `config.yaml.d/*.yaml`),
+//! in that order of precedence, validated before anything starts.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::server::ServerConfig;
+
+/// rk: a lightweight Kubernetes distribution in one binary.
+#[derive(Parser, Debug)]
+#[command(name = "rk", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane (API server, datastore, controllers).
+    Server(ServerArgs),
+}
+
+/// Flags of `rk server`. Each is also `RK_<FLAG>` and a key of the config file.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Config file (YAML, keys are the long flag names); `<file>.d/*.yaml` is read after it.
+    #[arg(long, env = "RK_CONFIG", default_value = "/etc/rk/config.yaml")]
+    pub config: PathBuf,
+    /// Directory holding rk's state.
+    #[arg(long, env = "RK_DATA_DIR", default_value = "/var/lib/rk")]
+    pub data_dir: PathBuf,
+    /// Address the API server listens on.
+    #[arg(long, env = "RK_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Port of the API server.
+    #[arg(long, env = "RK_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Where to write the admin kubeconfig.
+    #[arg(long, env = "RK_WRITE_KUBECONFIG", default_value = "/etc/rk/rk.yaml")]
+    pub write_kubeconfig: PathBuf,
+    /// File mode of the admin kubeconfig, octal.
+    #[arg(long, env = "RK_WRITE_KUBECONFIG_MODE", default_value = "0600", value_parser = parse_mode)]
+    pub write_kubeconfig_mode: u32,
+    /// Shared secret agents join with (generated when absent).
+    #[arg(long, env = "RK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Extra host name or IP for the serving certificate (repeatable).
+    #[arg(long, env = "RK_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Pod network CIDR.
+    #[arg(long, env = "RK_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// Service network CIDR.
+    #[arg(long, env = "RK_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: ipnet::Ipv4Net,
+    /// Cluster DNS domain.
+    #[arg(long, env = "RK_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = parse_domain)]
+    pub cluster_domain: String,
+    /// This node's name (default: the host name).
+    #[arg(long, env = "RK_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Run no agent in the server process.
+    #[arg(long, env = "RK_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    /// Log level: error, warn, info, debug, trace, or a number 0-10 (0 = info).
+    #[arg(short = 'v', long, env = "RK_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
+    pub log_level: String,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| format!("{s:?} is not an octal file mode"))?;
+    if m > 0o777 {
+        return Err(format!("{s:?} is not a file mode (at most 0777)"));
+    }
+    Ok(m)
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    match crate::api::validation::dns1123_subdomain(s).first() {
+        None => Ok(s.to_string()),
+        Some(e) => Err(e.clone()),
+    }
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    let l = s.to_ascii_lowercase();
+    match l.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" => Ok(l),
+        n => match n.parse::<u8>() {
+            Ok(0) => Ok("info".into()),
+            Ok(1..=3) => Ok("debug".into()),
+            Ok(4..=10) => Ok("trace".into()),
+            _ => Err(format!("{s:?} is not a log level (error, warn, info, debug, trace, or 0-10)")),
+        },
+    }
+}
+
+impl ServerArgs {
+    /// The validated server configuration.
+    pub fn into_config(self) -> anyhow::Result<ServerConfig> {
+        if self.cluster_cidr.contains(&self.service_cidr.network()) || self.service_cidr.contains(&self.cluster_cidr.network())
+        {
+            anyhow::bail!("--cluster-cidr {} and --service-cidr {} overlap", self.cluster_cidr, self.service_cidr);
+        }
+        if self.service_cidr.prefix_len() > 28 {
+            anyhow::bail!("--service-cidr {} is too small (at most /28)", self.service_cidr);
+        }
+        if self.cluster_cidr.prefix_len() > 24 {
+            anyhow::bail!("--cluster-cidr {} is too small for a /24 per node (at most /24)", self.cluster_cidr);
+        }
+        let node_name = match self.node_name {
+            Some(n) => n,
+            None => hostname::get().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_else(|_| "rk-node".into()),
+        };
+        if let Some(e) = crate::api::validation::dns1123_subdomain(&node_name).first() {
+            anyhow::bail!("--node-name {node_name:?}: {e}");
+        }
+        Ok(ServerConfig {
+            data_dir: self.data_dir,
+            bind_address: self.bind_address,
+            https_listen_port: self.https_listen_port,
+            write_kubeconfig: self.write_kubeconfig,
+            write_kubeconfig_mode: self.write_kubeconfig_mode,
+            token: self.token.filter(|t| !t.is_empty()),
+            tls_san: self.tls_san,
+            cluster_cidr: self.cluster_cidr.trunc(),
+            service_cidr: self.service_cidr.trunc(),
+            cluster_domain: self.cluster_domain,
+            node_name,
+            disable_agent: self.disable_agent,
+        })
+    }
+}
+
+/// A command-line problem: clap's own (help, version, usage), or a config file error.
+#[derive(Debug)]
+pub enum CliError {
+    /// From clap: print with `exit()`.
+    Clap(clap::Error),
+    /// A one-line error.
+    Message(String),
+}
+
+/// One key of a config file.
+struct FileEntry {
+    file: PathBuf,
+    key: String,
+    value: serde_norway::Value,
+}
+
+fn load_file(path: &Path, out: &mut Vec<FileEntry>) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading config file {}: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    let v: serde_norway::Value =
+        serde_norway::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    let map = match v {
+        serde_norway::Value::Null => return Ok(()),
+        serde_norway::Value::Mapping(m) => m,
+        _ => return Err(format!("config file {}: expected a mapping of flag names to values", path.display())),
+    };
+    for (k, v) in map {
+        let key = k.as_str().ok_or_else(|| format!("config file {}: keys must be strings", path.display()))?;
+        out.push(FileEntry { file: path.to_path_buf(), key: key.to_string(), value: v });
+    }
+    Ok(())
+}
+
+fn scalar(v: &serde_norway::Value) -> Option<String> {
+    match v {
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The flags one config entry stands for, or an error naming file and key.
+fn entry_args(e: &FileEntry, arg: &clap::Arg) -> Result<Vec<String>, String> {
+    let flag = format!("--{}", e.key);
+    let bad = |why: &str| format!("config file {}: key {:?}: {why}", e.file.display(), e.key);
+    let is_flag = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+    if is_flag {
+        return match &e.value {
+            serde_norway::Value::Bool(true) => Ok(vec![flag]),
+            serde_norway::Value::Bool(false) => Ok(vec![]),
+            _ => Err(bad("expected true or false")),
+        };
+    }
+    let multi = matches!(arg.get_action(), clap::ArgAction::Append);
+    match &e.value {
+        serde_norway::Value::Sequence(items) if multi => items
+            .iter()
+            .map(|i| scalar(i).map(|s| format!("{flag}={s}")).ok_or_else(|| bad("list items must be scalars")))
+            .collect(),
+        serde_norway::Value::Sequence(_) => Err(bad("expected a single value, not a list")),
+        v => scalar(v).map(|s| vec![format!("{flag}={s}")]).ok_or_else(|| bad("expected a scalar value")),
+    }
+}
+
+/// Parses the command line, then merges the config file under flags and env.
+pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Cli, CliError> {
+    let argv: Vec<OsString> = argv.into_iter().collect();
+    let cmd = Cli::command();
+    let matches = cmd.clone().try_get_matches_from(&argv).map_err(CliError::Clap)?;
+    let Some(("server", sub)) = matches.subcommand() else {
+        return Cli::from_arg_matches(&matches).map_err(CliError::Clap);
+    };
+    let config: PathBuf = sub.get_one::<PathBuf>("config").cloned().unwrap_or_default();
+    let explicit = matches!(sub.value_source("config"), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+    let mut entries = Vec::new();
+    if config.exists() {
+        load_file(&config, &mut entries).map_err(CliError::Message)?;
+    } else if explicit {
+        return Err(CliError::Message(format!("config file {} does not exist", config.display())));
+    }
+    let dropins = PathBuf::from(format!("{}.d", config.display()));
+    if let Ok(rd) = std::fs::read_dir(&dropins) {
+        let mut files: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        for f in files {
+            load_file(&f, &mut entries).map_err(CliError::Message)?;
+        }
+    }
+    if entries.is_empty() {
+        return Cli::from_arg_matches(&matches).map_err(CliError::Clap);
+    }
+    let server_cmd = cmd.find_subcommand("server").expect("server subcommand").clone();
+    // Later files win: keep the last entry of each key.
+    let mut last: Vec<FileEntry> = Vec::new();
+    for e in entries {
+        last.retain(|x| x.key != e.key);
+        last.push(e);
+    }
+    let mut extra = Vec::new();
+    for e in &last {
+        let id = e.key.replace('-', "_");
+        let Some(arg) = server_cmd.get_arguments().find(|a| a.get_id() == id.as_str() && a.get_long() == Some(e.key.as_str()))
+        else {
+            return Err(CliError::Message(format!("config file {}: unknown key {:?}", e.file.display(), e.key)));
+        };
+        if id == "config" {
+            return Err(CliError::Message(format!("config file {}: key \"config\" cannot be set in a config file", e.file.display())));
+        }
+        if matches!(sub.value_source(&id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            continue;
+        }
+        let args = entry_args(e, arg).map_err(CliError::Message)?;
+        // Check each key on its own so an error can name it.
+        let mut probe = argv.clone();
+        probe.extend(args.iter().map(OsString::from));
+        if let Err(err) = cmd.clone().try_get_matches_from(&probe) {
+            let first = err.render().to_string().lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+            return Err(CliError::Message(format!("config file {}: key {:?}: {first}", e.file.display(), e.key)));
+        }
+        extra.extend(args);
+    }
+    let mut full = argv;
+    full.extend(extra.into_iter().map(OsString::from));
+    let matches = cmd.try_get_matches_from(&full).map_err(CliError::Clap)?;
+    Cli::from_arg_matches(&matches).map_err(CliError::Clap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(args: &[&str]) -> Result<ServerArgs, CliError> {
+        let mut v: Vec<OsString> = vec!["rk".into(), "server".into()];
+        v.extend(args.iter().map(OsString::from));
+        parse(v).map(|c| match c.command {
+            Command::Server(s) => s,
+        })
+    }
+
+    #[test]
+    fn config_file_under_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.yaml");
+        std::fs::write(&f, "https-listen-port: 7443\ntls-san: [a.example, 10.0.0.9]\ndisable-agent: true\ncluster-domain: corp.local\n").unwrap();
+        std::fs::create_dir(dir.path().join("config.yaml.d")).unwrap();
+        std::fs::write(dir.path().join("config.yaml.d/10-x.yaml"), "cluster-domain: later.local\n").unwrap();
+        let cfg = f.to_str().unwrap();
+        let s = server(&["--config", cfg]).ok().unwrap();
+        assert_eq!(s.https_listen_port, 7443);
+        assert_eq!(s.tls_san, vec!["a.example", "10.0.0.9"]);
+        assert!(s.disable_agent);
+        assert_eq!(s.cluster_domain, "later.local");
+        let s = server(&["--config", cfg, "--https-listen-port", "8443"]).ok().unwrap();
+        assert_eq!(s.https_listen_port, 8443);
+    }
+
+    #[test]
+    fn config_file_errors_name_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.yaml");
+        std::fs::write(&f, "no-such-flag: 1\n").unwrap();
+        match server(&["--config", f.to_str().unwrap()]) {
+            Err(CliError::Message(m)) => assert!(m.contains("unknown key \"no-such-flag\""), "{m}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        std::fs::write(&f, "https-listen-port: http\n").unwrap();
+        match server(&["--config", f.to_str().unwrap()]) {
+            Err(CliError::Message(m)) => {
+                assert!(m.contains("key \"https-listen-port\""), "{m}");
+                assert_eq!(m.lines().count(), 1, "{m}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        match server(&["--config", dir.path().join("missing.yaml").to_str().unwrap()]) {
+            Err(CliError::Message(m)) => assert!(m.contains("does not exist"), "{m}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn values_are_checked() {
+        assert!(server(&["--config", "/nonexistent-default-is-fine", "--write-kubeconfig-mode", "0999"]).is_err());
+        let s = server(&["--config", "/dev/null", "--write-kubeconfig-mode", "644", "-v", "2"]).ok().unwrap();
+        assert_eq!(s.write_kubeconfig_mode, 0o644);
+        assert_eq!(s.log_level, "debug");
+        let s = server(&["--config", "/dev/null", "--cluster-cidr", "10.43.0.0/16"]).ok().unwrap();
+        assert!(s.into_config().is_err(), "overlapping CIDRs are refused");
+    }
+}

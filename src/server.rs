@@ -1,0 +1,210 @@
+//! `rk server`: staged start of the control plane.
+//!
+//! store open → identity (CA, certificates, kubeconfig, token) → API serving →
+//! bootstrap objects → ready. Each stage waits on the one before, never on a sleep.
+
+pub mod apiserver;
+pub mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::embedded::{SledStore, SledStoreOptions, Storage};
+
+/// How long history is kept before compaction (Kubernetes compacts etcd every 5 min).
+const HISTORY: Duration = Duration::from_secs(300);
+/// How often the compactor runs.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// Validated configuration of `rk server`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where state lives (`/var/lib/rk`).
+    pub data_dir: PathBuf,
+    /// The address the API listens on.
+    pub bind_address: IpAddr,
+    /// The API port (6443).
+    pub https_listen_port: u16,
+    /// Where to write the admin kubeconfig.
+    pub write_kubeconfig: PathBuf,
+    /// The kubeconfig's file mode.
+    pub write_kubeconfig_mode: u32,
+    /// A join token secret given by the user.
+    pub token: Option<String>,
+    /// Extra SANs for the serving certificate.
+    pub tls_san: Vec<String>,
+    /// The pod network.
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The service network.
+    pub service_cidr: ipnet::Ipv4Net,
+    /// The cluster DNS domain.
+    pub cluster_domain: String,
+    /// This node's name.
+    pub node_name: String,
+    /// Run no agent in this process.
+    pub disable_agent: bool,
+}
+
+impl ServerConfig {
+    /// The `kubernetes` Service IP: the first address of the service CIDR.
+    pub fn service_ip(&self) -> std::net::Ipv4Addr {
+        let n = u32::from(self.service_cidr.network());
+        std::net::Ipv4Addr::from(n + 1)
+    }
+}
+
+/// Why the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The datastore could not be opened.
+    #[error("opening the datastore at {path}: {source}")]
+    Store {
+        /// The store directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: crate::embedded::StorageError,
+    },
+    /// Certificates, kubeconfig or token could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The API port could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating the bootstrap objects failed.
+    #[error("creating bootstrap objects: {0}")]
+    Bootstrap(#[from] crate::api::status::ApiError),
+}
+
+/// A running server, for tests and for the in-process agent.
+pub struct Running {
+    /// The address the API listens on.
+    pub addr: SocketAddr,
+    /// The admin kubeconfig contents.
+    pub kubeconfig: String,
+    /// The cluster identity.
+    pub identity: tls::Identity,
+    /// The API server.
+    pub api: Arc<apiserver::ApiServer>,
+    /// The store.
+    pub store: SledStore,
+}
+
+/// Starts the server and returns once the API answers; tasks run on `tracker` until
+/// `shutdown` is cancelled.
+pub async fn start(cfg: &ServerConfig, shutdown: CancellationToken, tracker: &TaskTracker) -> Result<Running, ServerError> {
+    let t0 = std::time::Instant::now();
+    let server_dir = cfg.data_dir.join("server");
+    let db_dir = server_dir.join("db");
+    let store = SledStore::open(&db_dir, SledStoreOptions::default())
+        .map_err(|source| ServerError::Store { path: db_dir.clone(), source })?;
+    tracing::info!(path = %db_dir.display(), revision = store.current_rev(), "datastore open");
+
+    let node_ips = local_ips();
+    let identity = tls::Identity::load_or_create(&tls::IdentitySpec {
+        server_dir: server_dir.clone(),
+        tls_sans: cfg.tls_san.clone(),
+        node_ips,
+        service_ip: IpAddr::V4(cfg.service_ip()),
+        cluster_domain: cfg.cluster_domain.clone(),
+        token: cfg.token.clone(),
+    })?;
+    let (tls_cfg, certs) = identity.server_config()?;
+
+    let addr = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+    let api = apiserver::ApiServer::new(Arc::new(store.clone()), shutdown.clone(), addr.to_string());
+    tracker.spawn(api.clone().serve(listener, tls_cfg, certs, shutdown.clone(), tracker.clone()));
+    tracing::info!(%addr, "API server listening");
+
+    api.bootstrap(&cfg.service_ip().to_string(), addr.port()).await?;
+    let host = if cfg.bind_address.is_unspecified() || cfg.bind_address.is_loopback() {
+        "127.0.0.1".to_string()
+    } else {
+        cfg.bind_address.to_string()
+    };
+    let kubeconfig = identity.admin_kubeconfig(&format!("https://{host}:{}", addr.port()));
+    tls::write_kubeconfig(&cfg.write_kubeconfig, &kubeconfig, cfg.write_kubeconfig_mode)?;
+    tracing::info!(path = %cfg.write_kubeconfig.display(), "wrote admin kubeconfig");
+
+    tracker.spawn(compactor(store.clone(), shutdown.clone()));
+    api.set_ready();
+    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "rk server is ready");
+    Ok(Running { addr, kubeconfig, identity, api, store })
+}
+
+/// Runs `rk server` until `shutdown`.
+pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let tracker = TaskTracker::new();
+    if !cfg.disable_agent {
+        tracing::warn!("the agent is not implemented yet: running the control plane only (as with --disable-agent)");
+    }
+    let running = start(&cfg, shutdown.clone(), &tracker).await?;
+    crate::notify_ready();
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {
+        tracing::warn!("some tasks did not stop within 10s");
+    }
+    drop(running);
+    Ok(())
+}
+
+/// Compacts history older than [`HISTORY`] every [`COMPACT_EVERY`], in bounded batches.
+async fn compactor(store: SledStore, shutdown: CancellationToken) {
+    let mut seen: std::collections::VecDeque<(tokio::time::Instant, i64)> = Default::default();
+    let mut tick = tokio::time::interval(COMPACT_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        seen.push_back((now, store.current_rev()));
+        let mut target = None;
+        while let Some(&(t, r)) = seen.front() {
+            if now.duration_since(t) >= HISTORY {
+                target = Some(r);
+                seen.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some(r) = target
+            && r > store.compacted_rev()
+            && let Err(e) = store.compact(r).await
+        {
+            tracing::warn!(revision = r, error = %e, "compaction failed");
+        }
+    }
+}
+
+/// The host's non-loopback addresses, for the serving certificate.
+fn local_ips() -> Vec<IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|a| a.address)
+                .filter_map(|s| {
+                    s.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .filter(|ip| !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,357 @@
+//! The Kubernetes API server: routing, authentication, the HTTPS listener and the
+//! objects every cluster starts with.
+
+pub mod discovery;
+pub mod handlers;
+pub mod request;
+pub mod watch;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::handlers::Call;
+use self::request::{Query, Resp};
+use crate::api::registry::{Registry, ResourceDef};
+use crate::api::status::ApiError;
+use crate::embedded::Storage;
+use crate::server::tls::{CertUser, ClientCerts};
+
+/// Paths anyone may read without credentials, as Kubernetes's
+/// `system:public-info-viewer` allows.
+const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
+
+/// The API server: stateless over its store, shared by every connection.
+pub struct ApiServer {
+    pub(crate) store: Arc<dyn Storage>,
+    pub(crate) reg: &'static Registry,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) me: Weak<ApiServer>,
+    ready: AtomicBool,
+    server_addr: String,
+}
+
+/// Where a request goes.
+enum Route {
+    Version,
+    Health(&'static str),
+    Api,
+    Apis,
+    Group(String),
+    GroupVersion(String, String),
+    OpenApiV3,
+    OpenApiV3Doc(String),
+    Resource { def: &'static ResourceDef, ns: Option<String>, name: Option<String>, sub: Option<String>, watch: bool },
+}
+
+fn route(reg: &'static Registry, path: &str) -> Result<Route, ApiError> {
+    let segs: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match s.as_slice() {
+        ["version"] => return Ok(Route::Version),
+        ["healthz", ..] => return Ok(Route::Health("healthz")),
+        ["livez", ..] => return Ok(Route::Health("livez")),
+        ["readyz", ..] => return Ok(Route::Health("readyz")),
+        ["openapi", "v3"] => return Ok(Route::OpenApiV3),
+        ["openapi", "v3", rest @ ..] => return Ok(Route::OpenApiV3Doc(rest.join("/"))),
+        ["api"] => return Ok(Route::Api),
+        ["apis"] => return Ok(Route::Apis),
+        ["api", "v1"] => return Ok(Route::GroupVersion(String::new(), "v1".into())),
+        ["apis", g] => return Ok(Route::Group(g.to_string())),
+        ["apis", g, v] => return Ok(Route::GroupVersion(g.to_string(), v.to_string())),
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::no_route()),
+    };
+    let (watch, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    let (ns, rest) = match rest {
+        ["namespaces", ns, r @ ..] if !r.is_empty() && !(r.len() == 1 && matches!(r[0], "status" | "finalize")) => {
+            (Some(ns.to_string()), r)
+        }
+        r => (None, r),
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        _ => return Err(ApiError::no_route()),
+    };
+    let def = reg.get(group, version, plural).ok_or_else(ApiError::no_route)?;
+    if ns.is_some() && !def.namespaced {
+        return Err(ApiError::no_route());
+    }
+    if let Some(s) = &sub
+        && !def.subresources().contains(&s.as_str())
+    {
+        return Err(ApiError::no_route());
+    }
+    Ok(Route::Resource { def, ns, name, sub, watch })
+}
+
+impl ApiServer {
+    /// A server over `store`; `server_addr` is what discovery reports (`host:port`).
+    pub fn new(store: Arc<dyn Storage>, shutdown: CancellationToken, server_addr: String) -> Arc<ApiServer> {
+        Arc::new_cyclic(|me| ApiServer {
+            store,
+            reg: Registry::builtin(),
+            shutdown,
+            me: me.clone(),
+            ready: AtomicBool::new(false),
+            server_addr,
+        })
+    }
+
+    /// Marks the server ready (`/readyz` answers ok).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Handles one request from an authenticated (or anonymous) user.
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>, user: Option<&CertUser>) -> Resp
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        if user.is_none() && !PUBLIC_PATHS.iter().any(|p| path == *p || path.starts_with(&format!("{p}/"))) {
+            return request::error(&ApiError::unauthorized());
+        }
+        let query = Query::parse(parts.uri.query());
+        let r = match route(self.reg, &path) {
+            Ok(r) => r,
+            Err(e) => return request::error(&e),
+        };
+        let res = match r {
+            Route::Version => Ok(request::json(200, &discovery::version())),
+            Route::Health(which) => Ok(self.health(which, &query)),
+            Route::Api => Ok(match discovery::aggregated_version(&parts.headers) {
+                Some(v) => discovery::aggregated(self.reg, true, v),
+                None => request::json(200, &discovery::api_versions(&self.server_addr)),
+            }),
+            Route::Apis => Ok(match discovery::aggregated_version(&parts.headers) {
+                Some(v) => discovery::aggregated(self.reg, false, v),
+                None => request::json(200, &discovery::api_groups(self.reg)),
+            }),
+            Route::Group(g) => discovery::api_group(self.reg, &g).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route),
+            Route::GroupVersion(g, v) => {
+                discovery::resource_list(self.reg, &g, &v).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route)
+            }
+            Route::OpenApiV3 => Ok(discovery::OpenApi::get().index()),
+            Route::OpenApiV3Doc(p) => discovery::OpenApi::get().doc(&p, query.get("hash")).ok_or_else(ApiError::no_route),
+            Route::Resource { def, ns, name, sub, watch } => {
+                let body = match request::read_body(&parts.headers, body).await {
+                    Ok(b) => b,
+                    Err(e) => return request::error(&e),
+                };
+                let call = Call { def, ns, name, sub, query, headers: parts.headers };
+                self.dispatch(parts.method, call, body, watch).await
+            }
+        };
+        res.unwrap_or_else(|e| request::error(&e))
+    }
+
+    async fn dispatch(self: &Arc<Self>, method: Method, call: Call, body: Bytes, watch: bool) -> Result<Resp, ApiError> {
+        let def = call.def;
+        let needs_ns = def.namespaced && call.ns.is_none();
+        let what = if call.name.is_some() { format!("{} {}", def.plural, "object") } else { def.plural.to_string() };
+        let is_watch = watch || call.query.flag("watch");
+        match (&method, call.name.as_deref()) {
+            (&Method::GET, None) if is_watch => self.watch(call).await,
+            (&Method::GET, None) => self.list(&call).await,
+            (&Method::GET, Some(_)) if is_watch => self.watch(call).await,
+            (_, Some(_)) if needs_ns => Err(ApiError::no_route()),
+            (&Method::GET, Some(n)) => {
+                let n = n.to_string();
+                let obj = self.get(&call, &n).await?;
+                Ok(self.render(&call, obj, 200))
+            }
+            (&Method::POST, None) if needs_ns => Err(ApiError::method_not_allowed("POST", &what)),
+            (&Method::POST, None) => self.create(&call, body).await,
+            (&Method::PUT, Some(_)) => self.update(&call, body).await,
+            (&Method::PATCH, Some(_)) => self.patch(&call, body).await,
+            (&Method::DELETE, Some(_)) if call.sub.is_none() => self.delete(&call, body).await,
+            (&Method::DELETE, None) => self.delete_collection(&call, body).await,
+            (m, _) => Err(ApiError::method_not_allowed(m.as_str(), &what)),
+        }
+    }
+
+    fn health(&self, which: &str, q: &Query) -> Resp {
+        let ready = which != "readyz" || self.ready.load(Ordering::Acquire);
+        let checks: Vec<(&str, bool)> = match which {
+            "readyz" => vec![("ping", true), ("log", true), ("etcd", true), ("informer-sync", ready), ("shutdown", !self.shutdown.is_cancelled())],
+            _ => vec![("ping", true), ("log", true), ("etcd", true)],
+        };
+        let ok = checks.iter().all(|(_, ok)| *ok);
+        let body = if q.get("verbose").is_some() {
+            let mut s = String::new();
+            for (name, ok) in &checks {
+                s.push_str(&format!("[{}]{name} {}\n", if *ok { "+" } else { "-" }, if *ok { "ok" } else { "failed: reason withheld" }));
+            }
+            s.push_str(&format!("{which} check {}\n", if ok { "passed" } else { "failed" }));
+            s
+        } else if ok {
+            "ok".into()
+        } else {
+            format!("[-]informer-sync failed: reason withheld\n{which} check failed\n")
+        };
+        request::bytes_response(if ok { 200 } else { 500 }, "text/plain; charset=utf-8", Bytes::from(body))
+    }
+
+    /// Creates an object through the full create path unless it exists.
+    pub async fn ensure(self: &Arc<Self>, group: &str, plural: &str, ns: Option<&str>, obj: Value) -> Result<(), ApiError> {
+        let def = self.reg.get(group, if group.is_empty() { "v1" } else { "v1" }, plural).ok_or_else(ApiError::no_route)?;
+        let call = Call {
+            def,
+            ns: ns.map(str::to_string),
+            name: None,
+            sub: None,
+            query: Query::default(),
+            headers: http::HeaderMap::new(),
+        };
+        match self.create(&call, Bytes::from(serde_json::to_vec(&obj).expect("json"))).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates what every cluster has: the four namespaces and the `kubernetes`
+    /// Service; resumes the cleanup of namespaces left terminating.
+    pub async fn bootstrap(self: &Arc<Self>, service_ip: &str, https_port: u16) -> Result<(), ApiError> {
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            self.ensure("", "namespaces", None, json!({"metadata": {"name": ns}})).await?;
+        }
+        self.ensure(
+            "",
+            "services",
+            Some("default"),
+            json!({"metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                   "spec": {"type": "ClusterIP", "clusterIP": service_ip, "clusterIPs": [service_ip],
+                            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": https_port}]}}),
+        )
+        .await?;
+        let page = self.store.list("/registry/namespaces/", None, 0, 0).await.map_err(ApiError::internal)?;
+        for kv in &page.kvs {
+            let obj = handlers::decode_kv(kv)?;
+            if crate::api::meta::is_deleting(&obj) {
+                self.spawn_namespace_cleanup(crate::api::meta::name(&obj).to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves HTTPS on `listener` until `token` is cancelled.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        certs: Arc<ClientCerts>,
+        token: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = token.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (api, acceptor, certs, token) = (self.clone(), acceptor.clone(), certs.clone(), token.clone());
+            tracker.spawn(async move { api.connection(tcp, peer, acceptor, certs, token).await });
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        acceptor: tokio_rustls::TlsAcceptor,
+        certs: Arc<ClientCerts>,
+        token: CancellationToken,
+    ) {
+        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let user = tls.get_ref().1.peer_certificates().and_then(|c| certs.authenticate(c));
+        let user = Arc::new(user);
+        let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (api, user) = (self.clone(), user.clone());
+            async move { Ok::<_, Infallible>(api.handle(req, user.as_ref().as_ref()).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with an error") },
+            _ = token.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let reg = Registry::builtin();
+        match route(reg, "/api/v1/namespaces/default/configmaps/x").unwrap() {
+            Route::Resource { def, ns, name, .. } => {
+                assert_eq!((def.plural, ns.as_deref(), name.as_deref()), ("configmaps", Some("default"), Some("x")))
+            }
+            _ => panic!("wrong route"),
+        }
+        match route(reg, "/api/v1/namespaces/default").unwrap() {
+            Route::Resource { def, ns, name, .. } => {
+                assert_eq!((def.plural, ns, name.as_deref()), ("namespaces", None, Some("default")))
+            }
+            _ => panic!("wrong route"),
+        }
+        match route(reg, "/api/v1/namespaces/x/status").unwrap() {
+            Route::Resource { def, name, sub, .. } => {
+                assert_eq!((def.plural, name.as_deref(), sub.as_deref()), ("namespaces", Some("x"), Some("status")))
+            }
+            _ => panic!("wrong route"),
+        }
+        assert!(matches!(route(reg, "/apis/apps/v1/deployments").unwrap(), Route::Resource { ns: None, .. }));
+        assert!(route(reg, "/api/v1/namespaces/default/nodes").is_err());
+        assert!(route(reg, "/api/v1/bogus").is_err());
+        assert!(route(reg, "/api/v1/namespaces/d/configmaps/x/status").is_err());
+    }
+}

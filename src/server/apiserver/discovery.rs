@@ -1,0 +1,257 @@
+//! Discovery (`/api`, `/apis`, per group-version, and the aggregated v2 format),
+//! `/version`, and the OpenAPI v3 documents kubectl needs to validate and patch.
+
+use std::sync::OnceLock;
+
+use http::{HeaderMap, HeaderValue, header};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use super::request::{Resp, bytes_response, json};
+use crate::api::registry::{ALL_VERBS, Registry, ResourceDef};
+
+/// The Kubernetes version rk serves (k8s-openapi's `v1_33` types). kubectl's version
+/// dispatcher on these machines picks its client by this minor.
+pub const KUBE_MAJOR: &str = "1";
+/// See [`KUBE_MAJOR`].
+pub const KUBE_MINOR: &str = "33";
+
+/// `/version`.
+pub fn version() -> Value {
+    json!({
+        "major": KUBE_MAJOR,
+        "minor": KUBE_MINOR,
+        "emulationMajor": KUBE_MAJOR,
+        "emulationMinor": KUBE_MINOR,
+        "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0+rk.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": option_env!("RK_GIT_COMMIT").unwrap_or("unknown"),
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "n/a (rust)",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+fn resource_entry(d: &ResourceDef) -> Vec<Value> {
+    let mut out = vec![json!({
+        "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced, "kind": d.kind,
+        "verbs": ALL_VERBS, "shortNames": d.short_names, "categories": d.categories,
+    })];
+    for sub in d.subresources() {
+        out.push(json!({
+            "name": format!("{}/{sub}", d.plural), "singularName": "", "namespaced": d.namespaced,
+            "kind": d.kind, "verbs": ["get", "patch", "update"],
+        }));
+    }
+    for v in &mut out {
+        let o = v.as_object_mut().expect("object");
+        o.retain(|_, v| !(v.as_array().is_some_and(Vec::is_empty)));
+    }
+    out
+}
+
+/// `/api`.
+pub fn api_versions(server_addr: &str) -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"],
+           "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_addr}]})
+}
+
+fn group_entry(name: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+    json!({"name": name, "versions": gvs, "preferredVersion": gvs[0]})
+}
+
+/// `/apis`.
+pub fn api_groups(reg: &Registry) -> Value {
+    let groups: Vec<Value> =
+        reg.groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_entry(g, &vs)).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/<group>`.
+pub fn api_group(reg: &Registry, group: &str) -> Option<Value> {
+    let (g, vs) = reg.groups().into_iter().find(|(g, _)| *g == group && !g.is_empty())?;
+    let mut v = group_entry(g, &vs);
+    v["kind"] = json!("APIGroup");
+    v["apiVersion"] = json!("v1");
+    Some(v)
+}
+
+/// `/api/v1`, `/apis/<group>/<version>`.
+pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let resources: Vec<Value> = reg.in_group_version(group, version).flat_map(resource_entry).collect();
+    if resources.is_empty() {
+        return None;
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+}
+
+/// Which aggregated discovery version the client accepts, if any.
+pub fn aggregated_version(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())?;
+    let mut best = None;
+    for part in accept.split(',') {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        if params.contains(&"as=APIGroupDiscoveryList") && params.contains(&"g=apidiscovery.k8s.io") {
+            if params.contains(&"v=v2") {
+                return Some("v2");
+            }
+            if params.contains(&"v=v2beta1") {
+                best = Some("v2beta1");
+            }
+        }
+    }
+    best
+}
+
+/// The aggregated discovery document for `/api` (core) or `/apis` (groups).
+pub fn aggregated(reg: &Registry, core: bool, ver: &str) -> Resp {
+    let items: Vec<Value> = reg
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .map(|(g, vs)| {
+            let versions: Vec<Value> = vs
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = reg
+                        .in_group_version(g, v)
+                        .map(|d| {
+                            let subs: Vec<Value> = d
+                                .subresources()
+                                .into_iter()
+                                .map(|s| {
+                                    json!({"subresource": s,
+                                           "responseKind": {"group": d.group, "version": d.version, "kind": d.kind},
+                                           "verbs": ["get", "patch", "update"]})
+                                })
+                                .collect();
+                            let mut r = json!({
+                                "resource": d.plural, "singularResource": d.singular,
+                                "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
+                                "responseKind": {"group": d.group, "version": d.version, "kind": d.kind},
+                                "verbs": ALL_VERBS,
+                            });
+                            if !d.short_names.is_empty() {
+                                r["shortNames"] = json!(d.short_names);
+                            }
+                            if !d.categories.is_empty() {
+                                r["categories"] = json!(d.categories);
+                            }
+                            if !subs.is_empty() {
+                                r["subresources"] = json!(subs);
+                            }
+                            r
+                        })
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g}, "versions": versions})
+        })
+        .collect();
+    let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{ver}"),
+                      "metadata": {}, "items": items});
+    let mut r = json(200, &body);
+    let ct = format!("application/json;g=apidiscovery.k8s.io;v={ver};as=APIGroupDiscoveryList");
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(&ct).expect("valid header"));
+    r.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+    r
+}
+
+/// OpenAPI v3: the index and one document per group-version, built once.
+pub struct OpenApi {
+    index: Value,
+    docs: Vec<(String, String, Vec<u8>)>,
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+}
+
+fn gv_doc(reg: &Registry, group: &str, version: &str) -> Value {
+    let mut paths = serde_json::Map::new();
+    for d in reg.in_group_version(group, version) {
+        let base = format!("/{}", gv_path(group, version));
+        let item = if d.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", d.plural)
+        } else {
+            format!("{base}/{}/{{name}}", d.plural)
+        };
+        let gvk = json!({"group": group, "version": version, "kind": d.kind});
+        let media: Value = ["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"]
+            .iter()
+            .map(|m| (m.to_string(), json!({"schema": {"type": "object"}})))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        let params = json!([
+            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}},
+        ]);
+        paths.insert(
+            item,
+            json!({"patch": {
+                "description": format!("partially update the specified {}", d.kind),
+                "operationId": format!("patch{}", d.kind),
+                "parameters": params,
+                "requestBody": {"content": media, "required": true},
+                "responses": {"200": {"description": "OK"}, "201": {"description": "Created"}},
+                "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": gvk,
+            }}),
+        );
+    }
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0")},
+           "paths": paths, "components": {"schemas": {}}})
+}
+
+impl OpenApi {
+    /// The documents for the built-in registry.
+    pub fn get() -> &'static OpenApi {
+        static O: OnceLock<OpenApi> = OnceLock::new();
+        O.get_or_init(|| {
+            let reg = Registry::builtin();
+            let mut index = serde_json::Map::new();
+            let mut docs = Vec::new();
+            for (g, vs) in reg.groups() {
+                for v in vs {
+                    let body = serde_json::to_vec(&gv_doc(reg, g, v)).expect("serialisable");
+                    let hash: String =
+                        sha2::Sha512::digest(&body).iter().take(32).map(|b| format!("{b:02X}")).collect();
+                    let p = gv_path(g, v);
+                    index.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
+                    docs.push((p, hash, body));
+                }
+            }
+            OpenApi { index: json!({"paths": index}), docs }
+        })
+    }
+
+    /// `/openapi/v3`.
+    pub fn index(&self) -> Resp {
+        json(200, &self.index)
+    }
+
+    /// `/openapi/v3/<gv path>`, redirecting a stale `hash` as Kubernetes does.
+    pub fn doc(&self, path: &str, hash: Option<&str>) -> Option<Resp> {
+        let (p, h, body) = self.docs.iter().find(|(p, _, _)| p == path)?;
+        if let Some(asked) = hash
+            && asked != h
+        {
+            let mut r = bytes_response(301, "text/plain", bytes::Bytes::new());
+            let loc = format!("/openapi/v3/{p}?hash={h}");
+            r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&loc).expect("valid header"));
+            return Some(r);
+        }
+        let mut r = bytes_response(200, "application/json", bytes::Bytes::from(body.clone()));
+        if hash.is_some() {
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+        }
+        r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&format!("\"{h}\"")).expect("valid header"));
+        Some(r)
+    }
+}

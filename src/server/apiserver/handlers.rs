@@ -1,0 +1,868 @@
+//! The generic REST handlers: get, list, create, update, patch, delete and
+//! deletecollection for every registered resource, with Kubernetes's object semantics
+//! (uid, generateName, generation, resourceVersion preconditions, finalizers,
+//! spec/status split, strict field validation).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::{Value, json};
+
+use super::ApiServer;
+use super::request::{self, Query, Resp, Want};
+use crate::api::patch::{self, PatchType};
+use crate::api::registry::ResourceDef;
+use crate::api::selectors::{FieldSelector, LabelSelector};
+use crate::api::status::{ApiError, Cause, Target};
+use crate::api::{defaults, meta, table, validation};
+use crate::embedded::{KeyValue, StorageError};
+
+/// Namespaces that cannot be deleted, as in Kubernetes.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+/// One request against a resource.
+pub struct Call {
+    /// The resource.
+    pub def: &'static ResourceDef,
+    /// The namespace from the path.
+    pub ns: Option<String>,
+    /// The object name from the path.
+    pub name: Option<String>,
+    /// The subresource from the path.
+    pub sub: Option<String>,
+    /// Query parameters.
+    pub query: Query,
+    /// Request headers.
+    pub headers: HeaderMap,
+}
+
+impl Call {
+    pub(super) fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
+        Target { group: self.def.group, resource: self.def.plural, name }
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.def.key(self.ns.as_deref(), name)
+    }
+
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.query.get("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(v) => Err(ApiError::bad_request(format!("Invalid dryRun value {v:?}: supported values are \"All\""))),
+        }
+    }
+
+    fn field_validation(&self) -> Result<FieldValidation, ApiError> {
+        match self.query.get("fieldValidation") {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "fieldValidation {v:?} is not a valid value: must be one of Ignore, Warn or Strict"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    Strict,
+    Warn,
+    Ignore,
+}
+
+/// Maps a storage error to its API error.
+pub fn storage_error(t: Target<'_>, e: StorageError) -> ApiError {
+    match e {
+        StorageError::NotFound(_) => ApiError::not_found(t),
+        StorageError::AlreadyExists(_) => ApiError::already_exists(t),
+        StorageError::Conflict { .. } => ApiError::stale(t),
+        StorageError::Compacted { requested, compacted } => {
+            ApiError::expired(format!("too old resource version: {requested} ({compacted})"))
+        }
+        StorageError::FutureRevision { requested, current } => {
+            ApiError::timeout(format!("Too large resource version: {requested}, current: {current}"), 1)
+        }
+        StorageError::Lagged(n) => ApiError::expired(format!("watch fell behind by {n} events")),
+        StorageError::Backend(m) => ApiError::internal(m),
+    }
+}
+
+/// Decodes a stored object and stamps its resourceVersion.
+pub fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut v: Value =
+        serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("decoding {}: {e}", kv.key)))?;
+    meta::meta_mut(&mut v).insert("resourceVersion".into(), json!(kv.mod_rev.to_string()));
+    Ok(v)
+}
+
+/// Encodes an object for storage: without resourceVersion, which is the store's.
+fn encode(obj: &Value) -> Bytes {
+    let mut o = obj.clone();
+    meta::meta_mut(&mut o).remove("resourceVersion");
+    Bytes::from(serde_json::to_vec(&o).expect("JSON values serialise"))
+}
+
+fn with_rv(mut obj: Value, rev: i64) -> Value {
+    meta::meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
+    obj
+}
+
+/// Checks `apiVersion`/`kind` of a body against the endpoint and fills them if absent.
+fn check_type(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
+    let av = def.api_version();
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => obj["apiVersion"] = json!(av),
+        Some(a) if a == av => {}
+        Some(a) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({a}) does not match the expected API version ({av})"
+            )));
+        }
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        None | Some("") => obj["kind"] = json!(def.kind),
+        Some(k) if k == def.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({}) of this endpoint",
+                def.kind
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn name_causes(def: &ResourceDef, name: &str) -> Vec<Cause> {
+    let errs = if def.name_is_path_segment() {
+        validation::path_segment(name)
+    } else if def.plural == "services" {
+        validation::dns1035_label(name)
+    } else if def.name_is_label() {
+        validation::dns1123_label(name)
+    } else {
+        validation::dns1123_subdomain(name)
+    };
+    errs.into_iter().map(|m| Cause::invalid("metadata.name", &json!(name), m)).collect()
+}
+
+/// Kind-specific validation beyond what decoding checks.
+fn kind_causes(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if matches!(def.plural, "configmaps" | "secrets") && def.group.is_empty() {
+        for field in ["data", "binaryData", "stringData"] {
+            if let Some(m) = obj.get(field).and_then(Value::as_object) {
+                for k in m.keys() {
+                    for e in validation::config_key(k) {
+                        causes.push(Cause::invalid(format!("{field}[{k}]"), &json!(k), e));
+                    }
+                }
+            }
+        }
+    }
+    causes
+}
+
+impl ApiServer {
+    fn validate(&self, call: &Call, obj: &Value, fv: FieldValidation, patch: bool, before: &[String]) -> Result<Vec<String>, ApiError> {
+        let def = call.def;
+        let name = meta::name(obj).to_string();
+        let mut causes = name_causes(def, &name);
+        causes.extend(validation::metadata_causes(obj));
+        causes.extend(kind_causes(def, obj));
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def.group, def.kind, &name, causes));
+        }
+        let typed = (def.roundtrip)(obj).map_err(|e| {
+            ApiError::bad_request(format!("{} in version {:?} cannot be handled as a {}: {e}", def.kind, def.version, def.kind))
+        })?;
+        let unknown: Vec<String> = validation::unknown_fields(obj, &typed)
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        self.field_problems(call, unknown, fv, patch)
+    }
+
+    fn field_problems(&self, call: &Call, problems: Vec<String>, fv: FieldValidation, patch: bool) -> Result<Vec<String>, ApiError> {
+        if problems.is_empty() || fv == FieldValidation::Ignore {
+            return Ok(vec![]);
+        }
+        if fv == FieldValidation::Warn {
+            return Ok(problems);
+        }
+        let msg = format!("strict decoding error: {}", problems.join(", "));
+        if patch {
+            let name = call.name.as_deref().unwrap_or("");
+            return Err(ApiError::invalid(call.def.group, call.def.kind, name, vec![Cause::invalid("patch", &json!(""), msg)]));
+        }
+        Err(ApiError::bad_request(msg))
+    }
+
+    /// Refuses writes into a missing or terminating namespace.
+    async fn check_namespace(&self, call: &Call, name: &str) -> Result<(), ApiError> {
+        let Some(ns) = call.ns.as_deref().filter(|_| call.def.namespaced) else { return Ok(()) };
+        let key = format!("/registry/namespaces/{ns}");
+        match self.store.get(&key).await.map_err(|e| storage_error(call.target(name), e))? {
+            None => Err(ApiError::not_found(Target { group: "", resource: "namespaces", name: ns })),
+            Some(kv) if meta::is_deleting(&decode_kv(&kv)?) => Err(ApiError::forbidden(
+                call.target(name),
+                format!(
+                    "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    call.target(name).qualified()
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// GET of one object.
+    pub async fn get(&self, call: &Call, name: &str) -> Result<Value, ApiError> {
+        let kv = self.store.get(&call.key(name)).await.map_err(|e| storage_error(call.target(name), e))?;
+        decode_kv(&kv.ok_or_else(|| ApiError::not_found(call.target(name)))?)
+    }
+
+    /// Renders one object as asked (JSON or a one-row Table).
+    pub fn render(&self, call: &Call, obj: Value, code: u16) -> Resp {
+        match request::want(&call.headers) {
+            Want::Table => {
+                let rv = meta::meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
+                request::json(code, &self.table(call, std::slice::from_ref(&obj), &rv, None, true))
+            }
+            Want::Object => request::json(code, &obj),
+        }
+    }
+
+    /// A Table of `items`.
+    pub fn table(&self, call: &Call, items: &[Value], rv: &str, cont: Option<&str>, headers: bool) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        let (g, p) = (call.def.group, call.def.plural);
+        let include = call.query.get("includeObject").unwrap_or("Metadata");
+        let rows: Vec<Value> = items
+            .iter()
+            .map(|o| {
+                let object = match include {
+                    "Object" => o.clone(),
+                    "None" => Value::Null,
+                    _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata")}),
+                };
+                json!({"cells": table::cells(g, p, o, now), "object": object})
+            })
+            .collect();
+        let mut md = json!({"resourceVersion": rv});
+        if let Some(c) = cont {
+            md["continue"] = json!(c);
+        }
+        let cols = if headers { table::column_definitions(g, p) } else { vec![] };
+        json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": cols, "rows": rows})
+    }
+
+    /// LIST with selectors, limit/continue and resourceVersion semantics.
+    pub async fn list(&self, call: &Call) -> Result<Resp, ApiError> {
+        let q = &call.query;
+        let include = q.get("includeObject");
+        if !matches!(include, None | Some("Object" | "Metadata" | "None")) {
+            return Err(ApiError::bad_request(format!("includeObject {:?} is not supported", include.unwrap_or(""))));
+        }
+        let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""), call.def.field_labels)
+            .map_err(ApiError::bad_request)?;
+        let limit = q.int("limit")?.unwrap_or(0).max(0) as usize;
+        let mut start = None::<String>;
+        let mut rev;
+        if let Some(tok) = q.get("continue").filter(|c| !c.is_empty()) {
+            let (r, s) = decode_continue(tok)?;
+            if r < self.store.compacted_rev() {
+                return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."));
+            }
+            rev = r;
+            start = Some(s);
+        } else {
+            rev = self.list_revision(q).await?;
+        }
+        let prefix = call.def.list_prefix(call.ns.as_deref());
+        let filtered = !labels.is_empty() || !fields.is_empty();
+        let batch = if limit == 0 { 0 } else if filtered { limit.max(500) } else { limit };
+        let mut items = Vec::new();
+        let mut cont = None;
+        let mut list_rev;
+        'pages: loop {
+            let page = self
+                .store
+                .list(&prefix, start.as_deref(), batch, rev)
+                .await
+                .map_err(|e| storage_error(call.target(""), e))?;
+            list_rev = page.rev;
+            rev = page.rev;
+            let n = page.kvs.len();
+            for (i, kv) in page.kvs.iter().enumerate() {
+                let obj = decode_kv(kv)?;
+                if !labels.matches_object(&obj) || !fields.matches(&obj) {
+                    continue;
+                }
+                items.push(obj);
+                if limit > 0 && items.len() == limit {
+                    if i + 1 < n || page.more {
+                        cont = Some(encode_continue(rev, &kv.key));
+                    }
+                    break 'pages;
+                }
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => start = Some(last.key.clone()),
+                _ => break,
+            }
+        }
+        let rv = list_rev.to_string();
+        Ok(match request::want(&call.headers) {
+            Want::Table => request::json(200, &self.table(call, &items, &rv, cont.as_deref(), true)),
+            Want::Object => {
+                for it in &mut items {
+                    if let Some(o) = it.as_object_mut() {
+                        o.remove("apiVersion");
+                        o.remove("kind");
+                    }
+                }
+                let mut md = json!({"resourceVersion": rv});
+                if let Some(c) = &cont {
+                    md["continue"] = json!(c);
+                }
+                request::json(
+                    200,
+                    &json!({"kind": format!("{}List", call.def.kind), "apiVersion": call.def.api_version(), "metadata": md, "items": items}),
+                )
+            }
+        })
+    }
+
+    /// The revision a list without `continue` reads at (0 = current), following
+    /// `resourceVersion` and `resourceVersionMatch`.
+    async fn list_revision(&self, q: &Query) -> Result<i64, ApiError> {
+        let rv = q.get("resourceVersion").unwrap_or("");
+        let rvm = q.get("resourceVersionMatch").unwrap_or("");
+        if rv.is_empty() || rv == "0" {
+            if !rvm.is_empty() && rvm != "NotOlderThan" {
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch {rvm:?} requires a resourceVersion other than 0"
+                )));
+            }
+            return Ok(0);
+        }
+        let n: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+        match rvm {
+            "Exact" => Ok(n),
+            "" | "NotOlderThan" => {
+                // Not older than n: the current state once the store has reached n.
+                for _ in 0..30 {
+                    if self.store.current_rev() >= n {
+                        return Ok(0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(ApiError::timeout(format!("Too large resource version: {n}, current: {}", self.store.current_rev()), 1))
+            }
+            other => Err(ApiError::bad_request(format!(
+                "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+            ))),
+        }
+    }
+
+    /// POST: create.
+    pub async fn create(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
+        let ct = request::content_type(&call.headers);
+        let mut obj = request::decode_object(&ct, &body)?;
+        let fv = call.field_validation()?;
+        let dups = if ct == "application/json" || ct.is_empty() {
+            validation::json_duplicates(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+        } else {
+            vec![]
+        };
+        check_type(call.def, &mut obj)?;
+        self.set_namespace(call, &mut obj)?;
+        let m = meta::meta_mut(&mut obj);
+        if m.get("name").and_then(Value::as_str).unwrap_or("").is_empty() {
+            match m.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+                Some(g) => {
+                    let n = meta::generate_name(g);
+                    m.insert("name".into(), json!(n));
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        call.def.group,
+                        call.def.kind,
+                        "",
+                        vec![Cause::required("metadata.name", "name or generateName is required")],
+                    ));
+                }
+            }
+        }
+        let name = meta::name(&obj).to_string();
+        defaults::apply(call.def.group, call.def.plural, &mut obj);
+        let mut warnings = self.field_problems(call, dups.iter().map(|d| format!("duplicate field {d:?}")).collect(), fv, false)?;
+        warnings.extend(self.validate(call, &obj, fv, false, &[])?);
+        self.check_namespace(call, &name).await?;
+        let m = meta::meta_mut(&mut obj);
+        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+            m.remove(k);
+        }
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
+        if call.def.tracks_generation() && obj.get("spec").is_some() {
+            meta::meta_mut(&mut obj).insert("generation".into(), json!(1));
+        }
+        defaults::initial_status(call.def.group, call.def.plural, &mut obj);
+        if call.dry_run()? {
+            return Ok(request::with_warnings(self.render(call, obj, 201), &warnings));
+        }
+        let rev =
+            self.store.create(&call.key(&name), encode(&obj)).await.map_err(|e| storage_error(call.target(&name), e))?;
+        Ok(request::with_warnings(self.render(call, with_rv(obj, rev), 201), &warnings))
+    }
+
+    fn set_namespace(&self, call: &Call, obj: &mut Value) -> Result<(), ApiError> {
+        let m = meta::meta_mut(obj);
+        if call.def.namespaced {
+            let ns = call.ns.as_deref().unwrap_or("");
+            match m.get("namespace").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() && n != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => {
+                    m.insert("namespace".into(), json!(ns));
+                }
+            }
+        } else {
+            m.remove("namespace");
+        }
+        Ok(())
+    }
+
+    /// Builds the object an update stores from the old one and the client's new one.
+    fn prepare_update(&self, call: &Call, old: &Value, mut new: Value) -> Result<Value, ApiError> {
+        let status_only = call.sub.as_deref() == Some("status");
+        if status_only {
+            let mut out = old.clone();
+            match new.get_mut("status").map(Value::take) {
+                Some(s) if !s.is_null() => out["status"] = s,
+                _ => {
+                    if let Some(o) = out.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            if let Some(rv) = meta::meta_str(&new, "resourceVersion") {
+                meta::meta_mut(&mut out).insert("resourceVersion".into(), json!(rv));
+            }
+            return Ok(out);
+        }
+        let om = old.get("metadata").cloned().unwrap_or(json!({}));
+        {
+            let m = meta::meta_mut(&mut new);
+            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+                match om.get(k) {
+                    Some(v) => m.insert(k.into(), v.clone()),
+                    None => m.remove(k),
+                };
+            }
+        }
+        if call.def.has_status {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(o) = new.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+        }
+        defaults::apply(call.def.group, call.def.plural, &mut new);
+        if meta::is_deleting(old) {
+            let before = meta::finalizers(old);
+            if let Some(f) = meta::finalizers(&new).into_iter().find(|f| !before.contains(f)) {
+                return Err(ApiError::invalid(
+                    call.def.group,
+                    call.def.kind,
+                    meta::name(old),
+                    vec![Cause::forbidden("metadata.finalizers", &format!("no new finalizers can be added if the object is being deleted, found new finalizers [{f:?}]"))],
+                ));
+            }
+        }
+        if call.def.tracks_generation() && new.get("spec").is_some() && new.get("spec") != old.get("spec") {
+            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            meta::meta_mut(&mut new).insert("generation".into(), json!(g));
+        }
+        Ok(new)
+    }
+
+    /// Stores an updated object (CAS on `cur`), or removes it when it is being deleted
+    /// and its last finalizer is gone.
+    async fn commit_update(&self, call: &Call, cur: &KeyValue, obj: Value) -> Result<(Value, u16), ApiError> {
+        let name = meta::name(&obj).to_string();
+        let t = call.target(&name);
+        let old = decode_kv(cur)?;
+        let mut a = obj.clone();
+        let mut b = old;
+        for x in [&mut a, &mut b] {
+            meta::meta_mut(x).remove("resourceVersion");
+        }
+        if a == b {
+            return Ok((with_rv(obj, cur.mod_rev), 200));
+        }
+        if call.dry_run()? {
+            return Ok((obj, 200));
+        }
+        if meta::is_deleting(&obj) && meta::finalizers(&obj).is_empty() {
+            let (rev, _) = self.store.delete(&cur.key, Some(cur.mod_rev)).await.map_err(|e| storage_error(t, e))?;
+            return Ok((with_rv(obj, rev), 200));
+        }
+        let rev = self.store.update(&cur.key, encode(&obj), cur.mod_rev).await.map_err(|e| storage_error(t, e))?;
+        Ok((with_rv(obj, rev), 200))
+    }
+
+    /// PUT: update (or `/status` update).
+    pub async fn update(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
+        let name = call.name.clone().unwrap_or_default();
+        let ct = request::content_type(&call.headers);
+        let mut obj = request::decode_object(&ct, &body)?;
+        let fv = call.field_validation()?;
+        check_type(call.def, &mut obj)?;
+        self.set_namespace(call, &mut obj)?;
+        match meta::meta_str(&obj, "name") {
+            None | Some("") => {
+                meta::meta_mut(&mut obj).insert("name".into(), json!(name));
+            }
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => {}
+        }
+        let want_rv = meta::meta_str(&obj, "resourceVersion").filter(|r| !r.is_empty()).map(str::to_string);
+        loop {
+            let cur = self.store.get(&call.key(&name)).await.map_err(|e| storage_error(call.target(&name), e))?;
+            let Some(cur) = cur else {
+                if call.def.create_on_update() && call.sub.is_none() {
+                    return self.create(call, body).await;
+                }
+                return Err(ApiError::not_found(call.target(&name)));
+            };
+            if let Some(rv) = &want_rv
+                && *rv != cur.mod_rev.to_string()
+            {
+                return Err(ApiError::stale(call.target(&name)));
+            }
+            let old = decode_kv(&cur)?;
+            let new = self.prepare_update(call, &old, obj.clone())?;
+            let before = if call.sub.is_some() { unknown_of(call.def, &old) } else { vec![] };
+            let warnings = self.validate(call, &new, fv, false, &before)?;
+            match self.commit_update(call, &cur, new).await {
+                Err(e) if e.reason == "Conflict" && want_rv.is_none() => continue,
+                Err(e) => return Err(e),
+                Ok((o, code)) => return Ok(request::with_warnings(self.render(call, o, code), &warnings)),
+            }
+        }
+    }
+
+    /// PATCH: JSON patch, merge patch or strategic merge patch.
+    pub async fn patch(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
+        let name = call.name.clone().unwrap_or_default();
+        let ct = request::content_type(&call.headers);
+        let pt = PatchType::from_content_type(&ct)
+            .ok_or_else(|| ApiError::unsupported_media_type(&ct, PatchType::ACCEPTED))?;
+        if pt == PatchType::Apply {
+            return Err(ApiError::unsupported_media_type(
+                &ct,
+                &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"],
+            ));
+        }
+        let fv = call.field_validation()?;
+        let p: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        if pt == PatchType::Json {
+            let dups = validation::json_duplicates(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            self.field_problems(call, dups.iter().map(|d| format!("duplicate field {d:?}")).collect(), fv, true)?;
+        }
+        for _ in 0..8 {
+            let cur = self.store.get(&call.key(&name)).await.map_err(|e| storage_error(call.target(&name), e))?;
+            let cur = cur.ok_or_else(|| ApiError::not_found(call.target(&name)))?;
+            let old = decode_kv(&cur)?;
+            let mut patched = patch::apply(pt, &old, &p).map_err(|e| {
+                ApiError::invalid(call.def.group, call.def.kind, &name, vec![Cause::invalid("patch", &json!(""), e)])
+            })?;
+            if !patched.is_object() {
+                return Err(ApiError::bad_request("the patch produced something that is not an object"));
+            }
+            let explicit_rv = meta::meta_str(&patched, "resourceVersion").map(str::to_string);
+            if explicit_rv.as_deref().is_some_and(|r| r != cur.mod_rev.to_string()) {
+                return Err(ApiError::stale(call.target(&name)));
+            }
+            check_type(call.def, &mut patched)?;
+            let new = self.prepare_update(call, &old, patched)?;
+            let warnings = self.validate(call, &new, fv, true, &unknown_of(call.def, &old))?;
+            match self.commit_update(call, &cur, new).await {
+                Err(e) if e.reason == "Conflict" => continue,
+                Err(e) => return Err(e),
+                Ok((o, code)) => return Ok(request::with_warnings(self.render(call, o, code), &warnings)),
+            }
+        }
+        Err(ApiError::conflict(call.target(&name), "too many concurrent updates; please try again"))
+    }
+
+    /// DELETE of one object.
+    pub async fn delete(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
+        let name = call.name.clone().unwrap_or_default();
+        let opts = delete_options(call, &body)?;
+        let obj = self.delete_object(call, &name, &opts).await?;
+        Ok(self.render(call, obj, 200))
+    }
+
+    /// Deletes (or marks for deletion) one object.
+    pub(super) async fn delete_object(&self, call: &Call, name: &str, opts: &Value) -> Result<Value, ApiError> {
+        let t = call.target(name);
+        if call.def.plural == "namespaces" && call.def.group.is_empty() && PROTECTED_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(t, format!("namespaces {name:?} is forbidden: this namespace may not be deleted")));
+        }
+        let dry = call.dry_run()?;
+        loop {
+            let cur = self.store.get(&call.key(name)).await.map_err(|e| storage_error(t, e))?;
+            let cur = cur.ok_or_else(|| ApiError::not_found(t))?;
+            let obj = decode_kv(&cur)?;
+            if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
+                let have = meta::meta_str(&obj, "uid").unwrap_or("");
+                if uid != have {
+                    return Err(ApiError::conflict(t, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}")));
+                }
+            }
+            if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+                let have = cur.mod_rev.to_string();
+                if rv != have {
+                    return Err(ApiError::conflict(t, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}")));
+                }
+            }
+            let mut fins = meta::finalizers(&obj);
+            match opts.get("propagationPolicy").and_then(Value::as_str) {
+                Some("Orphan") if !fins.iter().any(|f| f == "orphan") => fins.push("orphan".into()),
+                Some("Foreground") if !fins.iter().any(|f| f == "foregroundDeletion") => fins.push("foregroundDeletion".into()),
+                None if opts.get("orphanDependents") == Some(&json!(true)) && !fins.iter().any(|f| f == "orphan") => {
+                    fins.push("orphan".into())
+                }
+                Some(p) if !matches!(p, "Orphan" | "Foreground" | "Background") => {
+                    return Err(ApiError::bad_request(format!("propagationPolicy {p:?} is not supported")));
+                }
+                _ => {}
+            }
+            let is_ns = call.def.plural == "namespaces" && call.def.group.is_empty();
+            let graceful_pod = call.def.plural == "pods"
+                && call.def.group.is_empty()
+                && obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
+                && !matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+            let grace = opts
+                .get("gracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                .unwrap_or(30);
+            if fins.is_empty() && !is_ns && !(graceful_pod && grace > 0) {
+                if dry {
+                    return Ok(obj);
+                }
+                match self.store.delete(&cur.key, Some(cur.mod_rev)).await {
+                    Ok(_) => return Ok(obj),
+                    Err(StorageError::Conflict { .. }) => continue,
+                    Err(e) => return Err(storage_error(t, e)),
+                }
+            }
+            if meta::is_deleting(&obj) && fins == meta::finalizers(&obj) {
+                return Ok(obj);
+            }
+            let mut marked = obj.clone();
+            let m = meta::meta_mut(&mut marked);
+            if !m.contains_key("deletionTimestamp") {
+                let when = if graceful_pod { chrono::Utc::now() + chrono::Duration::seconds(grace) } else { chrono::Utc::now() };
+                m.insert("deletionTimestamp".into(), json!(when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+                m.insert("deletionGracePeriodSeconds".into(), json!(if graceful_pod { grace } else { 0 }));
+            }
+            if !fins.is_empty() {
+                m.insert("finalizers".into(), json!(fins));
+            }
+            if is_ns {
+                marked["status"]["phase"] = json!("Terminating");
+            }
+            if dry {
+                return Ok(marked);
+            }
+            match self.store.update(&cur.key, encode(&marked), cur.mod_rev).await {
+                Ok(rev) => {
+                    if is_ns {
+                        self.spawn_namespace_cleanup(name.to_string());
+                    }
+                    return Ok(with_rv(marked, rev));
+                }
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(storage_error(t, e)),
+            }
+        }
+    }
+
+    /// DELETE of a collection: every object the selectors match.
+    pub async fn delete_collection(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
+        let opts = delete_options(call, &body)?;
+        let labels = LabelSelector::parse(call.query.get("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(call.query.get("fieldSelector").unwrap_or(""), call.def.field_labels)
+            .map_err(ApiError::bad_request)?;
+        let page = self
+            .store
+            .list(&call.def.list_prefix(call.ns.as_deref()), None, 0, 0)
+            .await
+            .map_err(|e| storage_error(call.target(""), e))?;
+        let mut deleted = Vec::new();
+        for kv in &page.kvs {
+            let obj = decode_kv(kv)?;
+            if !labels.matches_object(&obj) || !fields.matches(&obj) {
+                continue;
+            }
+            let sub = Call {
+                def: call.def,
+                ns: meta::namespace(&obj).map(str::to_string),
+                name: Some(meta::name(&obj).to_string()),
+                sub: None,
+                query: Query::parse(call.query.get("dryRun").map(|d| format!("dryRun={d}")).as_deref()),
+                headers: HeaderMap::new(),
+            };
+            match self.delete_object(&sub, meta::name(&obj), &opts).await {
+                Ok(o) => deleted.push(o),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(request::json(
+            200,
+            &json!({"kind": format!("{}List", call.def.kind), "apiVersion": call.def.api_version(),
+                    "metadata": {"resourceVersion": self.store.current_rev().to_string()}, "items": deleted}),
+        ))
+    }
+
+    /// Empties a namespace being deleted, then removes it (the work of Kubernetes's
+    /// namespace controller, until rk's controller takes it over).
+    pub(super) fn spawn_namespace_cleanup(&self, ns: String) {
+        let Some(me) = self.me.upgrade() else { return };
+        let token = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                r = me.cleanup_namespace(&ns) => if let Err(e) = r {
+                    tracing::warn!(namespace = %ns, error = %e, "namespace cleanup failed");
+                }
+            }
+        });
+    }
+
+    async fn cleanup_namespace(self: &Arc<Self>, ns: &str) -> Result<(), ApiError> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let mut remaining = 0;
+            for def in self.reg.all().iter().filter(|d| d.namespaced) {
+                let page = self
+                    .store
+                    .list(&def.list_prefix(Some(ns)), None, 0, 0)
+                    .await
+                    .map_err(|e| storage_error(Target { group: def.group, resource: def.plural, name: "" }, e))?;
+                for kv in &page.kvs {
+                    remaining += 1;
+                    let obj = decode_kv(kv)?;
+                    if meta::is_deleting(&obj) {
+                        continue;
+                    }
+                    let call = Call {
+                        def,
+                        ns: Some(ns.to_string()),
+                        name: Some(meta::name(&obj).to_string()),
+                        sub: None,
+                        query: Query::default(),
+                        headers: HeaderMap::new(),
+                    };
+                    match self.delete_object(&call, meta::name(&obj), &json!({"propagationPolicy": "Background"})).await {
+                        Ok(_) => {}
+                        Err(e) if e.code == 404 => {}
+                        Err(e) => tracing::debug!(namespace = ns, error = %e, "deleting namespace content"),
+                    }
+                }
+            }
+            if remaining == 0 {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        let key = format!("/registry/namespaces/{ns}");
+        loop {
+            let Some(cur) = self.store.get(&key).await.map_err(|e| ApiError::internal(e))? else { return Ok(()) };
+            let mut obj = decode_kv(&cur)?;
+            if let Some(f) = obj.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) {
+                f.retain(|x| x != "kubernetes");
+            }
+            let spec_empty = obj.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
+            let res = if spec_empty && meta::finalizers(&obj).is_empty() {
+                self.store.delete(&key, Some(cur.mod_rev)).await.map(|_| ())
+            } else {
+                self.store.update(&key, encode(&obj), cur.mod_rev).await.map(|_| ())
+            };
+            match res {
+                Ok(()) => return Ok(()),
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::internal(e)),
+            }
+        }
+    }
+}
+
+/// Unknown fields an object already has, so a later strict write is not blamed for them.
+fn unknown_of(def: &ResourceDef, obj: &Value) -> Vec<String> {
+    match (def.roundtrip)(obj) {
+        Ok(t) => validation::unknown_fields(obj, &t),
+        Err(_) => vec![],
+    }
+}
+
+/// DeleteOptions from the body and the query string.
+fn delete_options(call: &Call, body: &[u8]) -> Result<Value, ApiError> {
+    let mut opts = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        let ct = request::content_type(&call.headers);
+        request::decode_object(if ct.is_empty() { "application/json" } else { &ct }, body)?
+    };
+    if let Some(p) = call.query.get("propagationPolicy") {
+        opts["propagationPolicy"] = json!(p);
+    }
+    if let Some(g) = call.query.int("gracePeriodSeconds")? {
+        opts["gracePeriodSeconds"] = json!(g);
+    }
+    if call.query.get("orphanDependents").is_some() {
+        opts["orphanDependents"] = json!(call.query.flag("orphanDependents"));
+    }
+    Ok(opts)
+}
+
+fn encode_continue(rev: i64, key: &str) -> String {
+    let v = json!({"v": "meta.k8s.io/v1", "rv": rev, "start": key});
+    base64::engine::general_purpose::URL_SAFE.encode(v.to_string())
+}
+
+fn decode_continue(tok: &str) -> Result<(i64, String), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid: the continue token is malformed");
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(tok)
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(tok))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rev = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
+    Ok((rev, start.to_string()))
+}
