@@ -75,7 +75,8 @@ pub struct ServerArgs {
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
-    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| format!("{s:?} is not an octal file mode"))?;
+    let m =
+        u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| format!("{s:?} is not an octal file mode"))?;
     if m > 0o777 {
         return Err(format!("{s:?} is not a file mode (at most 0777)"));
     }
@@ -105,7 +106,8 @@ fn parse_log_level(s: &str) -> Result<String, String> {
 impl ServerArgs {
     /// The validated server configuration.
     pub fn into_config(self) -> anyhow::Result<ServerConfig> {
-        if self.cluster_cidr.contains(&self.service_cidr.network()) || self.service_cidr.contains(&self.cluster_cidr.network())
+        if self.cluster_cidr.contains(&self.service_cidr.network())
+            || self.service_cidr.contains(&self.cluster_cidr.network())
         {
             anyhow::bail!("--cluster-cidr {} and --service-cidr {} overlap", self.cluster_cidr, self.service_cidr);
         }
@@ -247,12 +249,16 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Cli, CliError>
     let mut extra = Vec::new();
     for e in &last {
         let id = e.key.replace('-', "_");
-        let Some(arg) = server_cmd.get_arguments().find(|a| a.get_id() == id.as_str() && a.get_long() == Some(e.key.as_str()))
+        let Some(arg) =
+            server_cmd.get_arguments().find(|a| a.get_id() == id.as_str() && a.get_long() == Some(e.key.as_str()))
         else {
             return Err(CliError::Message(format!("config file {}: unknown key {:?}", e.file.display(), e.key)));
         };
         if id == "config" {
-            return Err(CliError::Message(format!("config file {}: key \"config\" cannot be set in a config file", e.file.display())));
+            return Err(CliError::Message(format!(
+                "config file {}: key \"config\" cannot be set in a config file",
+                e.file.display()
+            )));
         }
         if matches!(sub.value_source(&id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
             continue;

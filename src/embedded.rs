@@ -6,6 +6,4 @@ pub mod sled_store;
 pub mod storage;
 
 pub use sled_store::{SledStore, SledStoreOptions};
-pub use storage::{
-    Event, EventKind, KeyValue, ListResult, Rev, Storage, StorageError, WatchStream,
-};
+pub use storage::{Event, EventKind, KeyValue, ListResult, Rev, Storage, StorageError, WatchStream};

@@ -104,7 +104,11 @@ pub struct Running {
 
 /// Starts the server and returns once the API answers; tasks run on `tracker` until
 /// `shutdown` is cancelled.
-pub async fn start(cfg: &ServerConfig, shutdown: CancellationToken, tracker: &TaskTracker) -> Result<Running, ServerError> {
+pub async fn start(
+    cfg: &ServerConfig,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Running, ServerError> {
     let t0 = std::time::Instant::now();
     let server_dir = cfg.data_dir.join("server");
     let db_dir = server_dir.join("db");
@@ -126,7 +130,7 @@ pub async fn start(cfg: &ServerConfig, shutdown: CancellationToken, tracker: &Ta
     let addr = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
     let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
-    let api = apiserver::ApiServer::new(Arc::new(store.clone()), shutdown.clone(), addr.to_string());
+    let api = apiserver::ApiServer::new(Arc::new(store.clone()), shutdown.clone(), addr.to_string(), cfg.service_cidr);
     tracker.spawn(api.clone().serve(listener, tls_cfg, certs, shutdown.clone(), tracker.clone()));
     tracing::info!(%addr, "API server listening");
 
@@ -203,7 +207,9 @@ fn local_ips() -> Vec<IpAddr> {
                         .map(|v4| IpAddr::V4(v4.ip()))
                         .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
                 })
-                .filter(|ip| !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                .filter(|ip| {
+                    !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+                })
                 .collect()
         })
         .unwrap_or_default()

@@ -71,7 +71,20 @@ pub fn apply(group: &str, plural: &str, obj: &mut Value) {
             set(obj, &["spec", "finalizers"], json!(["kubernetes"]));
             set(obj, &["status", "phase"], json!("Active"));
         }
-        ("", "secrets") => set(obj, &["type"], json!("Opaque")),
+        ("", "secrets") => {
+            set(obj, &["type"], json!("Opaque"));
+            // stringData is write-only: merged into data, base64-encoded, then dropped.
+            if let Some(sd) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+                use base64::Engine;
+                if let Some(m) = sd.as_object() {
+                    for (k, v) in m {
+                        let b = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+                        set(obj, &["data"], json!({}));
+                        obj["data"][k] = json!(b);
+                    }
+                }
+            }
+        }
         ("", "services") => {
             let external = obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
             set(obj, &["spec", "type"], json!("ClusterIP"));
@@ -165,7 +178,8 @@ mod tests {
 
     #[test]
     fn pod_and_service_defaults() {
-        let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "busybox"}, {"name": "d", "image": "x:1.0"}]}});
+        let mut pod =
+            json!({"spec": {"containers": [{"name": "c", "image": "busybox"}, {"name": "d", "image": "x:1.0"}]}});
         apply("", "pods", &mut pod);
         assert_eq!(pod["spec"]["restartPolicy"], "Always");
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");

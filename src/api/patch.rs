@@ -69,8 +69,15 @@ pub fn apply(pt: PatchType, doc: &Value, patch: &Value) -> Result<Value, String>
 /// The merge key of a list field, by field name (and, for `ports`, by element shape).
 fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
-        | "resourceClaims" | "schedulingGates" | "readinessGates" => {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates"
+        | "readinessGates" => {
             if field == "readinessGates" {
                 "conditionType"
             } else {
@@ -140,7 +147,9 @@ fn strategic(doc: &Value, patch: &Value, field: &str) -> Result<Value, String> {
         }
         let merged = match (out.get(k), pv) {
             (Some(Value::Object(_)), Value::Object(_)) => strategic(&out[k], pv, k)?,
-            (Some(Value::Array(cur)), Value::Array(new)) => merge_list(k, cur, new, p.get(&format!("$setElementOrder/{k}")))?,
+            (Some(Value::Array(cur)), Value::Array(new)) => {
+                merge_list(k, cur, new, p.get(&format!("$setElementOrder/{k}")))?
+            }
             (None, v) => strip_directives(v),
             (_, v) => strip_directives(v),
         };
@@ -224,7 +233,8 @@ mod tests {
         let doc = json!({"metadata": {"labels": {"a": "1"}}});
         let out = apply(PatchType::Merge, &doc, &json!({"metadata": {"labels": {"a": null, "b": "2"}}})).unwrap();
         assert_eq!(out["metadata"]["labels"], json!({"b": "2"}));
-        let out = apply(PatchType::Json, &doc, &json!([{"op": "add", "path": "/metadata/labels/c", "value": "3"}])).unwrap();
+        let out =
+            apply(PatchType::Json, &doc, &json!([{"op": "add", "path": "/metadata/labels/c", "value": "3"}])).unwrap();
         assert_eq!(out["metadata"]["labels"]["c"], "3");
         assert!(apply(PatchType::Json, &doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
     }

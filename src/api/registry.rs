@@ -86,7 +86,14 @@ impl ResourceDef {
     pub fn tracks_generation(&self) -> bool {
         !matches!(
             self.plural,
-            "configmaps" | "secrets" | "endpoints" | "events" | "serviceaccounts" | "leases" | "endpointslices" | "namespaces"
+            "configmaps"
+                | "secrets"
+                | "endpoints"
+                | "events"
+                | "serviceaccounts"
+                | "leases"
+                | "endpointslices"
+                | "namespaces"
         )
     }
 
@@ -280,7 +287,11 @@ impl Registry {
     }
 
     /// The resources of one group-version.
-    pub fn in_group_version<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a ResourceDef> + 'a {
+    pub fn in_group_version<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+    ) -> impl Iterator<Item = &'a ResourceDef> + 'a {
         self.defs.iter().filter(move |d| d.group == group && d.version == version)
     }
 }

@@ -265,7 +265,8 @@ mod tests {
     #[test]
     fn field_selectors() {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        let f = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", &["spec.nodeName", "status.phase"]).unwrap();
+        let f =
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", &["spec.nodeName", "status.phase"]).unwrap();
         assert!(f.matches(&pod));
         assert!(FieldSelector::parse("spec.nodeName=", &["spec.nodeName"]).unwrap().matches(&json!({})));
         assert_eq!(FieldSelector::parse("spec.bogus=1", &[]).unwrap_err(), "field label not supported: spec.bogus");

@@ -63,7 +63,8 @@ impl Cause {
 
     /// A missing required value.
     pub fn required(field: impl Into<String>, detail: &str) -> Cause {
-        let message = if detail.is_empty() { "Required value".to_string() } else { format!("Required value: {detail}") };
+        let message =
+            if detail.is_empty() { "Required value".to_string() } else { format!("Required value: {detail}") };
         Cause { reason: "FieldValueRequired", field: field.into(), message }
     }
 
@@ -121,15 +122,21 @@ impl ApiError {
 
     /// 409 Conflict: a stale resourceVersion.
     pub fn conflict(t: Target<'_>, why: &str) -> ApiError {
-        let mut e =
-            ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} {:?}: {why}", t.qualified(), t.name));
+        let mut e = ApiError::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {} {:?}: {why}", t.qualified(), t.name),
+        );
         e.details = Some(t.details());
         e
     }
 
     /// The usual Conflict for an object modified since it was read.
     pub fn stale(t: Target<'_>) -> ApiError {
-        ApiError::conflict(t, "the object has been modified; please apply your changes to the latest version and try again")
+        ApiError::conflict(
+            t,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
     }
 
     /// 410 Expired: a compacted resourceVersion.
@@ -147,8 +154,10 @@ impl ApiError {
         ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: {}", accepted.join(", "))
-                + &if ct.is_empty() { String::new() } else { format!(" (got {ct:?})") },
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                accepted.join(", ")
+            ) + &if ct.is_empty() { String::new() } else { format!(" (got {ct:?})") },
         )
     }
 

@@ -31,16 +31,9 @@ pub fn columns(group: &str, plural: &str) -> Vec<Col> {
         ("apps", "deployments") => {
             vec![NAME, s("Ready"), i("Up-to-date"), i("Available"), AGE, w("Containers"), w("Images"), w("Selector")]
         }
-        ("apps", "replicasets") | ("", "replicationcontrollers") => vec![
-            NAME,
-            i("Desired"),
-            i("Current"),
-            i("Ready"),
-            AGE,
-            w("Containers"),
-            w("Images"),
-            w("Selector"),
-        ],
+        ("apps", "replicasets") | ("", "replicationcontrollers") => {
+            vec![NAME, i("Desired"), i("Current"), i("Ready"), AGE, w("Containers"), w("Images"), w("Selector")]
+        }
         ("apps", "statefulsets") => vec![NAME, s("Ready"), AGE, w("Containers"), w("Images")],
         ("apps", "daemonsets") => vec![
             NAME,
@@ -55,16 +48,9 @@ pub fn columns(group: &str, plural: &str) -> Vec<Col> {
             w("Images"),
             w("Selector"),
         ],
-        ("batch", "jobs") => vec![
-            NAME,
-            s("Status"),
-            s("Completions"),
-            s("Duration"),
-            AGE,
-            w("Containers"),
-            w("Images"),
-            w("Selector"),
-        ],
+        ("batch", "jobs") => {
+            vec![NAME, s("Status"), s("Completions"), s("Duration"), AGE, w("Containers"), w("Images"), w("Selector")]
+        }
         ("batch", "cronjobs") => vec![
             NAME,
             s("Schedule"),
@@ -243,8 +229,7 @@ fn map_selector(sel: Option<&Value>) -> String {
 }
 
 fn pod_status(pod: &Value) -> (String, i64, usize, usize) {
-    let mut reason =
-        str_at(pod, "/status/reason").to_string().chars().collect::<String>().trim().to_string();
+    let mut reason = str_at(pod, "/status/reason").to_string().chars().collect::<String>().trim().to_string();
     if reason.is_empty() {
         reason = str_at(pod, "/status/phase").to_string();
     }
@@ -261,9 +246,14 @@ fn pod_status(pod: &Value) -> (String, i64, usize, usize) {
             }
             if let Some(t) = c.pointer("/state/terminated") {
                 let r = str_at(t, "/reason");
-                reason = if r.is_empty() { format!("Init:ExitCode:{}", int_at(t, "/exitCode")) } else { format!("Init:{r}") };
+                reason = if r.is_empty() {
+                    format!("Init:ExitCode:{}", int_at(t, "/exitCode"))
+                } else {
+                    format!("Init:{r}")
+                };
                 init_failed = true;
-            } else if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| *r != "PodInitializing")
+            } else if let Some(r) =
+                c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| *r != "PodInitializing")
             {
                 reason = format!("Init:{r}");
                 init_failed = true;
@@ -447,7 +437,9 @@ fn access_modes(obj: &Value, p: &str) -> String {
 fn job_status(job: &Value) -> String {
     let conds = job.pointer("/status/conditions").and_then(Value::as_array);
     let has = |t: &str| {
-        conds.is_some_and(|c| c.iter().any(|c| c.get("type") == Some(&json!(t)) && c.get("status") == Some(&json!("True"))))
+        conds.is_some_and(|c| {
+            c.iter().any(|c| c.get("type") == Some(&json!(t)) && c.get("status") == Some(&json!("True")))
+        })
     };
     if has("Complete") {
         "Complete".into()
@@ -553,7 +545,9 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
             let (c, i) = containers_images(obj.pointer("/spec/template/spec"));
             let completions = match obj.pointer("/spec/completions").and_then(Value::as_i64) {
                 Some(n) => format!("{}/{n}", int_at(obj, "/status/succeeded")),
-                None => format!("{}/1 of {}", int_at(obj, "/status/succeeded"), int_at(obj, "/spec/parallelism").max(1)),
+                None => {
+                    format!("{}/1 of {}", int_at(obj, "/status/succeeded"), int_at(obj, "/spec/parallelism").max(1))
+                }
             };
             let start = str_at(obj, "/status/startTime");
             let duration = if start.is_empty() {
@@ -628,10 +622,11 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
             vec![name, json!(str_at(obj, "/type")), json!(n), age(obj, now)]
         }
         ("", "events") => {
-            let last = [str_at(obj, "/lastTimestamp"), str_at(obj, "/eventTime"), str_at(obj, "/series/lastObservedTime")]
-                .into_iter()
-                .find(|s| !s.is_empty())
-                .or(meta::meta_str(obj, "creationTimestamp"));
+            let last =
+                [str_at(obj, "/lastTimestamp"), str_at(obj, "/eventTime"), str_at(obj, "/series/lastObservedTime")]
+                    .into_iter()
+                    .find(|s| !s.is_empty())
+                    .or(meta::meta_str(obj, "creationTimestamp"));
             let first = Some(str_at(obj, "/firstTimestamp")).filter(|s| !s.is_empty()).or(last);
             let kind = str_at(obj, "/involvedObject/kind").to_lowercase();
             let source = str_at(obj, "/source/component");
@@ -711,7 +706,16 @@ mod tests {
 
     #[test]
     fn ages_print_like_kubectl() {
-        for (s, want) in [(5, "5s"), (119, "119s"), (150, "2m30s"), (600, "10m"), (3 * 3600 + 60, "3h1m"), (9 * 3600, "9h"), (3 * 86400 + 3600, "3d1h"), (30 * 86400, "30d")] {
+        for (s, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (9 * 3600, "9h"),
+            (3 * 86400 + 3600, "3d1h"),
+            (30 * 86400, "30d"),
+        ] {
             assert_eq!(human_duration(s), want);
         }
     }

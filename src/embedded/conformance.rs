@@ -82,9 +82,7 @@ pub async fn check_cas_update_delete(s: &impl Storage) {
 /// Lists by prefix with limit and continue, consistent at the first page's revision.
 pub async fn check_list_paging_at_revision(s: &impl Storage) {
     for i in 0..10 {
-        s.create(&format!("/p/{i:02}"), b(&i.to_string()))
-            .await
-            .unwrap();
+        s.create(&format!("/p/{i:02}"), b(&i.to_string())).await.unwrap();
     }
     s.create("/pother", b("x")).await.unwrap();
     s.create("/q/0", b("x")).await.unwrap();
@@ -104,11 +102,7 @@ pub async fn check_list_paging_at_revision(s: &impl Storage) {
         assert_eq!(page.rev, at);
         for kv in &page.kvs {
             if kv.key == "/p/07" {
-                assert_eq!(
-                    kv.value,
-                    b("7"),
-                    "a list at a revision shows values as of then"
-                );
+                assert_eq!(kv.value, b("7"), "a list at a revision shows values as of then");
             }
         }
         keys.extend(page.kvs.iter().map(|k| k.key.clone()));
@@ -118,10 +112,7 @@ pub async fn check_list_paging_at_revision(s: &impl Storage) {
         }
     }
     let want: Vec<String> = (0..10).map(|i| format!("/p/{i:02}")).collect();
-    assert_eq!(
-        keys, want,
-        "paged list at a revision is that revision's full list"
-    );
+    assert_eq!(keys, want, "paged list at a revision is that revision's full list");
     let now = s.list("/p/", None, 0, 0).await.unwrap();
     assert_eq!(now.kvs.len(), 10);
     assert!(now.kvs.iter().any(|k| k.key == "/p/055"));
@@ -129,10 +120,7 @@ pub async fn check_list_paging_at_revision(s: &impl Storage) {
     assert_eq!(s.count("/p/").await.unwrap(), 10);
     match s.list("/p/", None, 0, s.current_rev() + 100).await {
         Err(StorageError::FutureRevision { .. }) => {}
-        other => panic!(
-            "list in the future must fail, got {:?}",
-            other.map(|r| r.rev)
-        ),
+        other => panic!("list in the future must fail, got {:?}", other.map(|r| r.rev)),
     }
 }
 
@@ -144,20 +132,14 @@ pub async fn check_watch_history_then_live(s: &impl Storage) {
     let r2 = s.update("/w/a", b("2"), r1).await.unwrap();
     let mut w = s.watch("/w/", r0).unwrap();
     let e1 = next_event(&mut w).await;
-    assert_eq!(
-        (e1.kind, e1.kv.mod_rev, e1.prev.is_none()),
-        (EventKind::Put, r1, true)
-    );
+    assert_eq!((e1.kind, e1.kv.mod_rev, e1.prev.is_none()), (EventKind::Put, r1, true));
     let e2 = next_event(&mut w).await;
     assert_eq!((e2.kind, e2.kv.mod_rev), (EventKind::Put, r2));
     assert_eq!(e2.prev.as_ref().map(|p| p.value.clone()), Some(b("1")));
     let (rd, _) = s.delete("/w/a", None).await.unwrap();
     let r3 = s.create("/w/b", b("3")).await.unwrap();
     let e3 = next_event(&mut w).await;
-    assert_eq!(
-        (e3.kind, e3.kv.mod_rev, e3.kv.value.clone()),
-        (EventKind::Delete, rd, b("2"))
-    );
+    assert_eq!((e3.kind, e3.kv.mod_rev, e3.kv.value.clone()), (EventKind::Delete, rd, b("2")));
     let e4 = next_event(&mut w).await;
     assert_eq!((e4.kind, e4.kv.mod_rev), (EventKind::Put, r3));
     // A watch from the current revision sees only what follows.
@@ -182,32 +164,15 @@ pub async fn check_compaction(s: &impl Storage) {
     }
     match s.list("/c/", None, 0, r2).await {
         Err(StorageError::Compacted { .. }) => {}
-        other => panic!(
-            "list below compaction must be Compacted, got {:?}",
-            other.map(|r| r.rev)
-        ),
+        other => panic!("list below compaction must be Compacted, got {:?}", other.map(|r| r.rev)),
     }
     let now = s.list("/c/", None, 0, r3).await.unwrap();
-    let vals: Vec<_> = now
-        .kvs
-        .iter()
-        .map(|k| (k.key.as_str(), k.value.clone()))
-        .collect();
+    let vals: Vec<_> = now.kvs.iter().map(|k| (k.key.as_str(), k.value.clone())).collect();
     assert_eq!(vals, vec![("/c/a", b("2")), ("/c/b", b("3"))]);
     // Writes go on, revisions keep growing.
     let r4 = s.update("/c/a", b("4"), r2).await.unwrap();
     assert!(r4 > r3);
-    assert_eq!(
-        s.watch("/c/", r3)
-            .unwrap()
-            .next()
-            .await
-            .unwrap()
-            .unwrap()
-            .kv
-            .mod_rev,
-        r4
-    );
+    assert_eq!(s.watch("/c/", r3).unwrap().next().await.unwrap().unwrap().kv.mod_rev, r4);
 }
 
 /// Many concurrent writers: every write lands once, revisions are unique.

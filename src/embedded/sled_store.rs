@@ -23,9 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
-use super::storage::{
-    Event, EventKind, KeyValue, ListResult, Rev, Storage, StorageError, WatchStream,
-};
+use super::storage::{Event, EventKind, KeyValue, ListResult, Rev, Storage, StorageError, WatchStream};
 
 const KIND_PUT: u8 = 0;
 const KIND_DELETE: u8 = 1;
@@ -45,10 +43,7 @@ pub struct SledStoreOptions {
 
 impl Default for SledStoreOptions {
     fn default() -> Self {
-        SledStoreOptions {
-            cache_bytes: 16 << 20,
-            watch_buffer: 16 * 1024,
-        }
+        SledStoreOptions { cache_bytes: 16 << 20, watch_buffer: 16 * 1024 }
     }
 }
 
@@ -85,11 +80,7 @@ struct FlushState {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut st = self
-            .flush
-            .requested
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut st = self.flush.requested.lock().unwrap_or_else(|e| e.into_inner());
         st.closed = true;
         self.flush.cond.notify_all();
     }
@@ -154,15 +145,9 @@ fn encode_record(kind: u8, create_rev: Rev, value: &[u8]) -> Vec<u8> {
 
 fn decode_record(v: &[u8]) -> Result<Record, StorageError> {
     if v.len() < 9 {
-        return Err(StorageError::Backend(
-            "corrupt record: shorter than its header".into(),
-        ));
+        return Err(StorageError::Backend("corrupt record: shorter than its header".into()));
     }
-    Ok(Record {
-        kind: v[0],
-        create_rev: from_be(&v[1..9]),
-        value: Bytes::copy_from_slice(&v[9..]),
-    })
+    Ok(Record { kind: v[0], create_rev: from_be(&v[1..9]), value: Bytes::copy_from_slice(&v[9..]) })
 }
 
 fn backend(e: sled::Error) -> StorageError {
@@ -171,9 +156,7 @@ fn backend(e: sled::Error) -> StorageError {
 
 fn check_key(key: &str) -> Result<(), StorageError> {
     if key.as_bytes().contains(&0) {
-        return Err(StorageError::Backend(format!(
-            "key {key:?} contains a NUL byte"
-        )));
+        return Err(StorageError::Backend(format!("key {key:?} contains a NUL byte")));
     }
     Ok(())
 }
@@ -181,8 +164,7 @@ fn check_key(key: &str) -> Result<(), StorageError> {
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, opts: SledStoreOptions) -> Result<SledStore, StorageError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StorageError::Backend(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::Backend(format!("create {}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_bytes)
@@ -191,18 +173,10 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(backend)?;
-        let current = db
-            .get(META_REV)
-            .map_err(backend)?
-            .map(|v| from_be(&v))
-            .unwrap_or(0);
-        let compacted = db
-            .get(META_COMPACT)
-            .map_err(backend)?
-            .map(|v| from_be(&v))
-            .unwrap_or(0);
-        let db_file = File::open(dir.join("db"))
-            .map_err(|e| StorageError::Backend(format!("open {}/db: {e}", dir.display())))?;
+        let current = db.get(META_REV).map_err(backend)?.map(|v| from_be(&v)).unwrap_or(0);
+        let compacted = db.get(META_COMPACT).map_err(backend)?.map(|v| from_be(&v)).unwrap_or(0);
+        let db_file =
+            File::open(dir.join("db")).map_err(|e| StorageError::Backend(format!("open {}/db: {e}", dir.display())))?;
         // The directory entries of db and conf must be durable too.
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -210,10 +184,7 @@ impl SledStore {
 
         let (durable_tx, durable_rx) = watch::channel((current, None));
         let (events, _) = broadcast::channel(opts.watch_buffer.max(16));
-        let flush = Arc::new(FlushShared {
-            requested: Mutex::new(FlushState::default()),
-            cond: Condvar::new(),
-        });
+        let flush = Arc::new(FlushShared { requested: Mutex::new(FlushState::default()), cond: Condvar::new() });
         let inner = Arc::new(Inner {
             tree: db,
             write: Mutex::new(current),
@@ -239,12 +210,7 @@ impl SledStore {
     }
 
     fn latest(&self, key: &str) -> Result<Option<(Rev, Record)>, StorageError> {
-        match self
-            .inner
-            .tree
-            .scan_prefix(versions_prefix(key))
-            .next_back()
-        {
+        match self.inner.tree.scan_prefix(versions_prefix(key)).next_back() {
             None => Ok(None),
             Some(r) => {
                 let (k, v) = r.map_err(backend)?;
@@ -256,12 +222,9 @@ impl SledStore {
 
     fn live(&self, key: &str) -> Result<Option<KeyValue>, StorageError> {
         Ok(match self.latest(key)? {
-            Some((rev, rec)) if rec.kind == KIND_PUT => Some(KeyValue {
-                key: key.to_string(),
-                value: rec.value,
-                create_rev: rec.create_rev,
-                mod_rev: rev,
-            }),
+            Some((rev, rec)) if rec.kind == KIND_PUT => {
+                Some(KeyValue { key: key.to_string(), value: rec.value, create_rev: rec.create_rev, mod_rev: rev })
+            }
             _ => None,
         })
     }
@@ -279,36 +242,17 @@ impl SledStore {
             let prev = self.live(key)?;
             let rev = *cur + 1;
             let (kind, create_rev, value) = decide(prev.as_ref(), rev)?;
-            let code = if kind == EventKind::Put {
-                KIND_PUT
-            } else {
-                KIND_DELETE
-            };
+            let code = if kind == EventKind::Put { KIND_PUT } else { KIND_DELETE };
             let mut batch = sled::Batch::default();
-            batch.insert(
-                version_key(key, rev),
-                encode_record(code, create_rev, &value),
-            );
+            batch.insert(version_key(key, rev), encode_record(code, create_rev, &value));
             batch.insert(&log_key(rev)[..], key.as_bytes());
             batch.insert(META_REV, &be(rev)[..]);
             self.inner.tree.apply_batch(batch).map_err(backend)?;
             *cur = rev;
             self.inner.current.store(rev, Ordering::Release);
-            let ev = Arc::new(Event {
-                kind,
-                kv: KeyValue {
-                    key: key.to_string(),
-                    value,
-                    create_rev,
-                    mod_rev: rev,
-                },
-                prev,
-            });
-            self.inner
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(ev.clone());
+            let ev =
+                Arc::new(Event { kind, kv: KeyValue { key: key.to_string(), value, create_rev, mod_rev: rev }, prev });
+            self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).push(ev.clone());
             ev
         };
         self.wait_durable(ev.kv.mod_rev).await?;
@@ -317,12 +261,7 @@ impl SledStore {
 
     async fn wait_durable(&self, rev: Rev) -> Result<(), StorageError> {
         {
-            let mut st = self
-                .inner
-                .flush
-                .requested
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut st = self.inner.flush.requested.lock().unwrap_or_else(|e| e.into_inner());
             st.requested = true;
             self.inner.flush.cond.notify_one();
         }
@@ -339,21 +278,11 @@ impl SledStore {
 
     /// Reads the history event at `rev` if its key is under `prefix`.
     fn history_event(&self, rev: Rev, key: &str) -> Result<Option<Event>, StorageError> {
-        let Some(v) = self
-            .inner
-            .tree
-            .get(version_key(key, rev))
-            .map_err(backend)?
-        else {
+        let Some(v) = self.inner.tree.get(version_key(key, rev)).map_err(backend)? else {
             return Ok(None);
         };
         let rec = decode_record(&v)?;
-        let prev = match self
-            .inner
-            .tree
-            .range(versions_prefix(key)..version_key(key, rev))
-            .next_back()
-        {
+        let prev = match self.inner.tree.range(versions_prefix(key)..version_key(key, rev)).next_back() {
             Some(r) => {
                 let (k, v) = r.map_err(backend)?;
                 let prev_rev = split_version_key(&k).map(|(_, r)| r).unwrap_or(0);
@@ -367,19 +296,10 @@ impl SledStore {
             }
             None => None,
         };
-        let kind = if rec.kind == KIND_PUT {
-            EventKind::Put
-        } else {
-            EventKind::Delete
-        };
+        let kind = if rec.kind == KIND_PUT { EventKind::Put } else { EventKind::Delete };
         Ok(Some(Event {
             kind,
-            kv: KeyValue {
-                key: key.to_string(),
-                value: rec.value,
-                create_rev: rec.create_rev,
-                mod_rev: rev,
-            },
+            kv: KeyValue { key: key.to_string(), value: rec.value, create_rev: rec.create_rev, mod_rev: rev },
             prev,
         }))
     }
@@ -402,23 +322,15 @@ impl SledStore {
             let key = String::from_utf8_lossy(&key).into_owned();
             batch.remove(lk);
             let this = version_key(&key, rev);
-            let newer = tree
-                .range(version_key(&key, rev + 1)..version_key(&key, Rev::MAX))
-                .next();
+            let newer = tree.range(version_key(&key, rev + 1)..version_key(&key, Rev::MAX)).next();
             let superseded = match newer {
                 Some(x) => {
                     let (nk, _) = x.map_err(backend)?;
-                    split_version_key(&nk)
-                        .map(|(_, nr)| nr <= upto)
-                        .unwrap_or(false)
+                    split_version_key(&nk).map(|(_, nr)| nr <= upto).unwrap_or(false)
                 }
                 None => false,
             };
-            let is_delete = tree
-                .get(&this)
-                .map_err(backend)?
-                .map(|v| v.first() == Some(&KIND_DELETE))
-                .unwrap_or(false);
+            let is_delete = tree.get(&this).map_err(backend)?.map(|v| v.first() == Some(&KIND_DELETE)).unwrap_or(false);
             if superseded || is_delete {
                 batch.remove(this);
                 removed += 1;
@@ -452,8 +364,7 @@ fn flusher(
             st.requested = false;
         }
         let Some(inner) = inner.upgrade() else { return };
-        let batch: Vec<Arc<Event>> =
-            std::mem::take(&mut *inner.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let batch: Vec<Arc<Event>> = std::mem::take(&mut *inner.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let Some(target) = batch.last().map(|e| e.kv.mod_rev) else {
             continue;
         };
@@ -461,11 +372,7 @@ fn flusher(
             .tree
             .flush()
             .map_err(|e| e.to_string())
-            .and_then(|_| {
-                db_file
-                    .sync_data()
-                    .map_err(|e| format!("fdatasync db: {e}"))
-            })
+            .and_then(|_| db_file.sync_data().map_err(|e| format!("fdatasync db: {e}")))
             .and_then(|_| sync_new_blobs(&blobs, &mut synced_blobs));
         match res {
             Ok(()) => {
@@ -498,17 +405,13 @@ fn sync_new_blobs(blobs: &Path, synced: &mut HashSet<std::ffi::OsString>) -> Res
     for ent in rd.flatten() {
         let name = ent.file_name();
         if !synced.contains(&name) {
-            File::open(ent.path())
-                .and_then(|f| f.sync_data())
-                .map_err(|e| format!("fsync blob {:?}: {e}", name))?;
+            File::open(ent.path()).and_then(|f| f.sync_data()).map_err(|e| format!("fsync blob {:?}: {e}", name))?;
             added = true;
         }
         seen.insert(name);
     }
     if added {
-        File::open(blobs)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("fsync {}: {e}", blobs.display()))?;
+        File::open(blobs).and_then(|d| d.sync_all()).map_err(|e| format!("fsync {}: {e}", blobs.display()))?;
     }
     *synced = seen;
     Ok(())
@@ -531,16 +434,10 @@ impl Storage for SledStore {
         let rev = if rev <= 0 { current } else { rev };
         let compacted = self.compacted_rev();
         if rev < compacted {
-            return Err(StorageError::Compacted {
-                requested: rev,
-                compacted,
-            });
+            return Err(StorageError::Compacted { requested: rev, compacted });
         }
         if rev > current {
-            return Err(StorageError::FutureRevision {
-                requested: rev,
-                current,
-            });
+            return Err(StorageError::FutureRevision { requested: rev, current });
         }
         let mut lo = vec![b'k'];
         match start_after {
@@ -556,10 +453,7 @@ impl Storage for SledStore {
         let mut more = false;
         // The newest version at or below `rev` of the key being scanned.
         let mut cand: Option<(String, Rev, Record)> = None;
-        let flush = |cand: Option<(String, Rev, Record)>,
-                     kvs: &mut Vec<KeyValue>,
-                     more: &mut bool|
-         -> bool {
+        let flush = |cand: Option<(String, Rev, Record)>, kvs: &mut Vec<KeyValue>, more: &mut bool| -> bool {
             if let Some((key, r, rec)) = cand
                 && rec.kind == KIND_PUT
             {
@@ -567,12 +461,7 @@ impl Storage for SledStore {
                     *more = true;
                     return true;
                 }
-                kvs.push(KeyValue {
-                    key,
-                    value: rec.value,
-                    create_rev: rec.create_rev,
-                    mod_rev: r,
-                });
+                kvs.push(KeyValue { key, value: rec.value, create_rev: rec.create_rev, mod_rev: r });
             }
             false
         };
@@ -584,8 +473,7 @@ impl Storage for SledStore {
             let Some((key, vrev)) = split_version_key(&k) else {
                 continue;
             };
-            if cand.as_ref().is_some_and(|c| c.0 != key) && flush(cand.take(), &mut kvs, &mut more)
-            {
+            if cand.as_ref().is_some_and(|c| c.0 != key) && flush(cand.take(), &mut kvs, &mut more) {
                 break;
             }
             if vrev <= rev {
@@ -616,22 +504,14 @@ impl Storage for SledStore {
         let ev = self
             .write(key, |prev, _| match prev {
                 Some(p) if p.mod_rev == expected => Ok((EventKind::Put, p.create_rev, value)),
-                Some(p) => Err(StorageError::Conflict {
-                    key: key.to_string(),
-                    expected,
-                    found: p.mod_rev,
-                }),
+                Some(p) => Err(StorageError::Conflict { key: key.to_string(), expected, found: p.mod_rev }),
                 None => Err(StorageError::NotFound(key.to_string())),
             })
             .await?;
         Ok(ev.kv.mod_rev)
     }
 
-    async fn delete(
-        &self,
-        key: &str,
-        expected: Option<Rev>,
-    ) -> Result<(Rev, KeyValue), StorageError> {
+    async fn delete(&self, key: &str, expected: Option<Rev>) -> Result<(Rev, KeyValue), StorageError> {
         let ev = self
             .write(key, |prev, _| match prev {
                 Some(p) if expected.is_none_or(|e| e == p.mod_rev) => {
@@ -653,18 +533,11 @@ impl Storage for SledStore {
         let rx = self.inner.events.subscribe();
         let compacted = self.compacted_rev();
         if after < compacted {
-            return Err(StorageError::Compacted {
-                requested: after,
-                compacted,
-            });
+            return Err(StorageError::Compacted { requested: after, compacted });
         }
         let durable = self.inner.durable.borrow().0;
         let mut history = Vec::new();
-        for r in self
-            .inner
-            .tree
-            .range(&log_key(after + 1)[..]..=&log_key(durable)[..])
-        {
+        for r in self.inner.tree.range(&log_key(after + 1)[..]..=&log_key(durable)[..]) {
             let (lk, key) = r.map_err(backend)?;
             let key = String::from_utf8_lossy(&key);
             if !key.starts_with(prefix) {
@@ -710,19 +583,13 @@ impl Storage for SledStore {
     async fn compact(&self, rev: Rev) -> Result<(), StorageError> {
         let current = self.current_rev();
         if rev > current {
-            return Err(StorageError::FutureRevision {
-                requested: rev,
-                current,
-            });
+            return Err(StorageError::FutureRevision { requested: rev, current });
         }
         if rev <= self.compacted_rev() {
             return Ok(());
         }
         // Refuse reads below `rev` first, then remove history batch by batch.
-        self.inner
-            .tree
-            .insert(META_COMPACT, &be(rev)[..])
-            .map_err(backend)?;
+        self.inner.tree.insert(META_COMPACT, &be(rev)[..]).map_err(backend)?;
         self.inner.compacted.store(rev, Ordering::Release);
         let mut total = 0;
         loop {
@@ -753,9 +620,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = std::sync::atomic::AtomicUsize::new(0);
         conformance::run_all(|| {
-            let p = dir
-                .path()
-                .join(n.fetch_add(1, Ordering::SeqCst).to_string());
+            let p = dir.path().join(n.fetch_add(1, Ordering::SeqCst).to_string());
             async move { SledStore::open(&p, SledStoreOptions::default()).unwrap() }
         })
         .await;
@@ -779,10 +644,7 @@ mod tests {
         assert_eq!(s.compacted_rev(), last);
         let r = s.create("/c", Bytes::from_static(b"3")).await.unwrap();
         assert!(r > last, "revision never goes backwards across restart");
-        assert_eq!(
-            s.get("/b").await.unwrap().unwrap().value,
-            Bytes::from_static(b"2")
-        );
+        assert_eq!(s.get("/b").await.unwrap().unwrap().value, Bytes::from_static(b"2"));
         assert!(s.get("/a").await.unwrap().is_none());
     }
 }

@@ -134,11 +134,7 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Delete a key, guarded by `expected` (its `mod_rev`) when given; returns the
     /// deleting revision and the last value.
-    async fn delete(
-        &self,
-        key: &str,
-        expected: Option<Rev>,
-    ) -> Result<(Rev, KeyValue), StorageError>;
+    async fn delete(&self, key: &str, expected: Option<Rev>) -> Result<(Rev, KeyValue), StorageError>;
 
     /// Events for keys under `prefix` with revision greater than `after`: history first,
     /// then live. A compacted `after` is [`StorageError::Compacted`].

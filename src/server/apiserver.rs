@@ -4,6 +4,7 @@
 pub mod discovery;
 pub mod handlers;
 pub mod request;
+mod services;
 pub mod watch;
 
 use std::convert::Infallible;
@@ -40,6 +41,10 @@ pub struct ApiServer {
     pub(crate) me: Weak<ApiServer>,
     ready: AtomicBool,
     server_addr: String,
+    /// The service network, for ClusterIP allocation.
+    pub(crate) service_cidr: ipnet::Ipv4Net,
+    /// Serialises Service writes, so two cannot take the same IP or port.
+    pub(crate) svc_lock: tokio::sync::Mutex<()>,
 }
 
 /// Where a request goes.
@@ -109,7 +114,12 @@ fn route(reg: &'static Registry, path: &str) -> Result<Route, ApiError> {
 
 impl ApiServer {
     /// A server over `store`; `server_addr` is what discovery reports (`host:port`).
-    pub fn new(store: Arc<dyn Storage>, shutdown: CancellationToken, server_addr: String) -> Arc<ApiServer> {
+    pub fn new(
+        store: Arc<dyn Storage>,
+        shutdown: CancellationToken,
+        server_addr: String,
+        service_cidr: ipnet::Ipv4Net,
+    ) -> Arc<ApiServer> {
         Arc::new_cyclic(|me| ApiServer {
             store,
             reg: Registry::builtin(),
@@ -117,6 +127,8 @@ impl ApiServer {
             me: me.clone(),
             ready: AtomicBool::new(false),
             server_addr,
+            service_cidr,
+            svc_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -152,12 +164,16 @@ impl ApiServer {
                 Some(v) => discovery::aggregated(self.reg, false, v),
                 None => request::json(200, &discovery::api_groups(self.reg)),
             }),
-            Route::Group(g) => discovery::api_group(self.reg, &g).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route),
-            Route::GroupVersion(g, v) => {
-                discovery::resource_list(self.reg, &g, &v).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route)
+            Route::Group(g) => {
+                discovery::api_group(self.reg, &g).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route)
             }
+            Route::GroupVersion(g, v) => discovery::resource_list(self.reg, &g, &v)
+                .map(|v| request::json(200, &v))
+                .ok_or_else(ApiError::no_route),
             Route::OpenApiV3 => Ok(discovery::OpenApi::get().index()),
-            Route::OpenApiV3Doc(p) => discovery::OpenApi::get().doc(&p, query.get("hash")).ok_or_else(ApiError::no_route),
+            Route::OpenApiV3Doc(p) => {
+                discovery::OpenApi::get().doc(&p, query.get("hash")).ok_or_else(ApiError::no_route)
+            }
             Route::Resource { def, ns, name, sub, watch } => {
                 let body = match request::read_body(&parts.headers, body).await {
                     Ok(b) => b,
@@ -170,7 +186,13 @@ impl ApiServer {
         res.unwrap_or_else(|e| request::error(&e))
     }
 
-    async fn dispatch(self: &Arc<Self>, method: Method, call: Call, body: Bytes, watch: bool) -> Result<Resp, ApiError> {
+    async fn dispatch(
+        self: &Arc<Self>,
+        method: Method,
+        call: Call,
+        body: Bytes,
+        watch: bool,
+    ) -> Result<Resp, ApiError> {
         let def = call.def;
         let needs_ns = def.namespaced && call.ns.is_none();
         let what = if call.name.is_some() { format!("{} {}", def.plural, "object") } else { def.plural.to_string() };
@@ -198,14 +220,24 @@ impl ApiServer {
     fn health(&self, which: &str, q: &Query) -> Resp {
         let ready = which != "readyz" || self.ready.load(Ordering::Acquire);
         let checks: Vec<(&str, bool)> = match which {
-            "readyz" => vec![("ping", true), ("log", true), ("etcd", true), ("informer-sync", ready), ("shutdown", !self.shutdown.is_cancelled())],
+            "readyz" => vec![
+                ("ping", true),
+                ("log", true),
+                ("etcd", true),
+                ("informer-sync", ready),
+                ("shutdown", !self.shutdown.is_cancelled()),
+            ],
             _ => vec![("ping", true), ("log", true), ("etcd", true)],
         };
         let ok = checks.iter().all(|(_, ok)| *ok);
         let body = if q.get("verbose").is_some() {
             let mut s = String::new();
             for (name, ok) in &checks {
-                s.push_str(&format!("[{}]{name} {}\n", if *ok { "+" } else { "-" }, if *ok { "ok" } else { "failed: reason withheld" }));
+                s.push_str(&format!(
+                    "[{}]{name} {}\n",
+                    if *ok { "+" } else { "-" },
+                    if *ok { "ok" } else { "failed: reason withheld" }
+                ));
             }
             s.push_str(&format!("{which} check {}\n", if ok { "passed" } else { "failed" }));
             s
@@ -218,8 +250,15 @@ impl ApiServer {
     }
 
     /// Creates an object through the full create path unless it exists.
-    pub async fn ensure(self: &Arc<Self>, group: &str, plural: &str, ns: Option<&str>, obj: Value) -> Result<(), ApiError> {
-        let def = self.reg.get(group, if group.is_empty() { "v1" } else { "v1" }, plural).ok_or_else(ApiError::no_route)?;
+    pub async fn ensure(
+        self: &Arc<Self>,
+        group: &str,
+        plural: &str,
+        ns: Option<&str>,
+        obj: Value,
+    ) -> Result<(), ApiError> {
+        let def =
+            self.reg.get(group, if group.is_empty() { "v1" } else { "v1" }, plural).ok_or_else(ApiError::no_route)?;
         let call = Call {
             def,
             ns: ns.map(str::to_string),

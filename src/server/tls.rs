@@ -122,7 +122,8 @@ fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError>
         .map_err(io_err("create", &tmp))?;
     f.write_all(contents.as_bytes()).map_err(io_err("write", &tmp))?;
     f.sync_all().map_err(io_err("sync", &tmp))?;
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io_err("chmod", &tmp))?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(io_err("chmod", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("rename", path))?;
     Ok(())
 }

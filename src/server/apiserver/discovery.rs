@@ -58,7 +58,8 @@ pub fn api_versions(server_addr: &str) -> Value {
 }
 
 fn group_entry(name: &str, versions: &[&str]) -> Value {
-    let gvs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+    let gvs: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
     json!({"name": name, "versions": gvs, "preferredVersion": gvs[0]})
 }
 
@@ -181,11 +182,16 @@ fn gv_doc(reg: &Registry, group: &str, version: &str) -> Value {
             format!("{base}/{}/{{name}}", d.plural)
         };
         let gvk = json!({"group": group, "version": version, "kind": d.kind});
-        let media: Value = ["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"]
-            .iter()
-            .map(|m| (m.to_string(), json!({"schema": {"type": "object"}})))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+        let media: Value = [
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/apply-patch+yaml",
+        ]
+        .iter()
+        .map(|m| (m.to_string(), json!({"schema": {"type": "object"}})))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
         let params = json!([
             {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
             {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},

@@ -167,8 +167,34 @@ fn kind_causes(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
     causes
 }
 
+fn is_service(def: &ResourceDef) -> bool {
+    def.group.is_empty() && def.plural == "services"
+}
+
 impl ApiServer {
-    fn validate(&self, call: &Call, obj: &Value, fv: FieldValidation, patch: bool, before: &[String]) -> Result<Vec<String>, ApiError> {
+    /// For a Service spec update: takes the allocation lock and re-checks IPs and ports.
+    async fn service_update_lock(
+        &self,
+        call: &Call,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ApiError> {
+        if !is_service(call.def) || call.sub.is_some() {
+            return Ok(None);
+        }
+        let g = self.svc_lock.lock().await;
+        self.allocate_service(Some(old), new).await?;
+        Ok(Some(g))
+    }
+
+    fn validate(
+        &self,
+        call: &Call,
+        obj: &Value,
+        fv: FieldValidation,
+        patch: bool,
+        before: &[String],
+    ) -> Result<Vec<String>, ApiError> {
         let def = call.def;
         let name = meta::name(obj).to_string();
         let mut causes = name_causes(def, &name);
@@ -178,7 +204,10 @@ impl ApiServer {
             return Err(ApiError::invalid(def.group, def.kind, &name, causes));
         }
         let typed = (def.roundtrip)(obj).map_err(|e| {
-            ApiError::bad_request(format!("{} in version {:?} cannot be handled as a {}: {e}", def.kind, def.version, def.kind))
+            ApiError::bad_request(format!(
+                "{} in version {:?} cannot be handled as a {}: {e}",
+                def.kind, def.version, def.kind
+            ))
         })?;
         let unknown: Vec<String> = validation::unknown_fields(obj, &typed)
             .into_iter()
@@ -188,7 +217,13 @@ impl ApiServer {
         self.field_problems(call, unknown, fv, patch)
     }
 
-    fn field_problems(&self, call: &Call, problems: Vec<String>, fv: FieldValidation, patch: bool) -> Result<Vec<String>, ApiError> {
+    fn field_problems(
+        &self,
+        call: &Call,
+        problems: Vec<String>,
+        fv: FieldValidation,
+        patch: bool,
+    ) -> Result<Vec<String>, ApiError> {
         if problems.is_empty() || fv == FieldValidation::Ignore {
             return Ok(vec![]);
         }
@@ -198,7 +233,12 @@ impl ApiServer {
         let msg = format!("strict decoding error: {}", problems.join(", "));
         if patch {
             let name = call.name.as_deref().unwrap_or("");
-            return Err(ApiError::invalid(call.def.group, call.def.kind, name, vec![Cause::invalid("patch", &json!(""), msg)]));
+            return Err(ApiError::invalid(
+                call.def.group,
+                call.def.kind,
+                name,
+                vec![Cause::invalid("patch", &json!(""), msg)],
+            ));
         }
         Err(ApiError::bad_request(msg))
     }
@@ -277,7 +317,9 @@ impl ApiServer {
         if let Some(tok) = q.get("continue").filter(|c| !c.is_empty()) {
             let (r, s) = decode_continue(tok)?;
             if r < self.store.compacted_rev() {
-                return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."));
+                return Err(ApiError::expired(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ));
             }
             rev = r;
             start = Some(s);
@@ -286,7 +328,13 @@ impl ApiServer {
         }
         let prefix = call.def.list_prefix(call.ns.as_deref());
         let filtered = !labels.is_empty() || !fields.is_empty();
-        let batch = if limit == 0 { 0 } else if filtered { limit.max(500) } else { limit };
+        let batch = if limit == 0 {
+            0
+        } else if filtered {
+            limit.max(500)
+        } else {
+            limit
+        };
         let mut items = Vec::new();
         let mut cont = None;
         let mut list_rev;
@@ -363,7 +411,10 @@ impl ApiServer {
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(ApiError::timeout(format!("Too large resource version: {n}, current: {}", self.store.current_rev()), 1))
+                Err(ApiError::timeout(
+                    format!("Too large resource version: {n}, current: {}", self.store.current_rev()),
+                    1,
+                ))
             }
             other => Err(ApiError::bad_request(format!(
                 "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
@@ -402,7 +453,8 @@ impl ApiServer {
         }
         let name = meta::name(&obj).to_string();
         defaults::apply(call.def.group, call.def.plural, &mut obj);
-        let mut warnings = self.field_problems(call, dups.iter().map(|d| format!("duplicate field {d:?}")).collect(), fv, false)?;
+        let mut warnings =
+            self.field_problems(call, dups.iter().map(|d| format!("duplicate field {d:?}")).collect(), fv, false)?;
         warnings.extend(self.validate(call, &obj, fv, false, &[])?);
         self.check_namespace(call, &name).await?;
         let m = meta::meta_mut(&mut obj);
@@ -415,11 +467,21 @@ impl ApiServer {
             meta::meta_mut(&mut obj).insert("generation".into(), json!(1));
         }
         defaults::initial_status(call.def.group, call.def.plural, &mut obj);
+        let _svc = if is_service(call.def) {
+            let g = self.svc_lock.lock().await;
+            self.allocate_service(None, &mut obj).await?;
+            Some(g)
+        } else {
+            None
+        };
         if call.dry_run()? {
             return Ok(request::with_warnings(self.render(call, obj, 201), &warnings));
         }
-        let rev =
-            self.store.create(&call.key(&name), encode(&obj)).await.map_err(|e| storage_error(call.target(&name), e))?;
+        let rev = self
+            .store
+            .create(&call.key(&name), encode(&obj))
+            .await
+            .map_err(|e| storage_error(call.target(&name), e))?;
         Ok(request::with_warnings(self.render(call, with_rv(obj, rev), 201), &warnings))
     }
 
@@ -464,7 +526,15 @@ impl ApiServer {
         let om = old.get("metadata").cloned().unwrap_or(json!({}));
         {
             let m = meta::meta_mut(&mut new);
-            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+                "name",
+            ] {
                 match om.get(k) {
                     Some(v) => m.insert(k.into(), v.clone()),
                     None => m.remove(k),
@@ -489,7 +559,12 @@ impl ApiServer {
                     call.def.group,
                     call.def.kind,
                     meta::name(old),
-                    vec![Cause::forbidden("metadata.finalizers", &format!("no new finalizers can be added if the object is being deleted, found new finalizers [{f:?}]"))],
+                    vec![Cause::forbidden(
+                        "metadata.finalizers",
+                        &format!(
+                            "no new finalizers can be added if the object is being deleted, found new finalizers [{f:?}]"
+                        ),
+                    )],
                 ));
             }
         }
@@ -559,9 +634,10 @@ impl ApiServer {
                 return Err(ApiError::stale(call.target(&name)));
             }
             let old = decode_kv(&cur)?;
-            let new = self.prepare_update(call, &old, obj.clone())?;
+            let mut new = self.prepare_update(call, &old, obj.clone())?;
             let before = if call.sub.is_some() { unknown_of(call.def, &old) } else { vec![] };
             let warnings = self.validate(call, &new, fv, false, &before)?;
+            let _svc = self.service_update_lock(call, &old, &mut new).await?;
             match self.commit_update(call, &cur, new).await {
                 Err(e) if e.reason == "Conflict" && want_rv.is_none() => continue,
                 Err(e) => return Err(e),
@@ -579,12 +655,16 @@ impl ApiServer {
         if pt == PatchType::Apply {
             return Err(ApiError::unsupported_media_type(
                 &ct,
-                &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"],
+                &[
+                    "application/json-patch+json",
+                    "application/merge-patch+json",
+                    "application/strategic-merge-patch+json",
+                ],
             ));
         }
         let fv = call.field_validation()?;
-        let p: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        let p: Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         if pt == PatchType::Json {
             let dups = validation::json_duplicates(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
             self.field_problems(call, dups.iter().map(|d| format!("duplicate field {d:?}")).collect(), fv, true)?;
@@ -604,8 +684,9 @@ impl ApiServer {
                 return Err(ApiError::stale(call.target(&name)));
             }
             check_type(call.def, &mut patched)?;
-            let new = self.prepare_update(call, &old, patched)?;
+            let mut new = self.prepare_update(call, &old, patched)?;
             let warnings = self.validate(call, &new, fv, true, &unknown_of(call.def, &old))?;
+            let _svc = self.service_update_lock(call, &old, &mut new).await?;
             match self.commit_update(call, &cur, new).await {
                 Err(e) if e.reason == "Conflict" => continue,
                 Err(e) => return Err(e),
@@ -627,7 +708,10 @@ impl ApiServer {
     pub(super) async fn delete_object(&self, call: &Call, name: &str, opts: &Value) -> Result<Value, ApiError> {
         let t = call.target(name);
         if call.def.plural == "namespaces" && call.def.group.is_empty() && PROTECTED_NAMESPACES.contains(&name) {
-            return Err(ApiError::forbidden(t, format!("namespaces {name:?} is forbidden: this namespace may not be deleted")));
+            return Err(ApiError::forbidden(
+                t,
+                format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
+            ));
         }
         let dry = call.dry_run()?;
         loop {
@@ -637,19 +721,29 @@ impl ApiServer {
             if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
                 let have = meta::meta_str(&obj, "uid").unwrap_or("");
                 if uid != have {
-                    return Err(ApiError::conflict(t, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}")));
+                    return Err(ApiError::conflict(
+                        t,
+                        &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
+                    ));
                 }
             }
             if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
                 let have = cur.mod_rev.to_string();
                 if rv != have {
-                    return Err(ApiError::conflict(t, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}")));
+                    return Err(ApiError::conflict(
+                        t,
+                        &format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"
+                        ),
+                    ));
                 }
             }
             let mut fins = meta::finalizers(&obj);
             match opts.get("propagationPolicy").and_then(Value::as_str) {
                 Some("Orphan") if !fins.iter().any(|f| f == "orphan") => fins.push("orphan".into()),
-                Some("Foreground") if !fins.iter().any(|f| f == "foregroundDeletion") => fins.push("foregroundDeletion".into()),
+                Some("Foreground") if !fins.iter().any(|f| f == "foregroundDeletion") => {
+                    fins.push("foregroundDeletion".into())
+                }
                 None if opts.get("orphanDependents") == Some(&json!(true)) && !fins.iter().any(|f| f == "orphan") => {
                     fins.push("orphan".into())
                 }
@@ -684,7 +778,11 @@ impl ApiServer {
             let mut marked = obj.clone();
             let m = meta::meta_mut(&mut marked);
             if !m.contains_key("deletionTimestamp") {
-                let when = if graceful_pod { chrono::Utc::now() + chrono::Duration::seconds(grace) } else { chrono::Utc::now() };
+                let when = if graceful_pod {
+                    chrono::Utc::now() + chrono::Duration::seconds(grace)
+                } else {
+                    chrono::Utc::now()
+                };
                 m.insert("deletionTimestamp".into(), json!(when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
                 m.insert("deletionGracePeriodSeconds".into(), json!(if graceful_pod { grace } else { 0 }));
             }
@@ -713,7 +811,8 @@ impl ApiServer {
     /// DELETE of a collection: every object the selectors match.
     pub async fn delete_collection(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
         let opts = delete_options(call, &body)?;
-        let labels = LabelSelector::parse(call.query.get("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
+        let labels =
+            LabelSelector::parse(call.query.get("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
         let fields = FieldSelector::parse(call.query.get("fieldSelector").unwrap_or(""), call.def.field_labels)
             .map_err(ApiError::bad_request)?;
         let page = self
@@ -787,7 +886,8 @@ impl ApiServer {
                         query: Query::default(),
                         headers: HeaderMap::new(),
                     };
-                    match self.delete_object(&call, meta::name(&obj), &json!({"propagationPolicy": "Background"})).await {
+                    match self.delete_object(&call, meta::name(&obj), &json!({"propagationPolicy": "Background"})).await
+                    {
                         Ok(_) => {}
                         Err(e) if e.code == 404 => {}
                         Err(e) => tracing::debug!(namespace = ns, error = %e, "deleting namespace content"),

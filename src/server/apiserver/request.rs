@@ -56,7 +56,8 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
         && len > MAX_BODY
     {
         return Err(ApiError::too_large(MAX_BODY));
@@ -80,10 +81,12 @@ pub fn content_type(headers: &HeaderMap) -> String {
 /// Decodes a JSON or YAML object body per its Content-Type.
 pub fn decode_object(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
     let v: Value = match ct {
-        "application/json" | "" | "*/*" => serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode JSON: {e}")))?,
-        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode YAML: {e}")))?,
+        "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode JSON: {e}"))
+        })?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode YAML: {e}"))
+        })?,
         other => {
             return Err(ApiError::unsupported_media_type(other, &["application/json", "application/yaml"]));
         }
@@ -103,7 +106,8 @@ pub fn json(code: u16, v: &Value) -> Resp {
 pub fn bytes_response(code: u16, ct: &str, body: Bytes) -> Resp {
     let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("text/plain")));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("text/plain")));
     r
 }
 
@@ -144,7 +148,9 @@ pub fn want(headers: &HeaderMap) -> Want {
         if params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io") {
             return Want::Table;
         }
-        if params.first().is_some_and(|m| *m == "application/json" || *m == "*/*") && !params.iter().any(|p| p.starts_with("as=")) {
+        if params.first().is_some_and(|m| *m == "application/json" || *m == "*/*")
+            && !params.iter().any(|p| p.starts_with("as="))
+        {
             return Want::Object;
         }
     }

@@ -75,10 +75,15 @@ impl ApiServer {
         };
         let explicit_initial = q.get("sendInitialEvents") == Some("true");
         if explicit_initial && !bookmarks {
-            return Err(ApiError::invalid(call.def.group, call.def.kind, "", vec![crate::api::status::Cause::forbidden(
-                "allowWatchBookmarks",
-                "allowWatchBookmarks must be set to true when sendInitialEvents is specified",
-            )]));
+            return Err(ApiError::invalid(
+                call.def.group,
+                call.def.kind,
+                "",
+                vec![crate::api::status::Cause::forbidden(
+                    "allowWatchBookmarks",
+                    "allowWatchBookmarks must be set to true when sendInitialEvents is specified",
+                )],
+            ));
         }
         let prefix = call.def.list_prefix(filter.ns.as_deref());
         let (tx, rx) = mpsc::channel::<Bytes>(128);
@@ -171,9 +176,9 @@ impl ApiServer {
                 }
             }
         });
-        let body = StreamBody::new(
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx)) }),
-        );
+        let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        }));
         let mut resp = Response::new(body.boxed_unsync());
         *resp.status_mut() = StatusCode::OK;
         resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));

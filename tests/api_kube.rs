@@ -1,0 +1,276 @@
+//! The API driven by kube-rs over HTTPS: CRUD, conflicts, selectors, paging, watch,
+//! finalizers, the status split and namespace lifecycle.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::TestServer;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::core::ObjectMeta;
+use serde_json::json;
+
+fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+        ..Default::default()
+    }
+}
+
+fn status_code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_crud_and_conflicts() {
+    let srv = TestServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
+    let created = cms.create(&PostParams::default(), &cm("a", &[("app", "x")])).await.unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let rv1 = created.metadata.resource_version.clone().unwrap();
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(status_code(cms.create(&PostParams::default(), &cm("a", &[])).await.unwrap_err()), 409);
+
+    let got = cms.get("a").await.unwrap();
+    assert_eq!(got.metadata.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(got.data.as_ref().unwrap()["k"], "v");
+
+    // Update with the current resourceVersion works; with a stale one it is 409.
+    let mut upd = got.clone();
+    upd.data = Some(BTreeMap::from([("k".to_string(), "v2".to_string())]));
+    let after = cms.replace("a", &PostParams::default(), &upd).await.unwrap();
+    assert_ne!(after.metadata.resource_version.as_deref(), Some(rv1.as_str()));
+    assert_eq!(after.metadata.uid.as_deref(), Some(uid.as_str()), "uid survives updates");
+    assert_eq!(status_code(cms.replace("a", &PostParams::default(), &upd).await.unwrap_err()), 409);
+
+    // Merge and JSON patches.
+    let p =
+        cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"n": "1", "k": null}}))).await.unwrap();
+    assert_eq!(p.data.unwrap(), BTreeMap::from([("n".to_string(), "1".to_string())]));
+    let jp: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "add", "path": "/data/j", "value": "2"}])).unwrap();
+    let p = cms.patch("a", &PatchParams::default(), &Patch::<()>::Json(jp)).await.unwrap();
+    assert_eq!(p.data.unwrap()["j"], "2");
+    let sp = cms.patch("a", &PatchParams::default(), &Patch::Strategic(json!({"data": {"s": "3"}}))).await.unwrap();
+    assert_eq!(sp.data.unwrap()["s"], "3");
+
+    // Delete; then it is gone.
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    assert_eq!(status_code(cms.get("a").await.unwrap_err()), 404);
+    assert_eq!(status_code(cms.delete("a", &DeleteParams::default()).await.unwrap_err()), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_selectors_and_paging() {
+    let srv = TestServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
+    for i in 0..25 {
+        let tier = if i % 2 == 0 { "even" } else { "odd" };
+        cms.create(&PostParams::default(), &cm(&format!("c{i:02}"), &[("tier", tier)])).await.unwrap();
+    }
+    let even = cms.list(&ListParams::default().labels("tier=even")).await.unwrap();
+    assert_eq!(even.items.len(), 13);
+    let notin = cms.list(&ListParams::default().labels("tier notin (even)")).await.unwrap();
+    assert_eq!(notin.items.len(), 12);
+    let byname = cms.list(&ListParams::default().fields("metadata.name=c03")).await.unwrap();
+    assert_eq!(byname.items.len(), 1);
+    assert_eq!(status_code(cms.list(&ListParams::default().fields("spec.bogus=1")).await.unwrap_err()), 400);
+
+    // Paging: pages of 10 at the first page's revision, even with writes in between.
+    let first = cms.list(&ListParams::default().limit(10)).await.unwrap();
+    assert_eq!(first.items.len(), 10);
+    let token = first.metadata.continue_.clone().expect("continue token");
+    cms.create(&PostParams::default(), &cm("zz-new", &[])).await.unwrap();
+    let second = cms.list(&ListParams::default().limit(10).continue_token(&token)).await.unwrap();
+    let third = cms
+        .list(&ListParams::default().limit(10).continue_token(second.metadata.continue_.as_deref().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(third.items.len(), 5);
+    assert!(third.metadata.continue_.as_deref().unwrap_or("").is_empty());
+    assert!(third.items.iter().all(|c| c.metadata.name.as_deref() != Some("zz-new")), "paged list is consistent");
+    assert_eq!(second.metadata.resource_version, first.metadata.resource_version);
+
+    // Cluster-wide list sees every namespace.
+    let all: Api<ConfigMap> = Api::all(srv.client().await);
+    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 26);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_list_revision_with_selector_transitions() {
+    let srv = TestServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
+    cms.create(&PostParams::default(), &cm("before", &[("w", "yes")])).await.unwrap();
+    let list = cms.list(&ListParams::default().labels("w=yes")).await.unwrap();
+    let rv = list.metadata.resource_version.unwrap();
+    let mut stream = cms.watch(&WatchParams::default().labels("w=yes").timeout(10), &rv).await.unwrap().boxed();
+    cms.create(&PostParams::default(), &cm("a", &[("w", "yes")])).await.unwrap();
+    cms.create(&PostParams::default(), &cm("ignored", &[("w", "no")])).await.unwrap();
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"x": "1"}}))).await.unwrap();
+    // Leaving the selector is a DELETED event, entering it an ADDED one.
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"w": "no"}}}))).await.unwrap();
+    cms.patch("ignored", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"w": "yes"}}})))
+        .await
+        .unwrap();
+    cms.delete("ignored", &DeleteParams::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap().unwrap();
+        seen.push(match ev {
+            WatchEvent::Added(c) => format!("ADDED {}", c.metadata.name.unwrap()),
+            WatchEvent::Modified(c) => format!("MODIFIED {}", c.metadata.name.unwrap()),
+            WatchEvent::Deleted(c) => format!("DELETED {}", c.metadata.name.unwrap()),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("watch error {e:?}"),
+        });
+    }
+    assert_eq!(seen, ["ADDED a", "MODIFIED a", "DELETED a", "ADDED ignored", "DELETED ignored"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_bookmark_at_timeout_and_expired_after_compaction() {
+    let srv = TestServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
+    let c = cms.create(&PostParams::default(), &cm("x", &[])).await.unwrap();
+    let rv = c.metadata.resource_version.unwrap();
+    let mut s = cms.watch(&WatchParams::default().timeout(1), &rv).await.unwrap().boxed();
+    match tokio::time::timeout(Duration::from_secs(10), s.try_next()).await.unwrap().unwrap() {
+        Some(WatchEvent::Bookmark(b)) => assert_eq!(b.metadata.resource_version, rv),
+        other => panic!("expected a bookmark before the timeout ends the watch, got {other:?}"),
+    }
+    // Compact past rv: a watch from rv is answered with 410 Expired in the stream.
+    let c2 = cms.patch("x", &PatchParams::default(), &Patch::Merge(json!({"data": {"a": "b"}}))).await.unwrap();
+    let now: i64 = c2.metadata.resource_version.unwrap().parse().unwrap();
+    use rk::embedded::Storage;
+    srv.running.store.compact(now).await.unwrap();
+    let mut s = cms.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    match tokio::time::timeout(Duration::from_secs(10), s.try_next()).await.unwrap().unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected 410, got {other:?}"),
+    }
+    let e = cms
+        .list(
+            &ListParams::default().limit(1).continue_token("eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6Miwic3RhcnQiOiIvIn0="),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(e), 410);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizers_generation_status_and_generate_name() {
+    let srv = TestServer::start().await;
+    let client = srv.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut f = cm("held", &[]);
+    f.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &f).await.unwrap();
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    let held = cms.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some(), "an object with finalizers is only marked");
+    let p = Patch::Merge(json!({"metadata": {"finalizers": ["example.com/other"]}}));
+    assert_eq!(status_code(cms.patch("held", &PatchParams::default(), &p).await.unwrap_err()), 422);
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    assert_eq!(status_code(cms.get("held").await.unwrap_err()), 404, "removed with its last finalizer");
+
+    let mut g = cm("", &[]);
+    g.metadata.name = None;
+    g.metadata.generate_name = Some("gen-".into());
+    let made = cms.create(&PostParams::default(), &g).await.unwrap();
+    let name = made.metadata.name.unwrap();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+    })).unwrap();
+    let d = deps.create(&PostParams::default(), &d).await.unwrap();
+    assert_eq!(d.metadata.generation, Some(1));
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1), "defaulted");
+    let d2 = deps.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await.unwrap();
+    assert_eq!(d2.metadata.generation, Some(2), "spec change bumps generation");
+    let d3 = deps
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})))
+        .await
+        .unwrap();
+    assert_eq!(d3.metadata.generation, Some(2), "metadata change does not");
+    // Status is ignored on the main resource and written only through /status.
+    let d4 =
+        deps.patch("web", &PatchParams::default(), &Patch::Merge(json!({"status": {"replicas": 7}}))).await.unwrap();
+    assert!(d4.status.as_ref().and_then(|s| s.replicas).is_none());
+    let d5 = deps
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 7}, "spec": {"replicas": 9}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d5.status.unwrap().replicas, Some(7));
+    assert_eq!(d5.spec.unwrap().replicas, Some(3), "spec is ignored through /status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_lifecycle_and_services() {
+    let srv = TestServer::start().await;
+    let client = srv.client().await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let names: Vec<String> =
+        nss.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|n| n.metadata.name).collect();
+    for want in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(names.iter().any(|n| n == want), "{want} exists");
+    }
+    let missing: Api<ConfigMap> = Api::namespaced(client.clone(), "nope");
+    assert_eq!(status_code(missing.create(&PostParams::default(), &cm("a", &[])).await.unwrap_err()), 404);
+
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
+    let ns = nss.create(&PostParams::default(), &ns).await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Active"));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    cms.create(&PostParams::default(), &cm("a", &[])).await.unwrap();
+    nss.delete("team", &DeleteParams::default()).await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if nss.get_opt("team").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "a deleted namespace is emptied and removed");
+    assert!(cms.get_opt("a").await.unwrap().is_none());
+    assert_eq!(status_code(nss.delete("default", &DeleteParams::default()).await.unwrap_err()), 403);
+
+    // Services get a ClusterIP from the service CIDR; a taken one is 422.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let k = svcs.get("kubernetes").await.unwrap();
+    assert_eq!(k.spec.unwrap().cluster_ip.as_deref(), Some("10.43.0.1"));
+    let s: Service = serde_json::from_value(
+        json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}}),
+    )
+    .unwrap();
+    let s = svcs.create(&PostParams::default(), &s).await.unwrap();
+    let spec = s.spec.unwrap();
+    assert!(spec.cluster_ip.unwrap().starts_with("10.43."));
+    let np = spec.ports.unwrap()[0].node_port.unwrap();
+    assert!((30000..=32767).contains(&np));
+    let dup: Service = serde_json::from_value(
+        json!({"metadata": {"name": "dup"}, "spec": {"clusterIP": "10.43.0.1", "ports": [{"port": 80}]}}),
+    )
+    .unwrap();
+    assert_eq!(status_code(svcs.create(&PostParams::default(), &dup).await.unwrap_err()), 422);
+}
