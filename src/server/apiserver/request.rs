@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use serde_json::Value;
 
 use crate::api::status::ApiError;
@@ -50,23 +50,44 @@ impl Query {
     }
 }
 
-/// Reads a body up to [`MAX_BODY`], refusing larger ones without reading them whole.
+/// Past the limit, bytes read and thrown away so the client sees the 413 (a client
+/// still writing would otherwise get a broken pipe); beyond this the connection drops.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Reads a body up to [`MAX_BODY`]; a larger one is refused (413) without being kept
+/// or parsed.
 pub async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if let Some(len) =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
-        && len > MAX_BODY
-    {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let mut too_big = declared.is_some_and(|l| l > MAX_BODY);
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading request body: {}", e.into())))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > MAX_BODY {
+                too_big = true;
+            }
+            if too_big {
+                buf.clear();
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+            } else {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if too_big {
         return Err(ApiError::too_large(MAX_BODY));
     }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(MAX_BODY)),
-        Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
-    }
+    Ok(buf.freeze())
 }
 
 /// The media type of a request, without parameters.

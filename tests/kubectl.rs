@@ -1,0 +1,174 @@
+//! What users type: kubectl against an in-process rk server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+
+const MANIFEST: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: shop
+  labels: {app: web}
+data:
+  color: blue
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+  namespace: shop
+stringData:
+  password: hunter2
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_discovery_and_resources() {
+    let srv = TestServer::start().await;
+    let v = srv.kubectl_ok(&["version"]).await;
+    assert!(v.contains("Server Version: v1.33"), "{v}");
+    let r = srv.kubectl_ok(&["api-resources"]).await;
+    for line in ["pods ", "deployments ", "ingresses ", "clusterroles ", "leases ", "endpointslices "] {
+        assert!(r.contains(line), "api-resources lacks {line}: {r}");
+    }
+    assert!(
+        r.lines().any(|l| l.starts_with("pods") && l.contains(" po ") && l.contains("true") && l.contains("Pod")),
+        "{r}"
+    );
+    let av = srv.kubectl_ok(&["api-versions"]).await;
+    for gv in [
+        "v1",
+        "apps/v1",
+        "batch/v1",
+        "autoscaling/v2",
+        "policy/v1",
+        "networking.k8s.io/v1",
+        "rbac.authorization.k8s.io/v1",
+    ] {
+        assert!(av.lines().any(|l| l == gv), "api-versions lacks {gv}: {av}");
+    }
+    let ns = srv.kubectl_ok(&["get", "ns"]).await;
+    assert!(ns.starts_with("NAME") && ns.contains("STATUS"), "{ns}");
+    assert!(ns.lines().any(|l| l.split_whitespace().take(2).eq(["kube-system", "Active"])), "{ns}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_label_annotate_delete() {
+    let srv = TestServer::start().await;
+    let path = srv.dir.path().join("m.yaml");
+    std::fs::write(&path, MANIFEST).unwrap();
+    let p = path.to_str().unwrap();
+    let out = srv.kubectl_ok(&["apply", "-f", p]).await;
+    assert_eq!(out, "namespace/shop created\nconfigmap/settings created\nsecret/creds created\nservice/web created\n");
+    let out = srv.kubectl_ok(&["apply", "-f", p]).await;
+    assert!(out.contains("configmap/settings unchanged"), "{out}");
+    std::fs::write(&path, MANIFEST.replace("color: blue", "color: red\n  size: big")).unwrap();
+    let out = srv.kubectl_ok(&["apply", "-f", p]).await;
+    assert!(out.contains("configmap/settings configured") && out.contains("service/web unchanged"), "{out}");
+
+    let y = srv.kubectl_ok(&["-n", "shop", "get", "cm", "settings", "-o", "yaml"]).await;
+    assert!(y.contains("color: red") && y.contains("size: big") && y.contains("last-applied-configuration"), "{y}");
+    let j = srv.kubectl_ok(&["-n", "shop", "get", "secret", "creds", "-o", "jsonpath={.data.password}"]).await;
+    assert_eq!(j, "aHVudGVyMg==", "stringData is stored base64 in data");
+    let js = srv.kubectl_ok(&["-n", "shop", "get", "svc", "web", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&js).unwrap();
+    assert_eq!(v["spec"]["ports"][0]["targetPort"], 8080);
+
+    let table = srv.kubectl_ok(&["-n", "shop", "get", "svc", "-o", "wide"]).await;
+    let mut lines = table.lines();
+    let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(head, ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!((row[0], row[1], row[3], row[4], row[6]), ("web", "ClusterIP", "<none>", "80/TCP", "app=web"));
+    assert!(row[2].starts_with("10.43."), "{table}");
+
+    srv.kubectl_ok(&["-n", "shop", "label", "cm", "settings", "tier=front"]).await;
+    let e = srv.kubectl(&["-n", "shop", "label", "cm", "settings", "tier=back"]).await;
+    assert!(!e.status.success(), "label without --overwrite must refuse");
+    srv.kubectl_ok(&["-n", "shop", "label", "cm", "settings", "tier=back", "--overwrite"]).await;
+    srv.kubectl_ok(&["-n", "shop", "annotate", "cm", "settings", "owner=team-a"]).await;
+    let got = srv
+        .kubectl_ok(&[
+            "-n",
+            "shop",
+            "get",
+            "cm",
+            "-l",
+            "tier=back",
+            "-o",
+            "jsonpath={.items[*].metadata.annotations.owner}",
+        ])
+        .await;
+    assert_eq!(got, "team-a");
+    let none = srv.kubectl(&["-n", "shop", "get", "cm", "-l", "tier=front"]).await;
+    assert!(String::from_utf8_lossy(&none.stderr).contains("No resources found in shop namespace."));
+    let f = srv.kubectl_ok(&["get", "cm", "-A", "--field-selector", "metadata.name=settings", "--no-headers"]).await;
+    assert!(f.starts_with("shop") && f.contains("settings"), "{f}");
+    let all = srv.kubectl_ok(&["-n", "shop", "get", "all"]).await;
+    assert!(all.contains("service/web"), "{all}");
+
+    let out = srv.kubectl_ok(&["-n", "shop", "delete", "cm", "settings"]).await;
+    assert_eq!(out, "configmap \"settings\" deleted\n");
+    let e = srv.kubectl(&["-n", "shop", "get", "cm", "settings"]).await;
+    assert_eq!(String::from_utf8_lossy(&e.stderr), "Error from server (NotFound): configmaps \"settings\" not found\n");
+    let out = srv.kubectl_ok(&["delete", "ns", "shop", "--timeout=30s"]).await;
+    assert_eq!(out, "namespace \"shop\" deleted\n");
+    let e = srv.kubectl(&["get", "ns", "shop"]).await;
+    assert!(!e.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_changes() {
+    let srv = TestServer::start().await;
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w1\ndata:\n  a: b\n";
+    let out = srv.kubectl_stdin(&["apply", "-f", "-"], Some(cm)).await;
+    assert!(out.status.success());
+    let watcher = {
+        let kc = srv.kubeconfig.clone();
+        let cache = srv.dir.path().join("kubecache");
+        tokio::process::Command::new("kubectl")
+            .args(["get", "cm", "-w", "--output-watch-events", "--request-timeout=4s"])
+            .env("KUBECONFIG", kc)
+            .env("KUBECACHEDIR", cache)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cm2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w2\n";
+    assert!(srv.kubectl_stdin(&["apply", "-f", "-"], Some(cm2)).await.status.success());
+    srv.kubectl_ok(&["delete", "cm", "w2"]).await;
+    let out = tokio::time::timeout(Duration::from_secs(20), watcher.wait_with_output()).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].to_string())
+        })
+        .collect();
+    assert!(events.contains(&("ADDED".into(), "w1".into())), "{text}");
+    assert!(events.contains(&("ADDED".into(), "w2".into())), "{text}");
+    assert!(events.contains(&("DELETED".into(), "w2".into())), "{text}");
+}
