@@ -1,1 +1,396 @@
-fn main() {}
+//! API and store benchmark: prints a table of rk's figures beside etcd 3.4 measured in
+//! the same run, on the same disk, alternating rounds (the machine is noisy).
+//!
+//! `cargo bench --bench api` (set `RK_BENCH_QUICK=1` for a short run). etcd is Debian's
+//! `etcd-server`, driven over its HTTP/JSON gateway on 127.0.0.1 with 1 KiB values; rk
+//! is driven over HTTPS with kube-rs, creating ConfigMaps holding 1 KiB. Both ack only
+//! durable writes. No asserts: this prints figures.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::core::ObjectMeta;
+use rk::embedded::Storage;
+use rk::server::{self, ServerConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn quick() -> bool {
+    std::env::var_os("RK_BENCH_QUICK").is_some()
+}
+
+fn cm(name: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta { name: Some(name), ..Default::default() },
+        data: Some(BTreeMap::from([("v".to_string(), "x".repeat(1024))])),
+        ..Default::default()
+    }
+}
+
+/// Runs `total` operations over `conc` tasks; returns operations per second.
+async fn rate<F, Fut>(conc: usize, total: usize, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..conc)
+        .map(|_| {
+            let (op, next) = (op.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return;
+                    }
+                    op(i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_etcd(base: &std::path::Path) -> Option<Etcd> {
+    let dir = tempfile::tempdir_in(base).ok()?;
+    let (port, peer) = (free_port(), free_port());
+    let child = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{port}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let e = Etcd { child, _dir: dir, port };
+    for _ in 0..100 {
+        if let Ok(c) = EtcdConn::new(e.port).await
+            && etcd_put(&c, "probe", &[0]).await
+        {
+            return Some(e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// One keep-alive HTTP/1.1 connection to etcd's gateway.
+struct EtcdConn(tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>);
+
+impl EtcdConn {
+    async fn new(port: u16) -> std::io::Result<EtcdConn> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        tcp.set_nodelay(true)?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(EtcdConn(tokio::sync::Mutex::new(send)))
+    }
+}
+
+async fn etcd_put(c: &EtcdConn, key: &str, value: &[u8]) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::json!({"key": b64.encode(key), "value": b64.encode(value)}).to_string();
+    let req = http::Request::post("/v3/kv/put").header("host", "127.0.0.1").body(Full::new(Bytes::from(body))).unwrap();
+    let mut s = c.0.lock().await;
+    match s.send_request(req).await {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let _ = r.into_body().collect().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+async fn etcd_rate(port: u16, conc: usize, total: usize, round: usize) -> f64 {
+    let mut conns = Vec::new();
+    for _ in 0..conc {
+        conns.push(Arc::new(EtcdConn::new(port).await.unwrap()));
+    }
+    let conns = Arc::new(conns);
+    let value = vec![b'x'; 1024];
+    rate(conc, total, move |i| {
+        let (conns, value) = (conns.clone(), value.clone());
+        async move {
+            let c = &conns[i % conns.len()];
+            assert!(etcd_put(c, &format!("/bench/{round}/{i}"), &value).await, "etcd put failed");
+        }
+    })
+    .await
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|k| k / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Idle RSS of a fresh `rk server` process (the release binary next to this bench).
+async fn idle_rss(base: &std::path::Path) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?.parent()?.parent()?.join("rk");
+    let dir = tempfile::tempdir_in(base).ok()?;
+    let kc = dir.path().join("kc.yaml");
+    let mut child = Command::new(exe)
+        .args([
+            "server",
+            "--disable-agent",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            "0",
+            "--config",
+            "/dev/null",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(&kc)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    for _ in 0..100 {
+        if kc.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_mib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    Some(rss)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let base = std::env::var("RK_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
+    let rounds = if quick() { 1 } else { 3 };
+    let (n1, n64) = if quick() { (300, 3000) } else { (1500, 12000) };
+
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let mut cfg: ServerConfig = ServerConfig {
+        data_dir: dir.path().join("data"),
+        bind_address: "127.0.0.1".parse().unwrap(),
+        https_listen_port: 0,
+        write_kubeconfig: dir.path().join("kc.yaml"),
+        write_kubeconfig_mode: 0o600,
+        token: None,
+        tls_san: vec![],
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+        service_cidr: "10.43.0.0/16".parse().unwrap(),
+        cluster_domain: "cluster.local".into(),
+        node_name: "bench".into(),
+        disable_agent: true,
+    };
+    cfg.disable_agent = true;
+    let shutdown = CancellationToken::new();
+    let running = server::start(&cfg, shutdown.clone(), &TaskTracker::new()).await.unwrap();
+    let kc = kube::config::Kubeconfig::from_yaml(&running.kubeconfig).unwrap();
+    let kcfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let client = kube::Client::try_from(kcfg).unwrap();
+    let etcd = start_etcd(&base).await;
+    if etcd.is_none() {
+        eprintln!("etcd not found or did not start: baseline column left empty (apt-get install etcd-server)");
+    }
+
+    let mut rk1 = Vec::new();
+    let mut rk64 = Vec::new();
+    let mut et1 = Vec::new();
+    let mut et64 = Vec::new();
+    let mut st1 = Vec::new();
+    let mut st64 = Vec::new();
+    for round in 0..rounds {
+        // Alternate rk and etcd within each round.
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        rk1.push(
+            rate(1, n1, move |i| {
+                let api = api.clone();
+                async move {
+                    api.create(&PostParams::default(), &cm(format!("s{round}-{i}"))).await.unwrap();
+                }
+            })
+            .await,
+        );
+        if let Some(e) = &etcd {
+            et1.push(etcd_rate(e.port, 1, n1, round * 2).await);
+        }
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        rk64.push(
+            rate(64, n64, move |i| {
+                let api = api.clone();
+                async move {
+                    api.create(&PostParams::default(), &cm(format!("c{round}-{i}"))).await.unwrap();
+                }
+            })
+            .await,
+        );
+        if let Some(e) = &etcd {
+            et64.push(etcd_rate(e.port, 64, n64, round * 2 + 1).await);
+        }
+        // The store alone, without HTTP: what the durable write path itself does.
+        let store = running.store.clone();
+        let v = Bytes::from(vec![b'x'; 1024]);
+        st1.push(
+            rate(1, n1, {
+                let (store, v) = (store.clone(), v.clone());
+                move |i| {
+                    let (store, v) = (store.clone(), v.clone());
+                    async move {
+                        store.create(&format!("/bench/s1/{round}/{i}"), v).await.unwrap();
+                    }
+                }
+            })
+            .await,
+        );
+        st64.push(
+            rate(64, n64, move |i| {
+                let (store, v) = (store.clone(), v.clone());
+                async move {
+                    store.create(&format!("/bench/s64/{round}/{i}"), v).await.unwrap();
+                }
+            })
+            .await,
+        );
+    }
+
+    // GET throughput on one object, 64 in flight.
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let gets = if quick() { 5000 } else { 40000 };
+    let get_rate = rate(64, gets, move |_| {
+        let api = api.clone();
+        async move {
+            api.get("s0-0").await.unwrap();
+        }
+    })
+    .await;
+
+    // LIST latency over at least 10,000 objects.
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let count = api.list(&ListParams::default()).await.unwrap().items.len();
+    let mut lat = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let l = api.list(&ListParams::default()).await.unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(l.items.len(), count);
+    }
+
+    // Watch fan-out: 1,000 watchers, 50 writes; time until every watcher has all.
+    let watchers = if quick() { 200 } else { 1000 };
+    let writes = 50;
+    let wns = "default";
+    let start_rv = api.list(&ListParams::default().limit(1)).await.unwrap().metadata.resource_version.unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..watchers {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), wns);
+        let (rv, done) = (start_rv.clone(), done.clone());
+        let mut s = api.watch(&WatchParams::default().labels("fan=out").timeout(120), &rv).await.unwrap().boxed();
+        handles.push(tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(Ok(ev)) = s.next().await {
+                if let WatchEvent::Added(_) = ev {
+                    n += 1;
+                    if n == writes {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let t = Instant::now();
+    for i in 0..writes {
+        let mut c = cm(format!("fan-{i}"));
+        c.metadata.labels = Some(BTreeMap::from([("fan".to_string(), "out".to_string())]));
+        api.create(&PostParams::default(), &c).await.unwrap();
+    }
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
+    }
+    let fan = t.elapsed().as_secs_f64();
+    let delivered = done.load(Ordering::Relaxed);
+
+    let rss = idle_rss(&base).await;
+    shutdown.cancel();
+
+    let fmt_e = |v: &Vec<f64>| if v.is_empty() { "-".to_string() } else { format!("{:.0}", median(v.clone())) };
+    let ratio = |a: &Vec<f64>, b: &Vec<f64>| {
+        if b.is_empty() { "-".to_string() } else { format!("{:.2}x", median(a.clone()) / median(b.clone())) }
+    };
+    println!();
+    println!("| figure (median of {rounds} alternating rounds) | rk | etcd 3.4 (same run) | rk / etcd |");
+    println!("|---|---|---|---|");
+    println!(
+        "| durable creates/s, 1 client (HTTPS API vs etcd gateway) | {} | {} | {} |",
+        fmt_e(&rk1),
+        fmt_e(&et1),
+        ratio(&rk1, &et1)
+    );
+    println!("| durable creates/s, 64 clients | {} | {} | {} |", fmt_e(&rk64), fmt_e(&et64), ratio(&rk64, &et64));
+    println!("| durable puts/s, store only, 1 writer | {} | {} | {} |", fmt_e(&st1), fmt_e(&et1), ratio(&st1, &et1));
+    println!(
+        "| durable puts/s, store only, 64 writers | {} | {} | {} |",
+        fmt_e(&st64),
+        fmt_e(&et64),
+        ratio(&st64, &et64)
+    );
+    println!("| GETs/s, 64 in flight | {get_rate:.0} | | |");
+    println!("| LIST of {count} objects, median ms | {:.1} | | |", median(lat));
+    println!(
+        "| watch fan-out: {writes} writes to {watchers} watchers, s until all delivered ({delivered} complete) | {fan:.2} | | |"
+    );
+    if let Some(r) = rss {
+        println!("| idle server RSS, MiB (fresh process, release build) | {r:.1} | | |");
+    }
+}

@@ -67,10 +67,7 @@ fn template(obj: &mut Value) {
 /// Applies the defaults of `plural` (in `group`) to a new or updated object.
 pub fn apply(group: &str, plural: &str, obj: &mut Value) {
     match (group, plural) {
-        ("", "namespaces") => {
-            set(obj, &["spec", "finalizers"], json!(["kubernetes"]));
-            set(obj, &["status", "phase"], json!("Active"));
-        }
+        ("", "namespaces") => set(obj, &["spec", "finalizers"], json!(["kubernetes"])),
         ("", "secrets") => {
             set(obj, &["type"], json!("Opaque"));
             // stringData is write-only: merged into data, base64-encoded, then dropped.
@@ -165,11 +162,17 @@ pub fn apply(group: &str, plural: &str, obj: &mut Value) {
     }
 }
 
-/// Status a new object starts with, for kinds whose create resets it.
+/// The status a new object starts with: Kubernetes's create strategies reset what the
+/// client sent (nodes keep theirs).
 pub fn initial_status(group: &str, plural: &str, obj: &mut Value) {
-    if let ("", "pods") = (group, plural) {
-        obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
-    }
+    obj["status"] = match (group, plural) {
+        ("", "nodes") => return,
+        ("", "pods") => json!({"phase": "Pending", "qosClass": "BestEffort"}),
+        ("", "namespaces") => json!({"phase": "Active"}),
+        ("", "services") => json!({"loadBalancer": {}}),
+        ("", "persistentvolumeclaims" | "persistentvolumes") => json!({"phase": "Pending"}),
+        _ => json!({}),
+    };
 }
 
 #[cfg(test)]
@@ -186,6 +189,8 @@ mod tests {
         assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "IfNotPresent");
         let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
         apply("", "services", &mut svc);
+        initial_status("", "services", &mut svc);
+        assert_eq!(svc["status"], json!({"loadBalancer": {}}));
         assert_eq!(svc["spec"]["type"], "ClusterIP");
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");

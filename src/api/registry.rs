@@ -79,7 +79,18 @@ impl ResourceDef {
         if self.has_status {
             s.push("status");
         }
+        if self.has_scale() {
+            s.push("scale");
+        }
         s
+    }
+
+    /// Whether `/scale` is served (the autoscaling/v1 Scale view of `spec.replicas`).
+    pub fn has_scale(&self) -> bool {
+        matches!(
+            (self.group, self.plural),
+            ("apps", "deployments" | "replicasets" | "statefulsets") | ("", "replicationcontrollers")
+        )
     }
 
     /// Whether objects of this kind carry `metadata.generation` bumped on spec changes.

@@ -162,6 +162,33 @@ impl LabelSelector {
     }
 }
 
+/// The string form of a `matchLabels`/`matchExpressions` selector (`a=b,c in (x)`), or
+/// of a plain label map, as kubectl prints and Scale reports it.
+pub fn selector_string(sel: &Value) -> String {
+    let is_structured = sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some();
+    let labels = if is_structured { sel.get("matchLabels") } else { Some(sel) };
+    let mut parts: Vec<String> = labels
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+        .unwrap_or_default();
+    for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        let k = e.get("key").and_then(Value::as_str).unwrap_or("");
+        let vals: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        match e.get("operator").and_then(Value::as_str) {
+            Some("In") => parts.push(format!("{k} in ({})", vals.join(","))),
+            Some("NotIn") => parts.push(format!("{k} notin ({})", vals.join(","))),
+            Some("Exists") => parts.push(k.to_string()),
+            Some("DoesNotExist") => parts.push(format!("!{k}")),
+            _ => {}
+        }
+    }
+    parts.join(",")
+}
+
 /// An object's labels as a map.
 pub fn object_labels(obj: &Value) -> BTreeMap<&str, &str> {
     obj.get("metadata")

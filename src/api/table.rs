@@ -195,37 +195,11 @@ fn containers_images(spec: Option<&Value>) -> (String, String) {
 }
 
 fn selector_string(sel: Option<&Value>) -> String {
-    let Some(sel) = sel else { return "<none>".into() };
-    let mut parts = Vec::new();
-    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
-        parts.extend(m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))));
-    }
-    if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
-        for e in exprs {
-            let k = e.get("key").and_then(Value::as_str).unwrap_or("");
-            let vals: Vec<&str> = e
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            match e.get("operator").and_then(Value::as_str) {
-                Some("In") => parts.push(format!("{k} in ({})", vals.join(","))),
-                Some("NotIn") => parts.push(format!("{k} notin ({})", vals.join(","))),
-                Some("Exists") => parts.push(k.to_string()),
-                Some("DoesNotExist") => parts.push(format!("!{k}")),
-                _ => {}
-            }
-        }
-    }
-    or_none(parts.join(","))
+    or_none(sel.map(super::selectors::selector_string).unwrap_or_default())
 }
 
 fn map_selector(sel: Option<&Value>) -> String {
-    let parts: Vec<String> = sel
-        .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
-        .unwrap_or_default();
-    or_none(parts.join(","))
+    selector_string(sel)
 }
 
 fn pod_status(pod: &Value) -> (String, i64, usize, usize) {

@@ -4,6 +4,7 @@
 pub mod discovery;
 pub mod handlers;
 pub mod request;
+mod scale;
 mod services;
 pub mod watch;
 
@@ -202,6 +203,9 @@ impl ApiServer {
             (&Method::GET, None) => self.list(&call).await,
             (&Method::GET, Some(_)) if is_watch => self.watch(call).await,
             (_, Some(_)) if needs_ns => Err(ApiError::no_route()),
+            (&Method::GET | &Method::PUT | &Method::PATCH, Some(_)) if call.sub.as_deref() == Some("scale") => {
+                self.scale(&method, &call, body).await
+            }
             (&Method::GET, Some(n)) => {
                 let n = n.to_string();
                 let obj = self.get(&call, &n).await?;

@@ -33,16 +33,30 @@ pub fn version() -> Value {
     })
 }
 
+/// The group, version and kind a subresource answers with.
+fn subresource_kind(d: &ResourceDef, sub: &str) -> (&'static str, &'static str, &'static str) {
+    match sub {
+        "scale" => ("autoscaling", "v1", "Scale"),
+        _ => (d.group, d.version, d.kind),
+    }
+}
+
 fn resource_entry(d: &ResourceDef) -> Vec<Value> {
     let mut out = vec![json!({
         "name": d.plural, "singularName": d.singular, "namespaced": d.namespaced, "kind": d.kind,
         "verbs": ALL_VERBS, "shortNames": d.short_names, "categories": d.categories,
     })];
     for sub in d.subresources() {
-        out.push(json!({
+        let (group, version, kind) = subresource_kind(d, sub);
+        let mut e = json!({
             "name": format!("{}/{sub}", d.plural), "singularName": "", "namespaced": d.namespaced,
-            "kind": d.kind, "verbs": ["get", "patch", "update"],
-        }));
+            "kind": kind, "verbs": ["get", "patch", "update"],
+        });
+        if group != d.group || version != d.version {
+            e["group"] = json!(group);
+            e["version"] = json!(version);
+        }
+        out.push(e);
     }
     for v in &mut out {
         let o = v.as_object_mut().expect("object");
@@ -124,8 +138,9 @@ pub fn aggregated(reg: &Registry, core: bool, ver: &str) -> Resp {
                                 .subresources()
                                 .into_iter()
                                 .map(|s| {
+                                    let (group, version, kind) = subresource_kind(d, s);
                                     json!({"subresource": s,
-                                           "responseKind": {"group": d.group, "version": d.version, "kind": d.kind},
+                                           "responseKind": {"group": group, "version": version, "kind": kind},
                                            "verbs": ["get", "patch", "update"]})
                                 })
                                 .collect();

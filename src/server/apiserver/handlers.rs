@@ -466,7 +466,9 @@ impl ApiServer {
         if call.def.tracks_generation() && obj.get("spec").is_some() {
             meta::meta_mut(&mut obj).insert("generation".into(), json!(1));
         }
-        defaults::initial_status(call.def.group, call.def.plural, &mut obj);
+        if call.def.has_status {
+            defaults::initial_status(call.def.group, call.def.plural, &mut obj);
+        }
         let _svc = if is_service(call.def) {
             let g = self.svc_lock.lock().await;
             self.allocate_service(None, &mut obj).await?;

@@ -108,8 +108,14 @@ pub fn decode_object(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode YAML: {e}"))
         })?,
+        crate::api::protobuf::MEDIA_TYPE => crate::api::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode protobuf: {e}"))
+        })?,
         other => {
-            return Err(ApiError::unsupported_media_type(other, &["application/json", "application/yaml"]));
+            return Err(ApiError::unsupported_media_type(
+                other,
+                &["application/json", "application/yaml", crate::api::protobuf::MEDIA_TYPE],
+            ));
         }
     };
     if !v.is_object() {
