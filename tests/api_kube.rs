@@ -274,3 +274,41 @@ async fn namespace_lifecycle_and_services() {
     .unwrap();
     assert_eq!(status_code(svcs.create(&PostParams::default(), &dup).await.unwrap_err()), 422);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_and_foreground_propagation() {
+    let srv = TestServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
+    async fn owned(cms: &Api<ConfigMap>, owner: &str, dep: &str) {
+        let o = cms.create(&PostParams::default(), &cm(owner, &[])).await.unwrap();
+        let mut d = cm(dep, &[]);
+        d.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: owner.into(),
+            uid: o.metadata.uid.unwrap(),
+            block_owner_deletion: Some(true),
+            ..Default::default()
+        }]);
+        cms.create(&PostParams::default(), &d).await.unwrap();
+    }
+    async fn gone(cms: &Api<ConfigMap>, name: &str) -> bool {
+        for _ in 0..100 {
+            if cms.get_opt(name).await.unwrap().is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+    owned(&cms, "o1", "d1").await;
+    cms.delete("o1", &DeleteParams::orphan()).await.unwrap();
+    assert!(gone(&cms, "o1").await, "orphaned owner is removed");
+    let d1 = cms.get("d1").await.unwrap();
+    assert!(d1.metadata.owner_references.unwrap_or_default().is_empty(), "the dependent lost its owner reference");
+
+    owned(&cms, "o2", "d2").await;
+    cms.delete("o2", &DeleteParams::foreground()).await.unwrap();
+    assert!(gone(&cms, "o2").await, "foreground-deleted owner is removed");
+    assert!(cms.get_opt("d2").await.unwrap().is_none(), "its dependent went first");
+}

@@ -172,3 +172,74 @@ async fn get_watch_prints_changes() {
     assert!(events.contains(&("ADDED".into(), "w2".into())), "{text}");
     assert!(events.contains(&("DELETED".into(), "w2".into())), "{text}");
 }
+
+/// `kubectl create <kind>`, `run`, `expose` and `scale` send protobuf bodies (client-go's
+/// typed clients) and use the scale subresource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_generators_run_expose_scale() {
+    let srv = TestServer::start().await;
+    let cmds: &[&[&str]] = &[
+        &["create", "namespace", "gen"],
+        &["-n", "gen", "create", "configmap", "c1", "--from-literal=a=b"],
+        &["-n", "gen", "create", "secret", "generic", "s1", "--from-literal=pw=hunter2"],
+        &["-n", "gen", "create", "deployment", "web", "--image=busybox:1.36", "--replicas=2", "--port=80"],
+        &["-n", "gen", "create", "service", "nodeport", "np", "--tcp=80:8080"],
+        &["-n", "gen", "create", "serviceaccount", "bot"],
+        &["-n", "gen", "create", "role", "r", "--verb=get", "--resource=pods"],
+        &["-n", "gen", "create", "rolebinding", "rb", "--role=r", "--serviceaccount=gen:bot"],
+        &["-n", "gen", "create", "job", "j", "--image=busybox", "--", "echo", "hi"],
+        &["-n", "gen", "create", "cronjob", "cj", "--image=busybox", "--schedule=*/5 * * * *"],
+        &["-n", "gen", "run", "p", "--image=busybox", "--restart=Never", "--", "sleep", "1"],
+        &["-n", "gen", "expose", "deployment", "web", "--port=80", "--name=web"],
+        &["-n", "gen", "scale", "deployment", "web", "--replicas=5"],
+    ];
+    for c in cmds {
+        srv.kubectl_ok(c).await;
+    }
+    let pw = srv.kubectl_ok(&["-n", "gen", "get", "secret", "s1", "-o", "jsonpath={.data.pw}"]).await;
+    assert_eq!(pw, "aHVudGVyMg==");
+    let d = srv.kubectl_ok(&["-n", "gen", "get", "deploy", "web", "-o", "json"]).await;
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["spec"]["replicas"], 5, "scaled");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.36");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80);
+    assert_eq!(d["status"], serde_json::json!({}), "status is reset on create");
+    let np = srv
+        .kubectl_ok(&["-n", "gen", "get", "svc", "np", "-o", "jsonpath={.spec.type} {.spec.ports[0].nodePort}"])
+        .await;
+    let (ty, port) = np.split_once(' ').unwrap();
+    assert_eq!(ty, "NodePort");
+    assert!((30000..=32767).contains(&port.parse::<i64>().unwrap()), "{np}");
+    let rb = srv
+        .kubectl_ok(&["-n", "gen", "get", "rolebinding", "rb", "-o", "jsonpath={.roleRef.name} {.subjects[0].name}"])
+        .await;
+    assert_eq!(rb, "r bot");
+    let pod = srv
+        .kubectl_ok(&[
+            "-n",
+            "gen",
+            "get",
+            "pod",
+            "p",
+            "-o",
+            "jsonpath={.spec.restartPolicy} {.spec.containers[0].args}",
+        ])
+        .await;
+    assert_eq!(pod, "Never [\"sleep\",\"1\"]");
+    let cj = srv.kubectl_ok(&["-n", "gen", "get", "cronjob", "cj", "-o", "jsonpath={.spec.schedule}"]).await;
+    assert_eq!(cj, "*/5 * * * *");
+    let wide = srv.kubectl_ok(&["-n", "gen", "get", "deploy", "-o", "wide"]).await;
+    assert!(
+        wide.lines().nth(1).unwrap().split_whitespace().eq([
+            "web",
+            "0/5",
+            "0",
+            "0",
+            "0s",
+            "busybox",
+            "busybox:1.36",
+            "app=web"
+        ]) || wide.contains("app=web"),
+        "{wide}"
+    );
+}

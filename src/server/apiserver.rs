@@ -3,10 +3,12 @@
 
 pub mod discovery;
 pub mod handlers;
+mod propagation;
 pub mod request;
 mod scale;
 mod services;
 pub mod watch;
+mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -208,8 +210,7 @@ impl ApiServer {
             }
             (&Method::GET, Some(n)) => {
                 let n = n.to_string();
-                let obj = self.get(&call, &n).await?;
-                Ok(self.render(&call, obj, 200))
+                self.get_response(&call, &n).await
             }
             (&Method::POST, None) if needs_ns => Err(ApiError::method_not_allowed("POST", &what)),
             (&Method::POST, None) => self.create(&call, body).await,
@@ -301,6 +302,12 @@ impl ApiServer {
                 self.spawn_namespace_cleanup(crate::api::meta::name(&obj).to_string());
             }
         }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.resume_propagation().await {
+                tracing::warn!(error = %e, "resuming propagation policies failed");
+            }
+        });
         Ok(())
     }
 

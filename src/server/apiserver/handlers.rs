@@ -12,6 +12,7 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::ApiServer;
+use super::propagation::{FOREGROUND, ORPHAN, internal_call};
 use super::request::{self, Query, Resp, Want};
 use crate::api::patch::{self, PatchType};
 use crate::api::registry::ResourceDef;
@@ -100,11 +101,9 @@ pub fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// Encodes an object for storage: without resourceVersion, which is the store's.
-fn encode(obj: &Value) -> Bytes {
-    let mut o = obj.clone();
-    meta::meta_mut(&mut o).remove("resourceVersion");
-    Bytes::from(serde_json::to_vec(&o).expect("JSON values serialise"))
+/// Encodes an object for storage (see [`super::wire`]).
+pub(super) fn encode(obj: &Value) -> Bytes {
+    Bytes::from(super::wire::encode(obj))
 }
 
 fn with_rv(mut obj: Value, rev: i64) -> Value {
@@ -266,6 +265,18 @@ impl ApiServer {
         decode_kv(&kv.ok_or_else(|| ApiError::not_found(call.target(name)))?)
     }
 
+    /// GET of one object, answered from the stored bytes when JSON is wanted.
+    pub async fn get_response(&self, call: &Call, name: &str) -> Result<Resp, ApiError> {
+        let kv = self.store.get(&call.key(name)).await.map_err(|e| storage_error(call.target(name), e))?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(call.target(name)))?;
+        if request::want(&call.headers) == Want::Object
+            && let Some(b) = super::wire::with_rv(&kv.value, kv.mod_rev)
+        {
+            return Ok(request::bytes_response(200, "application/json", Bytes::from(b)));
+        }
+        Ok(self.render(call, decode_kv(&kv)?, 200))
+    }
+
     /// Renders one object as asked (JSON or a one-row Table).
     pub fn render(&self, call: &Call, obj: Value, code: u16) -> Resp {
         match request::want(&call.headers) {
@@ -335,7 +346,7 @@ impl ApiServer {
         } else {
             limit
         };
-        let mut items = Vec::new();
+        let mut items: Vec<KeyValue> = Vec::new();
         let mut cont = None;
         let mut list_rev;
         'pages: loop {
@@ -347,44 +358,59 @@ impl ApiServer {
             list_rev = page.rev;
             rev = page.rev;
             let n = page.kvs.len();
-            for (i, kv) in page.kvs.iter().enumerate() {
-                let obj = decode_kv(kv)?;
-                if !labels.matches_object(&obj) || !fields.matches(&obj) {
-                    continue;
+            let more = page.more;
+            let last_key = page.kvs.last().map(|kv| kv.key.clone());
+            for (i, kv) in page.kvs.into_iter().enumerate() {
+                if filtered {
+                    let obj = decode_kv(&kv)?;
+                    if !labels.matches_object(&obj) || !fields.matches(&obj) {
+                        continue;
+                    }
                 }
-                items.push(obj);
+                let key = kv.key.clone();
+                items.push(kv);
                 if limit > 0 && items.len() == limit {
-                    if i + 1 < n || page.more {
-                        cont = Some(encode_continue(rev, &kv.key));
+                    if i + 1 < n || more {
+                        cont = Some(encode_continue(rev, &key));
                     }
                     break 'pages;
                 }
             }
-            match page.kvs.last() {
-                Some(last) if page.more => start = Some(last.key.clone()),
+            match last_key {
+                Some(last) if more => start = Some(last),
                 _ => break,
             }
         }
         let rv = list_rev.to_string();
-        Ok(match request::want(&call.headers) {
-            Want::Table => request::json(200, &self.table(call, &items, &rv, cont.as_deref(), true)),
-            Want::Object => {
-                for it in &mut items {
-                    if let Some(o) = it.as_object_mut() {
-                        o.remove("apiVersion");
-                        o.remove("kind");
-                    }
-                }
-                let mut md = json!({"resourceVersion": rv});
-                if let Some(c) = &cont {
-                    md["continue"] = json!(c);
-                }
-                request::json(
-                    200,
-                    &json!({"kind": format!("{}List", call.def.kind), "apiVersion": call.def.api_version(), "metadata": md, "items": items}),
-                )
+        if request::want(&call.headers) == Want::Table {
+            let objs = items.iter().map(decode_kv).collect::<Result<Vec<_>, _>>()?;
+            return Ok(request::json(200, &self.table(call, &objs, &rv, cont.as_deref(), true)));
+        }
+        // The list is written around the stored bytes of its items.
+        let mut md = json!({"resourceVersion": rv});
+        if let Some(c) = &cont {
+            md["continue"] = json!(c);
+        }
+        let head =
+            json!({"kind": format!("{}List", call.def.kind), "apiVersion": call.def.api_version(), "metadata": md});
+        let mut out = serde_json::to_vec(&head).expect("JSON values serialise");
+        out.pop();
+        out.extend_from_slice(b",\"items\":[");
+        for (i, kv) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
-        })
+            if !super::wire::list_item(&kv.value, kv.mod_rev, &mut out) {
+                let mut obj = decode_kv(kv)?;
+                if let Some(o) = obj.as_object_mut() {
+                    o.remove("apiVersion");
+                    o.remove("kind");
+                }
+                out.extend_from_slice(&serde_json::to_vec(&obj).expect("JSON values serialise"));
+            }
+        }
+        out.extend_from_slice(b"]}");
+        Ok(request::bytes_response(200, "application/json", Bytes::from(out)))
     }
 
     /// The revision a list without `continue` reads at (0 = current), following
@@ -802,6 +828,9 @@ impl ApiServer {
                     if is_ns {
                         self.spawn_namespace_cleanup(name.to_string());
                     }
+                    if fins.iter().any(|f| f == ORPHAN || f == FOREGROUND) {
+                        self.spawn_propagation(call.def, call.ns.clone(), name.to_string());
+                    }
                     return Ok(with_rv(marked, rev));
                 }
                 Err(StorageError::Conflict { .. }) => continue,
@@ -880,14 +909,7 @@ impl ApiServer {
                     if meta::is_deleting(&obj) {
                         continue;
                     }
-                    let call = Call {
-                        def,
-                        ns: Some(ns.to_string()),
-                        name: Some(meta::name(&obj).to_string()),
-                        sub: None,
-                        query: Query::default(),
-                        headers: HeaderMap::new(),
-                    };
+                    let call = internal_call(def, Some(ns));
                     match self.delete_object(&call, meta::name(&obj), &json!({"propagationPolicy": "Background"})).await
                     {
                         Ok(_) => {}

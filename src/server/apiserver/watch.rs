@@ -163,6 +163,13 @@ impl ApiServer {
                         }
                         Some(Ok(ev)) => {
                             last = ev.kv.mod_rev;
+                            if !enc.table && let Some(frame) = fast_frame(&ev, &filter) {
+                                match frame {
+                                    Some(f) => if tx.send(f).await.is_err() { return },
+                                    None => {}
+                                }
+                                continue;
+                            }
                             match translate(&ev, &filter) {
                                 Ok(Some((ty, obj))) => if !send(&mut enc, ty, &obj).await { return },
                                 Ok(None) => {}
@@ -204,6 +211,32 @@ fn error_frame(e: &ApiError) -> Bytes {
     let mut b = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
     b.push(b'\n');
     Bytes::from(b)
+}
+
+/// Without label or field selectors, the frame is built from the stored bytes: no
+/// decoding. Returns None when the slow path must decide; Some(None) to skip.
+fn fast_frame(ev: &Event, f: &Filter) -> Option<Option<Bytes>> {
+    if !f.labels.is_empty() || !f.fields.is_empty() {
+        return None;
+    }
+    if let Some(name) = &f.name
+        && ev.kv.key.rsplit('/').next() != Some(name.as_str())
+    {
+        return Some(None);
+    }
+    let ty: &[u8] = match (ev.kind, &ev.prev) {
+        (EventKind::Delete, _) => b"DELETED",
+        (EventKind::Put, None) => b"ADDED",
+        (EventKind::Put, Some(_)) => b"MODIFIED",
+    };
+    let obj = super::wire::with_rv(&ev.kv.value, ev.kv.mod_rev)?;
+    let mut b = Vec::with_capacity(obj.len() + 32);
+    b.extend_from_slice(b"{\"type\":\"");
+    b.extend_from_slice(ty);
+    b.extend_from_slice(b"\",\"object\":");
+    b.extend_from_slice(&obj);
+    b.extend_from_slice(b"}\n");
+    Some(Some(Bytes::from(b)))
 }
 
 /// The watch event a store event becomes for this watcher, if any.
