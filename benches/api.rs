@@ -65,6 +65,83 @@ where
     total as f64 / t.elapsed().as_secs_f64()
 }
 
+/// One keep-alive HTTPS (HTTP/1.1) connection to rk with the admin certificate: the same
+/// minimal client shape etcd gets, so client overhead does not decide the comparison.
+struct RkConn(tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>);
+
+fn rk_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    Arc::new(cfg)
+}
+
+impl RkConn {
+    async fn new(addr: std::net::SocketAddr, tls: Arc<rustls::ClientConfig>) -> RkConn {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        RkConn(tokio::sync::Mutex::new(send))
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Bytes) -> u16 {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap();
+        let mut s = self.0.lock().await;
+        let r = s.send_request(req).await.unwrap();
+        let code = r.status().as_u16();
+        let _ = r.into_body().collect().await;
+        code
+    }
+}
+
+async fn rk_conns(running: &rk::server::Running, n: usize) -> Arc<Vec<RkConn>> {
+    let id = &running.identity;
+    let tls = rk_tls(&id.ca.cert_pem, &id.admin.cert_pem, &id.admin.key_pem);
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(RkConn::new(running.addr, tls.clone()).await);
+    }
+    Arc::new(v)
+}
+
+fn cm_body(name: &str) -> Bytes {
+    Bytes::from(serde_json::to_vec(&cm(name.to_string())).unwrap())
+}
+
+/// Durable creates/s through rk's HTTPS API.
+async fn rk_create_rate(running: &rk::server::Running, ns: &str, conc: usize, total: usize, tag: String) -> f64 {
+    let conns = rk_conns(running, conc).await;
+    let path = format!("/api/v1/namespaces/{ns}/configmaps");
+    rate(conc, total, move |i| {
+        let (conns, path, tag) = (conns.clone(), path.clone(), tag.clone());
+        async move {
+            let code = conns[i % conns.len()].call("POST", &path, cm_body(&format!("{tag}-{i}"))).await;
+            assert_eq!(code, 201, "create failed");
+        }
+    })
+    .await
+}
+
 struct Etcd {
     child: Child,
     _dir: tempfile::TempDir,
@@ -251,29 +328,11 @@ async fn main() {
     let mut st64 = Vec::new();
     for round in 0..rounds {
         // Alternate rk and etcd within each round.
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-        rk1.push(
-            rate(1, n1, move |i| {
-                let api = api.clone();
-                async move {
-                    api.create(&PostParams::default(), &cm(format!("s{round}-{i}"))).await.unwrap();
-                }
-            })
-            .await,
-        );
+        rk1.push(rk_create_rate(&running, "default", 1, n1, format!("s{round}")).await);
         if let Some(e) = &etcd {
             et1.push(etcd_rate(e.port, 1, n1, round * 2).await);
         }
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-        rk64.push(
-            rate(64, n64, move |i| {
-                let api = api.clone();
-                async move {
-                    api.create(&PostParams::default(), &cm(format!("c{round}-{i}"))).await.unwrap();
-                }
-            })
-            .await,
-        );
+        rk64.push(rk_create_rate(&running, "default", 64, n64, format!("c{round}")).await);
         if let Some(e) = &etcd {
             et64.push(etcd_rate(e.port, 64, n64, round * 2 + 1).await);
         }
@@ -303,19 +362,25 @@ async fn main() {
         );
     }
 
-    // GET throughput on one object, 64 in flight.
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let gets = if quick() { 5000 } else { 40000 };
-    let get_rate = rate(64, gets, move |_| {
-        let api = api.clone();
+    // GET throughput on one object, 64 in flight over 16 connections.
+    let conns = rk_conns(&running, 16).await;
+    let gets = if quick() { 10000 } else { 60000 };
+    let get_rate = rate(64, gets, move |i| {
+        let conns = conns.clone();
         async move {
-            api.get("s0-0").await.unwrap();
+            assert_eq!(
+                conns[i % conns.len()].call("GET", "/api/v1/namespaces/default/configmaps/s0-0", Bytes::new()).await,
+                200
+            );
         }
     })
     .await;
 
-    // LIST latency over at least 10,000 objects.
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    // LIST latency of 10,000 objects in their own namespace.
+    let nsb = Bytes::from_static(br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"list"}}"#);
+    rk_conns(&running, 1).await[0].call("POST", "/api/v1/namespaces", nsb).await;
+    rk_create_rate(&running, "list", 64, 10_000, "l".into()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "list");
     let count = api.list(&ListParams::default()).await.unwrap().items.len();
     let mut lat = Vec::new();
     for _ in 0..5 {
@@ -329,6 +394,7 @@ async fn main() {
     let watchers = if quick() { 200 } else { 1000 };
     let writes = 50;
     let wns = "default";
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), wns);
     let start_rv = api.list(&ListParams::default().limit(1)).await.unwrap().metadata.resource_version.unwrap();
     let done = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();

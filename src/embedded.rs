@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod sled_store;
 pub mod storage;
+pub mod wal;
 
 pub use sled_store::{SledStore, SledStoreOptions};
 pub use storage::{Event, EventKind, KeyValue, ListResult, Rev, Storage, StorageError, WatchStream};

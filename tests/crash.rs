@@ -82,7 +82,8 @@ async fn acknowledged_writes_survive_kill_9() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past one store checkpoint (2 s): recovery uses both sled's files and the log.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     child.0.kill().unwrap(); // SIGKILL, mid-write
     child.0.wait().unwrap();
     for w in writers {

@@ -8,10 +8,13 @@
 //!
 //! Durability: sled 0.34's `flush()` ends in `sync_file_range`, which neither flushes
 //! the drive cache nor covers file metadata, and its blob files (large values) are never
-//! synced at all. A flusher thread therefore follows every `flush()` with `fdatasync` of
-//! the `db` file and `fsync` of new blob files. Writers wait for the flush that covers
-//! their revision, so concurrent writers share one flush (group commit). Watch events are
-//! published only once durable, in revision order.
+//! synced at all. So writes are made durable by rk's own write-ahead log ([`super::wal`]):
+//! a flusher thread appends every pending write to it with one `fdatasync` per batch, and
+//! writers wait for the batch that covers their revision, so concurrent writers share one
+//! sync (group commit). sled is checkpointed in the background (`flush()`, then
+//! `fdatasync` of its `db` file and `fsync` of new blob files), after which the log
+//! segments it covers are deleted; on open, logged writes newer than sled's revision are
+//! replayed. Watch events are published only once durable, in revision order.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -24,6 +27,7 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
 use super::storage::{Event, EventKind, KeyValue, ListResult, Rev, Storage, StorageError, WatchStream};
+use super::wal::{self, Wal};
 
 const KIND_PUT: u8 = 0;
 const KIND_DELETE: u8 = 1;
@@ -31,6 +35,10 @@ const META_REV: &[u8] = b"mrev";
 const META_COMPACT: &[u8] = b"mcompact";
 /// Log entries removed per compaction batch, so a batch stays short.
 const COMPACT_BATCH: usize = 500;
+/// How often sled is checkpointed (and covered log segments deleted).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// A log segment this large is checkpointed early.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 /// Tuning for [`SledStore::open`].
 #[derive(Clone, Debug)]
@@ -162,25 +170,51 @@ fn check_key(key: &str) -> Result<(), StorageError> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` (sled in `dir/sled`, the log in `dir/wal`),
+    /// replaying logged writes sled had not persisted.
     pub fn open(dir: &Path, opts: SledStoreOptions) -> Result<SledStore, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::Backend(format!("create {}: {e}", dir.display())))?;
+        let io = |what: &str, p: &Path| {
+            let p = p.display().to_string();
+            let what = what.to_string();
+            move |e: std::io::Error| StorageError::Backend(format!("{what} {p}: {e}"))
+        };
+        let sled_dir = dir.join("sled");
+        let wal_dir = dir.join("wal");
+        std::fs::create_dir_all(&sled_dir).map_err(io("create", &sled_dir))?;
         let db = sled::Config::new()
-            .path(dir)
+            .path(&sled_dir)
             .cache_capacity(opts.cache_bytes)
             .mode(sled::Mode::LowSpace)
-            // rk's own flusher makes writes durable; sled's timer would only add I/O.
+            // The write-ahead log makes writes durable; sled is checkpointed by rk.
             .flush_every_ms(None)
             .open()
             .map_err(backend)?;
-        let current = db.get(META_REV).map_err(backend)?.map(|v| from_be(&v)).unwrap_or(0);
+        let mut current = db.get(META_REV).map_err(backend)?.map(|v| from_be(&v)).unwrap_or(0);
         let compacted = db.get(META_COMPACT).map_err(backend)?.map(|v| from_be(&v)).unwrap_or(0);
-        let db_file =
-            File::open(dir.join("db")).map_err(|e| StorageError::Backend(format!("open {}/db: {e}", dir.display())))?;
-        // The directory entries of db and conf must be durable too.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageError::Backend(format!("sync {}: {e}", dir.display())))?;
+        let db_file = File::open(sled_dir.join("db")).map_err(io("open", &sled_dir.join("db")))?;
+        for d in [dir, sled_dir.as_path()] {
+            File::open(d).and_then(|f| f.sync_all()).map_err(io("sync", d))?;
+        }
+        let (wal, records, old_segments) = Wal::open(&wal_dir).map_err(io("open write-ahead log", &wal_dir))?;
+        let mut replayed = 0;
+        let sled_rev = current;
+        for r in records.iter().filter(|r| r.rev > sled_rev) {
+            let mut batch = sled::Batch::default();
+            batch.insert(version_key(&r.key, r.rev), encode_record(r.kind, r.create_rev, &r.value));
+            batch.insert(&log_key(r.rev)[..], r.key.as_bytes());
+            batch.insert(META_REV, &be(r.rev)[..]);
+            db.apply_batch(batch).map_err(backend)?;
+            current = r.rev;
+            replayed += 1;
+        }
+        let mut synced_blobs = HashSet::new();
+        if !old_segments.is_empty() {
+            checkpoint(&db, &db_file, &sled_dir.join("blobs"), &mut synced_blobs).map_err(StorageError::Backend)?;
+            Wal::remove(&wal_dir, &old_segments).map_err(io("remove log segments in", &wal_dir))?;
+        }
+        if replayed > 0 {
+            tracing::info!(replayed, revision = current, "replayed the write-ahead log");
+        }
 
         let (durable_tx, durable_rx) = watch::channel((current, None));
         let (events, _) = broadcast::channel(opts.watch_buffer.max(16));
@@ -195,12 +229,17 @@ impl SledStore {
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
         });
+        let (cp_tx, cp_rx) = std::sync::mpsc::channel();
         let weak = Arc::downgrade(&inner);
-        let dir = dir.to_path_buf();
         std::thread::Builder::new()
             .name("rk-store-flush".into())
-            .spawn(move || flusher(weak, flush, db_file, dir, durable_tx))
+            .spawn(move || flusher(weak, flush, wal, durable_tx, cp_tx))
             .map_err(|e| StorageError::Backend(format!("spawn flusher: {e}")))?;
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("rk-store-checkpoint".into())
+            .spawn(move || checkpointer(weak, cp_rx, db_file, sled_dir.join("blobs"), wal_dir, synced_blobs))
+            .map_err(|e| StorageError::Backend(format!("spawn checkpointer: {e}")))?;
         Ok(SledStore { inner })
     }
 
@@ -341,17 +380,18 @@ impl SledStore {
     }
 }
 
-/// The group-commit loop: wait for a request, flush sled, fdatasync its files, then
-/// publish the durable revision and the events it covers.
+/// The group-commit loop: wait for a request, append every pending write to the log
+/// with one fdatasync, then publish the durable revision and the events it covers; hand
+/// full or old log segments to the checkpointer.
 fn flusher(
     inner: std::sync::Weak<Inner>,
     shared: Arc<FlushShared>,
-    db_file: File,
-    dir: PathBuf,
+    mut wal: Wal,
     durable: watch::Sender<(Rev, Option<String>)>,
+    checkpoints: std::sync::mpsc::Sender<PathBuf>,
 ) {
-    let blobs = dir.join("blobs");
-    let mut synced_blobs: HashSet<std::ffi::OsString> = HashSet::new();
+    let mut last_checkpoint = std::time::Instant::now();
+    let mut buf = Vec::new();
     loop {
         {
             let mut st = shared.requested.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,13 +408,19 @@ fn flusher(
         let Some(target) = batch.last().map(|e| e.kv.mod_rev) else {
             continue;
         };
-        let res = inner
-            .tree
-            .flush()
-            .map_err(|e| e.to_string())
-            .and_then(|_| db_file.sync_data().map_err(|e| format!("fdatasync db: {e}")))
-            .and_then(|_| sync_new_blobs(&blobs, &mut synced_blobs));
-        match res {
+        buf.clear();
+        for ev in &batch {
+            let kind = if ev.kind == EventKind::Put { KIND_PUT } else { KIND_DELETE };
+            let r = wal::Record {
+                kind,
+                rev: ev.kv.mod_rev,
+                create_rev: ev.kv.create_rev,
+                key: ev.kv.key.clone(),
+                value: ev.kv.value.clone(),
+            };
+            wal::encode(&r, &mut buf);
+        }
+        match wal.append(&buf) {
             Ok(()) => {
                 // Durable first: a watcher that subscribes, then reads the durable
                 // revision, finds each event either in history or in its receiver.
@@ -384,10 +430,59 @@ fn flusher(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "store flush failed; refusing further writes");
+                let e = format!("appending to the write-ahead log: {e}");
+                tracing::error!(error = %e, "store write failed; refusing further writes");
                 durable.send_modify(|d| d.1 = Some(e));
                 return;
             }
+        }
+        if (last_checkpoint.elapsed() >= CHECKPOINT_EVERY || wal.len() >= CHECKPOINT_BYTES) && !wal.is_empty() {
+            match wal.rotate() {
+                Ok(old) => {
+                    let _ = checkpoints.send(old);
+                }
+                Err(e) => tracing::warn!(error = %e, "rotating the write-ahead log failed"),
+            }
+            last_checkpoint = std::time::Instant::now();
+        }
+    }
+}
+
+/// Makes everything applied to sled so far durable in sled's own files.
+fn checkpoint(
+    tree: &sled::Db,
+    db_file: &File,
+    blobs: &Path,
+    synced: &mut HashSet<std::ffi::OsString>,
+) -> Result<(), String> {
+    tree.flush().map_err(|e| format!("flushing sled: {e}"))?;
+    db_file.sync_data().map_err(|e| format!("fdatasync sled db: {e}"))?;
+    sync_new_blobs(blobs, synced)
+}
+
+/// Checkpoints sled for each closed log segment, then deletes the segments covered.
+fn checkpointer(
+    inner: std::sync::Weak<Inner>,
+    rx: std::sync::mpsc::Receiver<PathBuf>,
+    db_file: File,
+    blobs: PathBuf,
+    wal_dir: PathBuf,
+    mut synced: HashSet<std::ffi::OsString>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut segs = vec![first];
+        segs.extend(rx.try_iter());
+        let Some(inner) = inner.upgrade() else { return };
+        // Every record in these segments was applied to sled before the segment closed,
+        // so this flush covers them all.
+        match checkpoint(&inner.tree, &db_file, &blobs, &mut synced) {
+            Ok(()) => {
+                if let Err(e) = Wal::remove(&wal_dir, &segs) {
+                    tracing::warn!(error = %e, "removing checkpointed log segments failed");
+                }
+            }
+            // The segments stay and are replayed at the next start.
+            Err(e) => tracing::warn!(error = %e, "checkpointing the store failed"),
         }
     }
 }
