@@ -312,3 +312,52 @@ async fn orphan_and_foreground_propagation() {
     assert!(gone(&cms, "o2").await, "foreground-deleted owner is removed");
     assert!(cms.get_opt("d2").await.unwrap().is_none(), "its dependent went first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_collection_and_resource_version_match() {
+    let srv = TestServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
+    let mut first_rv = String::new();
+    for i in 0..6 {
+        let c = cms
+            .create(&PostParams::default(), &cm(&format!("x{i}"), &[("batch", if i < 4 { "a" } else { "b" })]))
+            .await
+            .unwrap();
+        if i == 0 {
+            first_rv = c.metadata.resource_version.unwrap();
+        }
+    }
+    // An exact list at an old revision shows the state of then.
+    let then = cms.list(&ListParams::default().at(&first_rv).matching(kube::api::VersionMatch::Exact)).await.unwrap();
+    assert_eq!(then.items.len(), 1);
+    assert_eq!(then.metadata.resource_version.as_deref(), Some(first_rv.as_str()));
+    let later =
+        cms.list(&ListParams::default().at(&first_rv).matching(kube::api::VersionMatch::NotOlderThan)).await.unwrap();
+    assert_eq!(later.items.len(), 6);
+    let any = cms.list(&ListParams::default().at("0")).await.unwrap();
+    assert_eq!(any.items.len(), 6);
+
+    let gone = cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("batch=a")).await.unwrap();
+    assert_eq!(gone.left().map(|l| l.items.len()), Some(4));
+    let left: Vec<String> =
+        cms.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
+    assert_eq!(left, ["x4", "x5"]);
+
+    // A streaming list: initial ADDED events, then a bookmark marking their end.
+    let mut wp = WatchParams::default().timeout(5);
+    wp.send_initial_events = true;
+    wp.bookmarks = true;
+    let mut s = cms.watch(&wp, "").await.unwrap().boxed();
+    let mut added = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.try_next()).await.unwrap().unwrap().unwrap() {
+            WatchEvent::Added(_) => added += 1,
+            WatchEvent::Bookmark(b) => {
+                assert_eq!(b.metadata.annotations.get("k8s.io/initial-events-end").map(String::as_str), Some("true"));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(added, 2);
+}

@@ -21,6 +21,8 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::Digest;
 use time::{Duration, OffsetDateTime};
 
+/// Lifetime of leaf certificates.
+const LEAF_DAYS: i64 = 365;
 /// Renew leaf certificates that expire within this window.
 const RENEW_BEFORE: Duration = Duration::days(90);
 
@@ -191,7 +193,14 @@ fn new_ca() -> Result<CertKey, TlsError> {
     Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
-fn issue_leaf(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[String], server: bool) -> Result<CertKey, TlsError> {
+fn issue_leaf(
+    ca: &CertKey,
+    cn: &str,
+    orgs: &[&str],
+    sans: &[String],
+    server: bool,
+    days: i64,
+) -> Result<CertKey, TlsError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(cert_err("ca key"))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(cert_err("ca"))?;
     let key = KeyPair::generate().map_err(cert_err("leaf key"))?;
@@ -215,14 +224,14 @@ fn issue_leaf(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[String], server: bo
         vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
     p.use_authority_key_identifier_extension = true;
     p.not_before = now() - Duration::hours(1);
-    p.not_after = now() + Duration::days(365);
+    p.not_after = now() + Duration::days(days);
     let cert = p.signed_by(&key, &issuer).map_err(cert_err("leaf"))?;
     Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// Signs a client certificate for `cn` in `orgs` with the cluster CA.
 pub fn issue_client_cert(ca: &CertKey, cn: &str, orgs: &[&str]) -> Result<CertKey, TlsError> {
-    issue_leaf(ca, cn, orgs, &[], false)
+    issue_leaf(ca, cn, orgs, &[], false, LEAF_DAYS)
 }
 
 /// Creates a throwaway CA, for tests that need a certificate the cluster does not trust.
@@ -273,7 +282,7 @@ impl Identity {
         let serving = match read_pair(&dir, "serving-kube-apiserver")? {
             Some(s) if !needs_renewal(&s.cert_pem, Some(&sans)) => s,
             _ => {
-                let s = issue_leaf(&ca, "kube-apiserver", &[], &sans, true)?;
+                let s = issue_leaf(&ca, "kube-apiserver", &[], &sans, true, LEAF_DAYS)?;
                 write_pair(&dir, "serving-kube-apiserver", &s)?;
                 s
             }
@@ -485,6 +494,24 @@ mod tests {
         let c = Identity::load_or_create(&s2).unwrap();
         assert_eq!(c.ca.cert_pem, a.ca.cert_pem);
         assert_ne!(c.serving.cert_pem, a.serving.cert_pem);
+    }
+
+    #[test]
+    fn leaf_certificates_near_expiry_are_renewed() {
+        let ca = new_ca().unwrap();
+        let soon = issue_leaf(&ca, "x", &[], &["a".into()], true, 30).unwrap();
+        assert!(needs_renewal(&soon.cert_pem, None), "30 days left is within the 90-day window");
+        let fresh = issue_leaf(&ca, "x", &[], &["a".into()], true, 365).unwrap();
+        assert!(!needs_renewal(&fresh.cert_pem, Some(&["a".to_string()])));
+        assert!(needs_renewal(&fresh.cert_pem, Some(&["a".to_string(), "b".to_string()])), "SAN change reissues");
+        // On disk: an admin certificate about to expire is replaced at start.
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(&spec(dir.path())).unwrap();
+        let short = issue_leaf(&id.ca, "system:admin", &["system:masters"], &[], false, 10).unwrap();
+        write_pair(&dir.path().join("tls"), "client-admin", &short).unwrap();
+        let again = Identity::load_or_create(&spec(dir.path())).unwrap();
+        assert_ne!(again.admin.cert_pem, short.cert_pem);
+        assert_eq!(again.ca.cert_pem, id.ca.cert_pem);
     }
 
     #[test]
