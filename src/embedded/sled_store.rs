@@ -9,9 +9,9 @@
 //! Durability: sled 0.34's `flush()` ends in `sync_file_range`, which neither flushes
 //! the drive cache nor covers file metadata, and its blob files (large values) are never
 //! synced at all. So writes are made durable by rk's own write-ahead log ([`super::wal`]):
-//! a flusher thread appends every pending write to it with one `fdatasync` per batch, and
-//! writers wait for the batch that covers their revision, so concurrent writers share one
-//! sync (group commit). sled is checkpointed in the background (`flush()`, then
+//! the first waiting writer appends every pending write to it with one `fdatasync`, and
+//! writers arriving meanwhile wait for the next such batch, so concurrent writers share
+//! one sync (group commit) and a lone writer pays no thread handoff. sled is checkpointed in the background (`flush()`, then
 //! `fdatasync` of its `db` file and `fsync` of new blob files), after which the log
 //! segments it covers are deleted; on open, logged writes newer than sled's revision are
 //! replayed. Watch events are published only once durable, in revision order.
@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -67,31 +67,21 @@ struct Inner {
     write: Mutex<Rev>,
     /// Events applied to sled but not yet durable, in revision order.
     pending: Mutex<Vec<Arc<Event>>>,
-    flush: Arc<FlushShared>,
-    /// (durable revision, first flush error) as published by the flusher.
-    durable: watch::Receiver<(Rev, Option<String>)>,
+    /// The log; whoever holds this lock is the group commit's leader.
+    wal: Mutex<WalState>,
+    /// (durable revision, first log error), as published by each leader.
+    durable: watch::Sender<(Rev, Option<String>)>,
     events: broadcast::Sender<Arc<Event>>,
     current: AtomicI64,
     compacted: AtomicI64,
 }
 
-struct FlushShared {
-    requested: Mutex<FlushState>,
-    cond: Condvar,
-}
-
-#[derive(Default)]
-struct FlushState {
-    requested: bool,
-    closed: bool,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let mut st = self.flush.requested.lock().unwrap_or_else(|e| e.into_inner());
-        st.closed = true;
-        self.flush.cond.notify_all();
-    }
+struct WalState {
+    wal: Wal,
+    buf: Vec<u8>,
+    last_checkpoint: std::time::Instant,
+    /// Closed segments go to the checkpointer thread.
+    checkpoints: std::sync::mpsc::Sender<PathBuf>,
 }
 
 fn be(rev: Rev) -> [u8; 8] {
@@ -216,25 +206,24 @@ impl SledStore {
             tracing::info!(replayed, revision = current, "replayed the write-ahead log");
         }
 
-        let (durable_tx, durable_rx) = watch::channel((current, None));
+        let (durable, _) = watch::channel((current, None));
         let (events, _) = broadcast::channel(opts.watch_buffer.max(16));
-        let flush = Arc::new(FlushShared { requested: Mutex::new(FlushState::default()), cond: Condvar::new() });
+        let (cp_tx, cp_rx) = std::sync::mpsc::channel();
         let inner = Arc::new(Inner {
             tree: db,
             write: Mutex::new(current),
             pending: Mutex::new(Vec::new()),
-            flush: flush.clone(),
-            durable: durable_rx,
+            wal: Mutex::new(WalState {
+                wal,
+                buf: Vec::new(),
+                last_checkpoint: std::time::Instant::now(),
+                checkpoints: cp_tx,
+            }),
+            durable,
             events,
             current: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
         });
-        let (cp_tx, cp_rx) = std::sync::mpsc::channel();
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("rk-store-flush".into())
-            .spawn(move || flusher(weak, flush, wal, durable_tx, cp_tx))
-            .map_err(|e| StorageError::Backend(format!("spawn flusher: {e}")))?;
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("rk-store-checkpoint".into())
@@ -298,20 +287,39 @@ impl SledStore {
         Ok(ev)
     }
 
+    /// Waits until `rev` is durable. The first writer to find no commit in progress
+    /// leads one: it logs every pending write with a single fdatasync, on its own
+    /// thread, so a lone writer pays no thread handoff; writers arriving meanwhile are
+    /// covered by the next leader, one of themselves.
     async fn wait_durable(&self, rev: Rev) -> Result<(), StorageError> {
-        {
-            let mut st = self.inner.flush.requested.lock().unwrap_or_else(|e| e.into_inner());
-            st.requested = true;
-            self.inner.flush.cond.notify_one();
-        }
-        let mut rx = self.inner.durable.clone();
-        let res = rx.wait_for(|(d, err)| *d >= rev || err.is_some()).await;
-        match res {
-            Ok(v) => match &v.1 {
-                Some(e) => Err(StorageError::Backend(format!("store is not durable: {e}"))),
-                None => Ok(()),
-            },
-            Err(_) => Err(StorageError::Backend("store flusher stopped".into())),
+        let mut rx = self.inner.durable.subscribe();
+        loop {
+            let (d, err) = rx.borrow_and_update().clone();
+            if let Some(e) = err {
+                return Err(StorageError::Backend(format!("store is not durable: {e}")));
+            }
+            if d >= rev {
+                return Ok(());
+            }
+            if let Ok(mut st) = self.inner.wal.try_lock() {
+                let multi = tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+                if multi {
+                    tokio::task::block_in_place(|| self.inner.commit(&mut st));
+                } else {
+                    self.inner.commit(&mut st);
+                }
+                drop(st);
+                // A writer that found the log locked while this commit ran, after its
+                // last publish, waits for a change: make one so it leads the next.
+                if !self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                    self.inner.durable.send_modify(|_| {});
+                }
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                return Err(StorageError::Backend("store closed".into()));
+            }
         }
     }
 
@@ -380,35 +388,17 @@ impl SledStore {
     }
 }
 
-/// The group-commit loop: wait for a request, append every pending write to the log
-/// with one fdatasync, then publish the durable revision and the events it covers; hand
-/// full or old log segments to the checkpointer.
-fn flusher(
-    inner: std::sync::Weak<Inner>,
-    shared: Arc<FlushShared>,
-    mut wal: Wal,
-    durable: watch::Sender<(Rev, Option<String>)>,
-    checkpoints: std::sync::mpsc::Sender<PathBuf>,
-) {
-    let mut last_checkpoint = std::time::Instant::now();
-    let mut buf = Vec::new();
-    loop {
-        {
-            let mut st = shared.requested.lock().unwrap_or_else(|e| e.into_inner());
-            while !st.requested && !st.closed {
-                st = shared.cond.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-            if st.closed {
-                return;
-            }
-            st.requested = false;
+impl Inner {
+    /// One group commit, by the holder of the log lock: append every pending write
+    /// with one fdatasync, publish the durable revision and the events it covers, and
+    /// hand a full or old log segment to the checkpointer.
+    fn commit(&self, st: &mut WalState) {
+        if self.durable.borrow().1.is_some() {
+            return;
         }
-        let Some(inner) = inner.upgrade() else { return };
-        let batch: Vec<Arc<Event>> = std::mem::take(&mut *inner.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let Some(target) = batch.last().map(|e| e.kv.mod_rev) else {
-            continue;
-        };
-        buf.clear();
+        let batch: Vec<Arc<Event>> = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let Some(target) = batch.last().map(|e| e.kv.mod_rev) else { return };
+        st.buf.clear();
         for ev in &batch {
             let kind = if ev.kind == EventKind::Put { KIND_PUT } else { KIND_DELETE };
             let r = wal::Record {
@@ -418,32 +408,29 @@ fn flusher(
                 key: ev.kv.key.clone(),
                 value: ev.kv.value.clone(),
             };
-            wal::encode(&r, &mut buf);
+            wal::encode(&r, &mut st.buf);
         }
-        match wal.append(&buf) {
-            Ok(()) => {
-                // Durable first: a watcher that subscribes, then reads the durable
-                // revision, finds each event either in history or in its receiver.
-                durable.send_modify(|d| d.0 = target);
-                for ev in batch {
-                    let _ = inner.events.send(ev);
-                }
-            }
-            Err(e) => {
-                let e = format!("appending to the write-ahead log: {e}");
-                tracing::error!(error = %e, "store write failed; refusing further writes");
-                durable.send_modify(|d| d.1 = Some(e));
-                return;
-            }
+        if let Err(e) = st.wal.append(&st.buf) {
+            let e = format!("appending to the write-ahead log: {e}");
+            tracing::error!(error = %e, "store write failed; refusing further writes");
+            self.durable.send_modify(|d| d.1 = Some(e));
+            return;
         }
-        if (last_checkpoint.elapsed() >= CHECKPOINT_EVERY || wal.len() >= CHECKPOINT_BYTES) && !wal.is_empty() {
-            match wal.rotate() {
+        // Durable first: a watcher that subscribes, then reads the durable revision,
+        // finds each event either in history or in its receiver.
+        self.durable.send_modify(|d| d.0 = target);
+        for ev in batch {
+            let _ = self.events.send(ev);
+        }
+        if (st.last_checkpoint.elapsed() >= CHECKPOINT_EVERY || st.wal.len() >= CHECKPOINT_BYTES) && !st.wal.is_empty()
+        {
+            match st.wal.rotate() {
                 Ok(old) => {
-                    let _ = checkpoints.send(old);
+                    let _ = st.checkpoints.send(old);
                 }
                 Err(e) => tracing::warn!(error = %e, "rotating the write-ahead log failed"),
             }
-            last_checkpoint = std::time::Instant::now();
+            st.last_checkpoint = std::time::Instant::now();
         }
     }
 }
