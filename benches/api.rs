@@ -295,21 +295,7 @@ async fn main() {
     let (n1, n64) = if quick() { (300, 3000) } else { (1500, 12000) };
 
     let dir = tempfile::tempdir_in(&base).unwrap();
-    let mut cfg: ServerConfig = ServerConfig {
-        data_dir: dir.path().join("data"),
-        bind_address: "127.0.0.1".parse().unwrap(),
-        https_listen_port: 0,
-        write_kubeconfig: dir.path().join("kc.yaml"),
-        write_kubeconfig_mode: 0o600,
-        token: None,
-        tls_san: vec![],
-        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
-        service_cidr: "10.43.0.0/16".parse().unwrap(),
-        cluster_domain: "cluster.local".into(),
-        node_name: "bench".into(),
-        disable_agent: true,
-    };
-    cfg.disable_agent = true;
+    let cfg = ServerConfig::loopback(dir.path());
     let shutdown = CancellationToken::new();
     let running = server::start(&cfg, shutdown.clone(), &TaskTracker::new()).await.unwrap();
     let kc = kube::config::Kubeconfig::from_yaml(&running.kubeconfig).unwrap();

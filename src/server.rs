@@ -52,6 +52,25 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// A server on 127.0.0.1 with a port the OS picks, all state (data, kubeconfig)
+    /// under `dir`, default networks and no agent: what tests and benchmarks run.
+    pub fn loopback(dir: &std::path::Path) -> ServerConfig {
+        ServerConfig {
+            data_dir: dir.join("data"),
+            bind_address: IpAddr::from([127, 0, 0, 1]),
+            https_listen_port: 0,
+            write_kubeconfig: dir.join("kubeconfig.yaml"),
+            write_kubeconfig_mode: 0o600,
+            token: None,
+            tls_san: vec![],
+            cluster_cidr: "10.42.0.0/16".parse().expect("valid CIDR"),
+            service_cidr: "10.43.0.0/16".parse().expect("valid CIDR"),
+            cluster_domain: "cluster.local".into(),
+            node_name: "rk-test".into(),
+            disable_agent: true,
+        }
+    }
+
     /// The `kubernetes` Service IP: the first address of the service CIDR.
     pub fn service_ip(&self) -> std::net::Ipv4Addr {
         let n = u32::from(self.service_cidr.network());

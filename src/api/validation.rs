@@ -147,7 +147,7 @@ pub fn metadata_causes(obj: &Value) -> Vec<Cause> {
             match v.as_str() {
                 Some(s) => {
                     for m in label_value(s) {
-                        causes.push(Cause::invalid(format!("metadata.labels"), v, m));
+                        causes.push(Cause::invalid("metadata.labels", v, m));
                     }
                 }
                 None => causes.push(Cause::invalid("metadata.labels", v, "label values must be strings")),

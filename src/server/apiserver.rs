@@ -262,16 +262,8 @@ impl ApiServer {
         ns: Option<&str>,
         obj: Value,
     ) -> Result<(), ApiError> {
-        let def =
-            self.reg.get(group, if group.is_empty() { "v1" } else { "v1" }, plural).ok_or_else(ApiError::no_route)?;
-        let call = Call {
-            def,
-            ns: ns.map(str::to_string),
-            name: None,
-            sub: None,
-            query: Query::default(),
-            headers: http::HeaderMap::new(),
-        };
+        let def = self.reg.get(group, "v1", plural).ok_or_else(ApiError::no_route)?;
+        let call = propagation::internal_call(def, ns);
         match self.create(&call, Bytes::from(serde_json::to_vec(&obj).expect("json"))).await {
             Ok(_) => Ok(()),
             Err(e) if e.reason == "AlreadyExists" => Ok(()),

@@ -18,27 +18,10 @@ pub struct TestServer {
     shutdown: CancellationToken,
 }
 
-pub fn config(dir: &std::path::Path) -> ServerConfig {
-    ServerConfig {
-        data_dir: dir.join("data"),
-        bind_address: "127.0.0.1".parse().unwrap(),
-        https_listen_port: 0,
-        write_kubeconfig: dir.join("kubeconfig.yaml"),
-        write_kubeconfig_mode: 0o600,
-        token: None,
-        tls_san: vec![],
-        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
-        service_cidr: "10.43.0.0/16".parse().unwrap(),
-        cluster_domain: "cluster.local".into(),
-        node_name: "test-node".into(),
-        disable_agent: true,
-    }
-}
-
 impl TestServer {
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path());
+        let cfg = ServerConfig::loopback(dir.path());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = server::start(&cfg, shutdown.clone(), &tracker).await.expect("server starts");

@@ -926,7 +926,7 @@ impl ApiServer {
         }
         let key = format!("/registry/namespaces/{ns}");
         loop {
-            let Some(cur) = self.store.get(&key).await.map_err(|e| ApiError::internal(e))? else { return Ok(()) };
+            let Some(cur) = self.store.get(&key).await.map_err(ApiError::internal)? else { return Ok(()) };
             let mut obj = decode_kv(&cur)?;
             if let Some(f) = obj.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) {
                 f.retain(|x| x != "kubernetes");

@@ -164,9 +164,8 @@ impl ApiServer {
                         Some(Ok(ev)) => {
                             last = ev.kv.mod_rev;
                             if !enc.table && let Some(frame) = fast_frame(&ev, &filter) {
-                                match frame {
-                                    Some(f) => if tx.send(f).await.is_err() { return },
-                                    None => {}
+                                if let Some(f) = frame && tx.send(f).await.is_err() {
+                                    return;
                                 }
                                 continue;
                             }
