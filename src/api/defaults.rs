@@ -67,7 +67,17 @@ fn template(obj: &mut Value) {
 /// Applies the defaults of `plural` (in `group`) to a new or updated object.
 pub fn apply(group: &str, plural: &str, obj: &mut Value) {
     match (group, plural) {
-        ("", "namespaces") => set(obj, &["spec", "finalizers"], json!(["kubernetes"])),
+        ("", "namespaces") => {
+            set(obj, &["spec", "finalizers"], json!(["kubernetes"]));
+            // Kubernetes labels every namespace with its own name, and keeps it so.
+            let name = obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+            if name.is_string() {
+                set(obj, &["metadata", "labels"], json!({}));
+                if let Some(l) = obj.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+                    l.insert("kubernetes.io/metadata.name".into(), name);
+                }
+            }
+        }
         ("", "secrets") => {
             set(obj, &["type"], json!("Opaque"));
             // stringData is write-only: merged into data, base64-encoded, then dropped.
@@ -178,6 +188,14 @@ pub fn initial_status(group: &str, plural: &str, obj: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_are_labelled_with_their_name() {
+        let mut ns = json!({"metadata": {"name": "team", "labels": {"kubernetes.io/metadata.name": "other"}}});
+        apply("", "namespaces", &mut ns);
+        assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "team");
+        assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+    }
 
     #[test]
     fn pod_and_service_defaults() {
