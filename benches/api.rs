@@ -452,6 +452,3 @@ async fn main() {
         println!("| idle server RSS, MiB (fresh process, release build) | {r:.1} | | |");
     }
 }
-
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

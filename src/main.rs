@@ -5,11 +5,6 @@ use std::process::ExitCode;
 use rk::cli::{self, CliError, Command};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc: in the 64-client create benchmark it lifted throughput by about a quarter
-/// over glibc malloc, whose locking showed as ~10% of the profile.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match cli::parse(std::env::args_os()) {
         Ok(c) => c,
