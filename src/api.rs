@@ -2,6 +2,7 @@
 //! of served kinds, `metav1.Status` errors, selectors, patches, tables and defaults.
 
 pub mod defaults;
+pub mod events;
 pub mod meta;
 pub mod patch;
 pub mod protobuf;

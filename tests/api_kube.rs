@@ -361,3 +361,44 @@ async fn delete_collection_and_resource_version_match() {
     }
     assert_eq!(added, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_one_resource_in_two_versions() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    let srv = TestServer::start().await;
+    let client = srv.client().await;
+    let new: Api<NewEvent> = Api::namespaced(client.clone(), "default");
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let e: NewEvent = serde_json::from_value(json!({
+        "metadata": {"name": "web.1"},
+        "eventTime": "2026-11-22T00:00:00.000000Z",
+        "regarding": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "reason": "Started", "note": "started container", "type": "Normal", "action": "Start",
+        "reportingController": "rk/kubelet", "reportingInstance": "node-1",
+    }))
+    .unwrap();
+    new.create(&PostParams::default(), &e).await.unwrap();
+    let c = core.get("web.1").await.unwrap();
+    assert_eq!(c.message.as_deref(), Some("started container"));
+    assert_eq!(c.involved_object.name.as_deref(), Some("web"));
+    assert_eq!(c.reporting_component.as_deref(), Some("rk/kubelet"));
+    let by_object = core.list(&ListParams::default().fields("involvedObject.name=web")).await.unwrap();
+    assert_eq!(by_object.items.len(), 1, "describe's field selector finds it");
+
+    let old: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "web.2"}, "involvedObject": {"kind": "Pod", "name": "web"},
+        "reason": "Killing", "message": "stopping", "type": "Normal", "count": 2,
+    }))
+    .unwrap();
+    core.create(&PostParams::default(), &old).await.unwrap();
+    let n = new.get("web.2").await.unwrap();
+    assert_eq!(n.note.as_deref(), Some("stopping"));
+    assert_eq!(n.deprecated_count, Some(2));
+    assert_eq!(n.regarding.unwrap().name.as_deref(), Some("web"));
+    assert_eq!(new.list(&ListParams::default()).await.unwrap().items.len(), 2);
+    let table = srv.kubectl_ok(&["get", "events", "--no-headers"]).await;
+    assert!(table.contains("started container") && table.contains("stopping"), "{table}");
+    new.delete("web.2", &DeleteParams::default()).await.unwrap();
+    assert!(core.get_opt("web.2").await.unwrap().is_none());
+}

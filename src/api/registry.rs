@@ -48,8 +48,16 @@ impl ResourceDef {
         if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
 
+    /// Whether objects are stored in the core/v1 Event form (events.k8s.io/v1 Events).
+    pub fn stored_as_core_event(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
+    }
+
     /// The storage key prefix for this resource (ends in `/`).
     pub fn key_prefix(&self) -> String {
+        if self.stored_as_core_event() {
+            return "/registry/events/".to_string();
+        }
         if self.group.is_empty() {
             format!("/registry/{}/", self.plural)
         } else {

@@ -49,6 +49,23 @@ impl Call {
         self.def.key(self.ns.as_deref(), name)
     }
 
+    /// Whether objects are stored in another version's form (see [`crate::api::events`]),
+    /// so the zero-parse read paths do not apply.
+    pub(super) fn converts(&self) -> bool {
+        self.def.stored_as_core_event()
+    }
+
+    /// A stored object in this resource's version, with its resourceVersion.
+    pub(super) fn decode(&self, kv: &KeyValue) -> Result<Value, ApiError> {
+        let v = decode_kv(kv)?;
+        Ok(if self.converts() { crate::api::events::from_core(&v) } else { v })
+    }
+
+    /// An object in the stored form.
+    pub(super) fn encode(&self, obj: &Value) -> Bytes {
+        if self.converts() { encode(&crate::api::events::to_core(obj)) } else { encode(obj) }
+    }
+
     fn dry_run(&self) -> Result<bool, ApiError> {
         match self.query.get("dryRun") {
             None | Some("") => Ok(false),
@@ -262,7 +279,7 @@ impl ApiServer {
     /// GET of one object.
     pub async fn get(&self, call: &Call, name: &str) -> Result<Value, ApiError> {
         let kv = self.store.get(&call.key(name)).await.map_err(|e| storage_error(call.target(name), e))?;
-        decode_kv(&kv.ok_or_else(|| ApiError::not_found(call.target(name)))?)
+        call.decode(&kv.ok_or_else(|| ApiError::not_found(call.target(name)))?)
     }
 
     /// GET of one object, answered from the stored bytes when JSON is wanted.
@@ -270,11 +287,12 @@ impl ApiServer {
         let kv = self.store.get(&call.key(name)).await.map_err(|e| storage_error(call.target(name), e))?;
         let kv = kv.ok_or_else(|| ApiError::not_found(call.target(name)))?;
         if request::want(&call.headers) == Want::Object
+            && !call.converts()
             && let Some(b) = super::wire::with_rv(&kv.value, kv.mod_rev)
         {
             return Ok(request::bytes_response(200, "application/json", Bytes::from(b)));
         }
-        Ok(self.render(call, decode_kv(&kv)?, 200))
+        Ok(self.render(call, call.decode(&kv)?, 200))
     }
 
     /// Renders one object as asked (JSON or a one-row Table).
@@ -362,7 +380,7 @@ impl ApiServer {
             let last_key = page.kvs.last().map(|kv| kv.key.clone());
             for (i, kv) in page.kvs.into_iter().enumerate() {
                 if filtered {
-                    let obj = decode_kv(&kv)?;
+                    let obj = call.decode(&kv)?;
                     if !labels.matches_object(&obj) || !fields.matches(&obj) {
                         continue;
                     }
@@ -383,7 +401,7 @@ impl ApiServer {
         }
         let rv = list_rev.to_string();
         if request::want(&call.headers) == Want::Table {
-            let objs = items.iter().map(decode_kv).collect::<Result<Vec<_>, _>>()?;
+            let objs = items.iter().map(|kv| call.decode(kv)).collect::<Result<Vec<_>, _>>()?;
             return Ok(request::json(200, &self.table(call, &objs, &rv, cont.as_deref(), true)));
         }
         // The list is written around the stored bytes of its items.
@@ -400,8 +418,8 @@ impl ApiServer {
             if i > 0 {
                 out.push(b',');
             }
-            if !super::wire::list_item(&kv.value, kv.mod_rev, &mut out) {
-                let mut obj = decode_kv(kv)?;
+            if call.converts() || !super::wire::list_item(&kv.value, kv.mod_rev, &mut out) {
+                let mut obj = call.decode(kv)?;
                 if let Some(o) = obj.as_object_mut() {
                     o.remove("apiVersion");
                     o.remove("kind");
@@ -507,7 +525,7 @@ impl ApiServer {
         }
         let rev = self
             .store
-            .create(&call.key(&name), encode(&obj))
+            .create(&call.key(&name), call.encode(&obj))
             .await
             .map_err(|e| storage_error(call.target(&name), e))?;
         Ok(request::with_warnings(self.render(call, with_rv(obj, rev), 201), &warnings))
@@ -608,7 +626,7 @@ impl ApiServer {
     async fn commit_update(&self, call: &Call, cur: &KeyValue, obj: Value) -> Result<(Value, u16), ApiError> {
         let name = meta::name(&obj).to_string();
         let t = call.target(&name);
-        let old = decode_kv(cur)?;
+        let old = call.decode(cur)?;
         let mut a = obj.clone();
         let mut b = old;
         for x in [&mut a, &mut b] {
@@ -624,7 +642,7 @@ impl ApiServer {
             let (rev, _) = self.store.delete(&cur.key, Some(cur.mod_rev)).await.map_err(|e| storage_error(t, e))?;
             return Ok((with_rv(obj, rev), 200));
         }
-        let rev = self.store.update(&cur.key, encode(&obj), cur.mod_rev).await.map_err(|e| storage_error(t, e))?;
+        let rev = self.store.update(&cur.key, call.encode(&obj), cur.mod_rev).await.map_err(|e| storage_error(t, e))?;
         Ok((with_rv(obj, rev), 200))
     }
 
@@ -661,7 +679,7 @@ impl ApiServer {
             {
                 return Err(ApiError::stale(call.target(&name)));
             }
-            let old = decode_kv(&cur)?;
+            let old = call.decode(&cur)?;
             let mut new = self.prepare_update(call, &old, obj.clone())?;
             let before = if call.sub.is_some() { unknown_of(call.def, &old) } else { vec![] };
             let warnings = self.validate(call, &new, fv, false, &before)?;
@@ -700,7 +718,7 @@ impl ApiServer {
         for _ in 0..8 {
             let cur = self.store.get(&call.key(&name)).await.map_err(|e| storage_error(call.target(&name), e))?;
             let cur = cur.ok_or_else(|| ApiError::not_found(call.target(&name)))?;
-            let old = decode_kv(&cur)?;
+            let old = call.decode(&cur)?;
             let mut patched = patch::apply(pt, &old, &p).map_err(|e| {
                 ApiError::invalid(call.def.group, call.def.kind, &name, vec![Cause::invalid("patch", &json!(""), e)])
             })?;
@@ -745,7 +763,7 @@ impl ApiServer {
         loop {
             let cur = self.store.get(&call.key(name)).await.map_err(|e| storage_error(t, e))?;
             let cur = cur.ok_or_else(|| ApiError::not_found(t))?;
-            let obj = decode_kv(&cur)?;
+            let obj = call.decode(&cur)?;
             if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
                 let have = meta::meta_str(&obj, "uid").unwrap_or("");
                 if uid != have {
@@ -823,7 +841,7 @@ impl ApiServer {
             if dry {
                 return Ok(marked);
             }
-            match self.store.update(&cur.key, encode(&marked), cur.mod_rev).await {
+            match self.store.update(&cur.key, call.encode(&marked), cur.mod_rev).await {
                 Ok(rev) => {
                     if is_ns {
                         self.spawn_namespace_cleanup(name.to_string());
@@ -853,7 +871,7 @@ impl ApiServer {
             .map_err(|e| storage_error(call.target(""), e))?;
         let mut deleted = Vec::new();
         for kv in &page.kvs {
-            let obj = decode_kv(kv)?;
+            let obj = call.decode(kv)?;
             if !labels.matches_object(&obj) || !fields.matches(&obj) {
                 continue;
             }

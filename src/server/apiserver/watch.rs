@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::ApiServer;
-use super::handlers::{Call, decode_kv, storage_error};
+use super::handlers::{Call, storage_error};
 use super::request::{Resp, Want};
 use crate::api::meta;
 use crate::api::selectors::{FieldSelector, LabelSelector};
@@ -94,7 +94,7 @@ impl ApiServer {
         let start = if send_initial {
             let page = self.store.list(&prefix, None, 0, 0).await.map_err(|e| storage_error(call.target(""), e))?;
             for kv in &page.kvs {
-                let obj = decode_kv(kv)?;
+                let obj = call.decode(kv)?;
                 if filter.matches(&obj) {
                     initial.push(obj);
                 }
@@ -163,13 +163,13 @@ impl ApiServer {
                         }
                         Some(Ok(ev)) => {
                             last = ev.kv.mod_rev;
-                            if !enc.table && let Some(frame) = fast_frame(&ev, &filter) {
+                            if !enc.table && !call.converts() && let Some(frame) = fast_frame(&ev, &filter) {
                                 if let Some(f) = frame && tx.send(f).await.is_err() {
                                     return;
                                 }
                                 continue;
                             }
-                            match translate(&ev, &filter) {
+                            match translate(&call, &ev, &filter) {
                                 Ok(Some((ty, obj))) => if !send(&mut enc, ty, &obj).await { return },
                                 Ok(None) => {}
                                 Err(e) => {
@@ -239,10 +239,10 @@ fn fast_frame(ev: &Event, f: &Filter) -> Option<Option<Bytes>> {
 }
 
 /// The watch event a store event becomes for this watcher, if any.
-fn translate(ev: &Event, f: &Filter) -> Result<Option<(&'static str, Value)>, ApiError> {
-    let obj = decode_kv(&ev.kv)?;
+fn translate(call: &Call, ev: &Event, f: &Filter) -> Result<Option<(&'static str, Value)>, ApiError> {
+    let obj = call.decode(&ev.kv)?;
     let prev_match = match &ev.prev {
-        Some(p) => f.matches(&decode_kv(p)?),
+        Some(p) => f.matches(&call.decode(p)?),
         None => false,
     };
     Ok(match ev.kind {
