@@ -303,8 +303,9 @@ async fn main() {
     let client = kube::Client::try_from(kcfg).unwrap();
     if std::env::var_os("RK_BENCH_PROFILE").is_some() {
         // Only the 64-client create load, for a profiler to watch.
-        let r = rk_create_rate(&running, "default", 64, 40_000, "p".into()).await;
-        println!("durable creates/s, 64 clients: {r:.0}");
+        let conc: usize = std::env::var("RK_BENCH_CONC").ok().and_then(|c| c.parse().ok()).unwrap_or(64);
+        let r = rk_create_rate(&running, "default", conc, if conc == 1 { 3000 } else { 40_000 }, "p".into()).await;
+        println!("durable creates/s, {conc} clients: {r:.0}");
         return;
     }
     let etcd = start_etcd(&base).await;
