@@ -353,7 +353,10 @@ impl ApiServer {
             let (api, user) = (self.clone(), user.clone());
             async move { Ok::<_, Infallible>(api.handle(req, user.as_ref().as_ref()).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // One buffer per response: over TLS, vectored writes would become a TLS record
+        // (and a TCP segment) for the head and another for the body.
+        builder.http1().writev(false);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         tokio::select! {
