@@ -198,10 +198,6 @@ fn selector_string(sel: Option<&Value>) -> String {
     or_none(sel.map(super::selectors::selector_string).unwrap_or_default())
 }
 
-fn map_selector(sel: Option<&Value>) -> String {
-    selector_string(sel)
-}
-
 fn pod_status(pod: &Value) -> (String, i64, usize, usize) {
     let mut reason = str_at(pod, "/status/reason").to_string().chars().collect::<String>().trim().to_string();
     if reason.is_empty() {
@@ -473,11 +469,7 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
         }
         ("apps", "replicasets") | ("", "replicationcontrollers") => {
             let (c, i) = containers_images(obj.pointer("/spec/template/spec"));
-            let sel = if plural == "replicasets" {
-                selector_string(obj.pointer("/spec/selector"))
-            } else {
-                map_selector(obj.pointer("/spec/selector"))
-            };
+            let sel = selector_string(obj.pointer("/spec/selector"));
             vec![
                 name,
                 json!(int_at(obj, "/spec/replicas")),
@@ -508,7 +500,7 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
                 json!(int_at(obj, "/status/numberReady")),
                 json!(int_at(obj, "/status/updatedNumberScheduled")),
                 json!(int_at(obj, "/status/numberAvailable")),
-                json!(map_selector(obj.pointer("/spec/template/spec/nodeSelector"))),
+                json!(selector_string(obj.pointer("/spec/template/spec/nodeSelector"))),
                 age(obj, now),
                 json!(c),
                 json!(i),
@@ -569,7 +561,7 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
             json!(external_ip(obj)),
             json!(ports_string(obj)),
             age(obj, now),
-            json!(map_selector(obj.pointer("/spec/selector"))),
+            json!(selector_string(obj.pointer("/spec/selector"))),
         ],
         ("", "endpoints") => vec![name, json!(endpoints_string(obj)), age(obj, now)],
         ("", "nodes") => vec![

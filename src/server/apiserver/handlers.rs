@@ -276,12 +276,6 @@ impl ApiServer {
         }
     }
 
-    /// GET of one object.
-    pub async fn get(&self, call: &Call, name: &str) -> Result<Value, ApiError> {
-        let kv = self.store.get(&call.key(name)).await.map_err(|e| storage_error(call.target(name), e))?;
-        call.decode(&kv.ok_or_else(|| ApiError::not_found(call.target(name)))?)
-    }
-
     /// GET of one object, answered from the stored bytes when JSON is wanted.
     pub async fn get_response(&self, call: &Call, name: &str) -> Result<Resp, ApiError> {
         let kv = self.store.get(&call.key(name)).await.map_err(|e| storage_error(call.target(name), e))?;
