@@ -121,15 +121,28 @@ impl ResourceDef {
         matches!(self.plural, "endpoints" | "events" | "leases" | "endpointslices")
     }
 
-    /// Whether names are DNS-1123 labels (not subdomains), as Kubernetes validates them.
-    pub fn name_is_label(&self) -> bool {
-        matches!(self.plural, "namespaces" | "services")
+    /// How Kubernetes validates this kind's object names.
+    pub fn name_rule(&self) -> NameRule {
+        match (self.group, self.plural) {
+            ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
+            ("", "services") => NameRule::Dns1035Label,
+            ("", "namespaces") => NameRule::Dns1123Label,
+            _ => NameRule::Dns1123Subdomain,
+        }
     }
+}
 
-    /// Whether names are path segments (RBAC names such as `system:node`).
-    pub fn name_is_path_segment(&self) -> bool {
-        self.group == "rbac.authorization.k8s.io"
-    }
+/// The rule an object name must follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameRule {
+    /// Most kinds: `my-app.example`.
+    Dns1123Subdomain,
+    /// Namespaces: no dots.
+    Dns1123Label,
+    /// Services: no dots, starting with a letter.
+    Dns1035Label,
+    /// RBAC objects: anything but `/`, `%`, `.` and `..` (`system:node`).
+    PathSegment,
 }
 
 fn roundtrip<K: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
@@ -257,6 +270,8 @@ fn build() -> Vec<ResourceDef> {
 pub struct Registry {
     defs: Vec<ResourceDef>,
     by_path: BTreeMap<(String, String, String), usize>,
+    /// The first resource of each storage prefix.
+    stored: Vec<usize>,
 }
 
 impl Registry {
@@ -270,7 +285,13 @@ impl Registry {
                 .enumerate()
                 .map(|(i, d)| ((d.group.to_string(), d.version.to_string(), d.plural.to_string()), i))
                 .collect();
-            Registry { defs, by_path }
+            let mut stored: Vec<usize> = Vec::new();
+            for (i, d) in defs.iter().enumerate() {
+                if !stored.iter().any(|&j| defs[j].key_prefix() == d.key_prefix()) {
+                    stored.push(i);
+                }
+            }
+            Registry { defs, by_path, stored }
         })
     }
 
@@ -282,6 +303,12 @@ impl Registry {
     /// The resource served at `group/version/plural`.
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
         self.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).map(|&i| &self.defs[i])
+    }
+
+    /// One resource per storage prefix: what scans of everything stored walk, so a
+    /// resource served in two versions from one store (Events) is visited once.
+    pub fn stored(&self) -> impl Iterator<Item = &ResourceDef> {
+        self.stored.iter().map(|&i| &self.defs[i])
     }
 
     /// The resource for a kind (first match).
@@ -332,5 +359,8 @@ mod tests {
         assert_eq!(dep.key(Some("a"), "b"), "/registry/apps/deployments/a/b");
         assert!(r.get("networking.k8s.io", "v1", "ingresses").is_some());
         assert_eq!(r.by_kind("rbac.authorization.k8s.io", "ClusterRole").unwrap().plural, "clusterroles");
+        let event_stores = r.stored().filter(|d| d.key_prefix() == "/registry/events/").count();
+        assert_eq!(event_stores, 1, "core and events.k8s.io Events share one store");
+        assert_eq!(r.stored().count(), r.all().len() - 1);
     }
 }

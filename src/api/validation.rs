@@ -202,14 +202,15 @@ fn walk_unknown(input: &Value, typed: &Value, path: String, out: &mut Vec<String
     }
 }
 
-/// Parses JSON, reporting duplicate object keys (by dotted path) as Kubernetes's
-/// strict decoding does. serde_json alone keeps the last value silently.
-pub fn json_duplicates(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+/// Parses JSON into a value in one pass, also reporting duplicate object keys (by
+/// dotted path) as Kubernetes's strict decoding does; serde_json alone keeps the last
+/// value silently.
+pub fn parse_json(body: &[u8]) -> Result<(Value, Vec<String>), serde_json::Error> {
     let mut dups = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(body);
-    DupSeed { path: String::new(), dups: &mut dups }.deserialize(&mut de)?;
+    let v = DupSeed { path: String::new(), dups: &mut dups }.deserialize(&mut de)?;
     de.end()?;
-    Ok(dups)
+    Ok((v, dups))
 }
 
 struct DupSeed<'a> {
@@ -218,55 +219,60 @@ struct DupSeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for DupSeed<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for DupSeed<'_> {
-    type Value = ();
+    type Value = Value;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
     }
-    fn visit_none<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut i = 0;
-        while seq.next_element_seed(DupSeed { path: format!("{}[{i}]", self.path), dups: self.dups })?.is_some() {
-            i += 1;
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) =
+            seq.next_element_seed(DupSeed { path: format!("{}[{}]", self.path, out.len()), dups: self.dups })?
+        {
+            out.push(v);
         }
-        Ok(())
+        Ok(Value::Array(out))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = std::collections::HashSet::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
         while let Some(k) = map.next_key::<String>()? {
             let p = if self.path.is_empty() { k.clone() } else { format!("{}.{k}", self.path) };
-            if !seen.insert(k) {
-                self.dups.push(p.clone());
+            let v = map.next_value_seed(DupSeed { path: p.clone(), dups: self.dups })?;
+            if out.insert(k, v).is_some() {
+                self.dups.push(p);
             }
-            map.next_value_seed(DupSeed { path: p, dups: self.dups })?;
         }
-        Ok(())
+        Ok(Value::Object(out))
     }
 }
 
@@ -300,8 +306,9 @@ mod tests {
         let input = json!({"spec": {"a": 1, "zzz": 2, "list": [{"x": 1, "y": 2}]}, "gone": null});
         let typed = json!({"spec": {"a": 1, "list": [{"x": 1}]}});
         assert_eq!(unknown_fields(&input, &typed), vec!["spec.zzz", "spec.list[0].y"]);
-        let d = json_duplicates(br#"{"a":1,"b":{"c":1,"c":2},"a":3}"#).unwrap();
+        let (v, d) = parse_json(br#"{"a":1,"b":{"c":1,"c":2},"a":3}"#).unwrap();
         assert_eq!(d, vec!["b.c", "a"]);
-        assert!(json_duplicates(b"{").is_err());
+        assert_eq!(v, json!({"a": 3, "b": {"c": 2}}), "the last value wins, as in Kubernetes");
+        assert!(parse_json(b"{").is_err());
     }
 }

@@ -15,7 +15,7 @@ use super::ApiServer;
 use super::propagation::{FOREGROUND, ORPHAN, internal_call};
 use super::request::{self, Query, Resp, Want};
 use crate::api::patch::{self, PatchType};
-use crate::api::registry::ResourceDef;
+use crate::api::registry::{NameRule, ResourceDef};
 use crate::api::selectors::{FieldSelector, LabelSelector};
 use crate::api::status::{ApiError, Cause, Target};
 use crate::api::{defaults, meta, table, validation};
@@ -112,10 +112,9 @@ pub fn storage_error(t: Target<'_>, e: StorageError) -> ApiError {
 
 /// Decodes a stored object and stamps its resourceVersion.
 pub fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut v: Value =
+    let v: Value =
         serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(format!("decoding {}: {e}", kv.key)))?;
-    meta::meta_mut(&mut v).insert("resourceVersion".into(), json!(kv.mod_rev.to_string()));
-    Ok(v)
+    Ok(with_rv(v, kv.mod_rev))
 }
 
 /// Encodes an object for storage (see [`super::wire`]).
@@ -154,14 +153,11 @@ fn check_type(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 fn name_causes(def: &ResourceDef, name: &str) -> Vec<Cause> {
-    let errs = if def.name_is_path_segment() {
-        validation::path_segment(name)
-    } else if def.plural == "services" {
-        validation::dns1035_label(name)
-    } else if def.name_is_label() {
-        validation::dns1123_label(name)
-    } else {
-        validation::dns1123_subdomain(name)
+    let errs = match def.name_rule() {
+        NameRule::PathSegment => validation::path_segment(name),
+        NameRule::Dns1035Label => validation::dns1035_label(name),
+        NameRule::Dns1123Label => validation::dns1123_label(name),
+        NameRule::Dns1123Subdomain => validation::dns1123_subdomain(name),
     };
     errs.into_iter().map(|m| Cause::invalid("metadata.name", &json!(name), m)).collect()
 }
@@ -360,14 +356,12 @@ impl ApiServer {
         };
         let mut items: Vec<KeyValue> = Vec::new();
         let mut cont = None;
-        let mut list_rev;
         'pages: loop {
             let page = self
                 .store
                 .list(&prefix, start.as_deref(), batch, rev)
                 .await
                 .map_err(|e| storage_error(call.target(""), e))?;
-            list_rev = page.rev;
             rev = page.rev;
             let n = page.kvs.len();
             let more = page.more;
@@ -393,7 +387,7 @@ impl ApiServer {
                 _ => break,
             }
         }
-        let rv = list_rev.to_string();
+        let rv = rev.to_string();
         if request::want(&call.headers) == Want::Table {
             let objs = items.iter().map(|kv| call.decode(kv)).collect::<Result<Vec<_>, _>>()?;
             return Ok(request::json(200, &self.table(call, &objs, &rv, cont.as_deref(), true)));
@@ -463,13 +457,8 @@ impl ApiServer {
     /// POST: create.
     pub async fn create(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
         let ct = request::content_type(&call.headers);
-        let mut obj = request::decode_object(&ct, &body)?;
+        let (mut obj, dups) = request::decode_object(&ct, &body)?;
         let fv = call.field_validation()?;
-        let dups = if ct == "application/json" || ct.is_empty() {
-            validation::json_duplicates(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
-        } else {
-            vec![]
-        };
         check_type(call.def, &mut obj)?;
         self.set_namespace(call, &mut obj)?;
         let m = meta::meta_mut(&mut obj);
@@ -615,36 +604,54 @@ impl ApiServer {
         Ok(new)
     }
 
+    /// The write both update and patch end in: build the stored object from `old` (the
+    /// decoded `cur`) and the client's `new`, validate it, allocate Service addresses, and
+    /// commit it. Returns the object and the field-validation warnings.
+    async fn write_update(
+        &self,
+        call: &Call,
+        cur: &KeyValue,
+        old: &Value,
+        new: Value,
+        fv: FieldValidation,
+        patch: bool,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let mut new = self.prepare_update(call, old, new)?;
+        let before = if patch || call.sub.is_some() { unknown_of(call.def, old) } else { vec![] };
+        let warnings = self.validate(call, &new, fv, patch, &before)?;
+        let _svc = self.service_update_lock(call, old, &mut new).await?;
+        Ok((self.commit_update(call, cur, old, new).await?, warnings))
+    }
+
     /// Stores an updated object (CAS on `cur`), or removes it when it is being deleted
     /// and its last finalizer is gone.
-    async fn commit_update(&self, call: &Call, cur: &KeyValue, obj: Value) -> Result<(Value, u16), ApiError> {
+    async fn commit_update(&self, call: &Call, cur: &KeyValue, old: &Value, obj: Value) -> Result<Value, ApiError> {
         let name = meta::name(&obj).to_string();
         let t = call.target(&name);
-        let old = call.decode(cur)?;
         let mut a = obj.clone();
-        let mut b = old;
+        let mut b = old.clone();
         for x in [&mut a, &mut b] {
             meta::meta_mut(x).remove("resourceVersion");
         }
         if a == b {
-            return Ok((with_rv(obj, cur.mod_rev), 200));
+            return Ok(with_rv(obj, cur.mod_rev));
         }
         if call.dry_run()? {
-            return Ok((obj, 200));
+            return Ok(obj);
         }
         if meta::is_deleting(&obj) && meta::finalizers(&obj).is_empty() {
             let (rev, _) = self.store.delete(&cur.key, Some(cur.mod_rev)).await.map_err(|e| storage_error(t, e))?;
-            return Ok((with_rv(obj, rev), 200));
+            return Ok(with_rv(obj, rev));
         }
         let rev = self.store.update(&cur.key, call.encode(&obj), cur.mod_rev).await.map_err(|e| storage_error(t, e))?;
-        Ok((with_rv(obj, rev), 200))
+        Ok(with_rv(obj, rev))
     }
 
     /// PUT: update (or `/status` update).
     pub async fn update(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
         let name = call.name.clone().unwrap_or_default();
         let ct = request::content_type(&call.headers);
-        let mut obj = request::decode_object(&ct, &body)?;
+        let (mut obj, _) = request::decode_object(&ct, &body)?;
         let fv = call.field_validation()?;
         check_type(call.def, &mut obj)?;
         self.set_namespace(call, &mut obj)?;
@@ -674,14 +681,10 @@ impl ApiServer {
                 return Err(ApiError::stale(call.target(&name)));
             }
             let old = call.decode(&cur)?;
-            let mut new = self.prepare_update(call, &old, obj.clone())?;
-            let before = if call.sub.is_some() { unknown_of(call.def, &old) } else { vec![] };
-            let warnings = self.validate(call, &new, fv, false, &before)?;
-            let _svc = self.service_update_lock(call, &old, &mut new).await?;
-            match self.commit_update(call, &cur, new).await {
+            match self.write_update(call, &cur, &old, obj.clone(), fv, false).await {
                 Err(e) if e.reason == "Conflict" && want_rv.is_none() => continue,
                 Err(e) => return Err(e),
-                Ok((o, code)) => return Ok(request::with_warnings(self.render(call, o, code), &warnings)),
+                Ok((o, warnings)) => return Ok(request::with_warnings(self.render(call, o, 200), &warnings)),
             }
         }
     }
@@ -703,10 +706,9 @@ impl ApiServer {
             ));
         }
         let fv = call.field_validation()?;
-        let p: Value =
-            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        let (p, dups) =
+            validation::parse_json(&body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         if pt == PatchType::Json {
-            let dups = validation::json_duplicates(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
             self.field_problems(call, dups.iter().map(|d| format!("duplicate field {d:?}")).collect(), fv, true)?;
         }
         for _ in 0..8 {
@@ -724,13 +726,10 @@ impl ApiServer {
                 return Err(ApiError::stale(call.target(&name)));
             }
             check_type(call.def, &mut patched)?;
-            let mut new = self.prepare_update(call, &old, patched)?;
-            let warnings = self.validate(call, &new, fv, true, &unknown_of(call.def, &old))?;
-            let _svc = self.service_update_lock(call, &old, &mut new).await?;
-            match self.commit_update(call, &cur, new).await {
+            match self.write_update(call, &cur, &old, patched, fv, true).await {
                 Err(e) if e.reason == "Conflict" => continue,
                 Err(e) => return Err(e),
-                Ok((o, code)) => return Ok(request::with_warnings(self.render(call, o, code), &warnings)),
+                Ok((o, warnings)) => return Ok(request::with_warnings(self.render(call, o, 200), &warnings)),
             }
         }
         Err(ApiError::conflict(call.target(&name), "too many concurrent updates; please try again"))
@@ -740,12 +739,18 @@ impl ApiServer {
     pub async fn delete(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
         let name = call.name.clone().unwrap_or_default();
         let opts = delete_options(call, &body)?;
-        let obj = self.delete_object(call, &name, &opts).await?;
+        let obj = self.delete_object(call, &name, &opts, call.dry_run()?).await?;
         Ok(self.render(call, obj, 200))
     }
 
-    /// Deletes (or marks for deletion) one object.
-    pub(super) async fn delete_object(&self, call: &Call, name: &str, opts: &Value) -> Result<Value, ApiError> {
+    /// Deletes (or marks for deletion) one object; with `dry`, only says what would be.
+    pub(super) async fn delete_object(
+        &self,
+        call: &Call,
+        name: &str,
+        opts: &Value,
+        dry: bool,
+    ) -> Result<Value, ApiError> {
         let t = call.target(name);
         if call.def.plural == "namespaces" && call.def.group.is_empty() && PROTECTED_NAMESPACES.contains(&name) {
             return Err(ApiError::forbidden(
@@ -753,7 +758,6 @@ impl ApiServer {
                 format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
             ));
         }
-        let dry = call.dry_run()?;
         loop {
             let cur = self.store.get(&call.key(name)).await.map_err(|e| storage_error(t, e))?;
             let cur = cur.ok_or_else(|| ApiError::not_found(t))?;
@@ -780,12 +784,10 @@ impl ApiServer {
             }
             let mut fins = meta::finalizers(&obj);
             match opts.get("propagationPolicy").and_then(Value::as_str) {
-                Some("Orphan") if !fins.iter().any(|f| f == "orphan") => fins.push("orphan".into()),
-                Some("Foreground") if !fins.iter().any(|f| f == "foregroundDeletion") => {
-                    fins.push("foregroundDeletion".into())
-                }
-                None if opts.get("orphanDependents") == Some(&json!(true)) && !fins.iter().any(|f| f == "orphan") => {
-                    fins.push("orphan".into())
+                Some("Orphan") if !fins.iter().any(|f| f == ORPHAN) => fins.push(ORPHAN.into()),
+                Some("Foreground") if !fins.iter().any(|f| f == FOREGROUND) => fins.push(FOREGROUND.into()),
+                None if opts.get("orphanDependents") == Some(&json!(true)) && !fins.iter().any(|f| f == ORPHAN) => {
+                    fins.push(ORPHAN.into())
                 }
                 Some(p) if !matches!(p, "Orphan" | "Foreground" | "Background") => {
                     return Err(ApiError::bad_request(format!("propagationPolicy {p:?} is not supported")));
@@ -854,6 +856,7 @@ impl ApiServer {
     /// DELETE of a collection: every object the selectors match.
     pub async fn delete_collection(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
         let opts = delete_options(call, &body)?;
+        let dry = call.dry_run()?;
         let labels =
             LabelSelector::parse(call.query.get("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
         let fields = FieldSelector::parse(call.query.get("fieldSelector").unwrap_or(""), call.def.field_labels)
@@ -869,15 +872,8 @@ impl ApiServer {
             if !labels.matches_object(&obj) || !fields.matches(&obj) {
                 continue;
             }
-            let sub = Call {
-                def: call.def,
-                ns: meta::namespace(&obj).map(str::to_string),
-                name: Some(meta::name(&obj).to_string()),
-                sub: None,
-                query: Query::parse(call.query.get("dryRun").map(|d| format!("dryRun={d}")).as_deref()),
-                headers: HeaderMap::new(),
-            };
-            match self.delete_object(&sub, meta::name(&obj), &opts).await {
+            let sub = internal_call(call.def, meta::namespace(&obj));
+            match self.delete_object(&sub, meta::name(&obj), &opts, dry).await {
                 Ok(o) => deleted.push(o),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -909,7 +905,7 @@ impl ApiServer {
         let mut delay = Duration::from_millis(50);
         loop {
             let mut remaining = 0;
-            for def in self.reg.all().iter().filter(|d| d.namespaced) {
+            for def in self.reg.stored().filter(|d| d.namespaced) {
                 let page = self
                     .store
                     .list(&def.list_prefix(Some(ns)), None, 0, 0)
@@ -922,8 +918,8 @@ impl ApiServer {
                         continue;
                     }
                     let call = internal_call(def, Some(ns));
-                    match self.delete_object(&call, meta::name(&obj), &json!({"propagationPolicy": "Background"})).await
-                    {
+                    let background = json!({"propagationPolicy": "Background"});
+                    match self.delete_object(&call, meta::name(&obj), &background, false).await {
                         Ok(_) => {}
                         Err(e) if e.code == 404 => {}
                         Err(e) => tracing::debug!(namespace = ns, error = %e, "deleting namespace content"),
@@ -972,7 +968,7 @@ fn delete_options(call: &Call, body: &[u8]) -> Result<Value, ApiError> {
         json!({})
     } else {
         let ct = request::content_type(&call.headers);
-        request::decode_object(if ct.is_empty() { "application/json" } else { &ct }, body)?
+        request::decode_object(if ct.is_empty() { "application/json" } else { &ct }, body)?.0
     };
     if let Some(p) = call.query.get("propagationPolicy") {
         opts["propagationPolicy"] = json!(p);

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::ApiServer;
-use super::handlers::{Call, decode_kv, storage_error};
+use super::handlers::{Call, decode_kv, encode, storage_error};
 use super::request::Query;
 use crate::api::meta;
 use crate::api::registry::ResourceDef;
@@ -45,7 +45,7 @@ impl ApiServer {
         uid: &str,
     ) -> Result<Vec<(&'static ResourceDef, Value)>, ApiError> {
         let mut out = Vec::new();
-        for def in self.reg.all() {
+        for def in self.reg.stored() {
             let prefix = def.list_prefix(owner_ns.filter(|_| def.namespaced));
             let page = self.store.list(&prefix, None, 0, 0).await.map_err(ApiError::internal)?;
             for kv in &page.kvs {
@@ -86,10 +86,8 @@ impl ApiServer {
                 if !deps.is_empty() {
                     for (d, dep) in deps.iter().filter(|(_, o)| !meta::is_deleting(o)) {
                         let call = internal_call(d, meta::namespace(dep));
-                        match self
-                            .delete_object(&call, meta::name(dep), &json!({"propagationPolicy": "Background"}))
-                            .await
-                        {
+                        let background = json!({"propagationPolicy": "Background"});
+                        match self.delete_object(&call, meta::name(dep), &background, false).await {
                             Ok(_) => {}
                             Err(e) if e.code == 404 => {}
                             Err(e) => return Err(e),
@@ -106,12 +104,10 @@ impl ApiServer {
             let mut next = obj.clone();
             let left: Vec<String> = fins.into_iter().filter(|f| f != done).collect();
             meta::meta_mut(&mut next).insert("finalizers".into(), json!(left));
-            meta::meta_mut(&mut next).remove("resourceVersion");
             let res = if left.is_empty() {
                 self.store.delete(&key, Some(cur.mod_rev)).await.map(|_| ())
             } else {
-                let b = bytes::Bytes::from(serde_json::to_vec(&next).expect("JSON values serialise"));
-                self.store.update(&key, b, cur.mod_rev).await.map(|_| ())
+                self.store.update(&key, encode(&next), cur.mod_rev).await.map(|_| ())
             };
             match res {
                 Ok(()) | Err(StorageError::Conflict { .. } | StorageError::NotFound(_)) => continue,
@@ -132,9 +128,7 @@ impl ApiServer {
                     meta::meta_mut(&mut obj).remove("ownerReferences");
                 }
             }
-            meta::meta_mut(&mut obj).remove("resourceVersion");
-            let b = bytes::Bytes::from(serde_json::to_vec(&obj).expect("JSON values serialise"));
-            match self.store.update(&key, b, cur.mod_rev).await {
+            match self.store.update(&key, encode(&obj), cur.mod_rev).await {
                 Ok(_) | Err(StorageError::NotFound(_)) => return Ok(()),
                 Err(StorageError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::internal(e)),
@@ -144,7 +138,7 @@ impl ApiServer {
 
     /// Resumes propagation for objects left mid-deletion by a restart.
     pub(super) async fn resume_propagation(self: &Arc<Self>) -> Result<(), ApiError> {
-        for def in self.reg.all() {
+        for def in self.reg.stored() {
             let page = self.store.list(&def.key_prefix(), None, 0, 0).await.map_err(ApiError::internal)?;
             for kv in &page.kvs {
                 let obj = decode_kv(kv)?;

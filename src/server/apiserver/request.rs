@@ -99,12 +99,18 @@ pub fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// Decodes a JSON or YAML object body per its Content-Type.
-pub fn decode_object(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
+/// Decodes an object body per its Content-Type (JSON, YAML or Kubernetes protobuf);
+/// also returns the duplicate keys of a JSON body, for strict field validation.
+pub fn decode_object(ct: &str, body: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
+    let mut dups = Vec::new();
     let v: Value = match ct {
-        "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode JSON: {e}"))
-        })?,
+        "application/json" | "" | "*/*" => {
+            let (v, d) = crate::api::validation::parse_json(body).map_err(|e| {
+                ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode JSON: {e}"))
+            })?;
+            dups = d;
+            v
+        }
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("the object provided is unrecognized: couldn't decode YAML: {e}"))
         })?,
@@ -121,7 +127,7 @@ pub fn decode_object(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
     if !v.is_object() {
         return Err(ApiError::bad_request("the object provided is unrecognized: expected a JSON object"));
     }
-    Ok(v)
+    Ok((v, dups))
 }
 
 /// A full JSON response.

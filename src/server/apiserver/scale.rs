@@ -6,7 +6,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::ApiServer;
-use super::handlers::{Call, decode_kv, storage_error};
+use super::handlers::{Call, decode_kv, encode, storage_error};
 use super::request::{self, Resp};
 use crate::api::meta;
 use crate::api::patch::{self, PatchType};
@@ -42,7 +42,7 @@ impl ApiServer {
             let view = scale_of(&obj);
             let wanted = match *method {
                 Method::GET => return Ok(request::json(200, &view)),
-                Method::PUT => request::decode_object(&request::content_type(&call.headers), &body)?,
+                Method::PUT => request::decode_object(&request::content_type(&call.headers), &body)?.0,
                 _ => {
                     let ct = request::content_type(&call.headers);
                     let pt = PatchType::from_content_type(&ct)
@@ -76,9 +76,7 @@ impl ApiServer {
             }
             let g = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
             meta::meta_mut(&mut new).insert("generation".into(), json!(g));
-            meta::meta_mut(&mut new).remove("resourceVersion");
-            let bytes = Bytes::from(serde_json::to_vec(&new).expect("JSON values serialise"));
-            match self.store.update(&cur.key, bytes, cur.mod_rev).await {
+            match self.store.update(&cur.key, encode(&new), cur.mod_rev).await {
                 Ok(rev) => {
                     meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
                     return Ok(request::json(200, &scale_of(&new)));
