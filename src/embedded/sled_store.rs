@@ -237,24 +237,18 @@ impl SledStore {
         self.inner.tree.size_on_disk().unwrap_or(0)
     }
 
-    fn latest(&self, key: &str) -> Result<Option<(Rev, Record)>, StorageError> {
-        match self.inner.tree.scan_prefix(versions_prefix(key)).next_back() {
-            None => Ok(None),
-            Some(r) => {
-                let (k, v) = r.map_err(backend)?;
-                let rev = split_version_key(&k).map(|(_, r)| r).unwrap_or(0);
-                Ok(Some((rev, decode_record(&v)?)))
-            }
-        }
-    }
-
+    /// The newest version of a key, unless it is a delete.
     fn live(&self, key: &str) -> Result<Option<KeyValue>, StorageError> {
-        Ok(match self.latest(key)? {
-            Some((rev, rec)) if rec.kind == KIND_PUT => {
-                Some(KeyValue { key: key.to_string(), value: rec.value, create_rev: rec.create_rev, mod_rev: rev })
-            }
-            _ => None,
-        })
+        let Some(r) = self.inner.tree.scan_prefix(versions_prefix(key)).next_back() else { return Ok(None) };
+        let (k, v) = r.map_err(backend)?;
+        let rev = split_version_key(&k).map(|(_, r)| r).unwrap_or(0);
+        let rec = decode_record(&v)?;
+        Ok((rec.kind == KIND_PUT).then(|| KeyValue {
+            key: key.to_string(),
+            value: rec.value,
+            create_rev: rec.create_rev,
+            mod_rev: rev,
+        }))
     }
 
     /// Applies one write under the writer lock; `decide` sees the live value and

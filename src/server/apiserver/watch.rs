@@ -196,20 +196,28 @@ impl ApiServer {
             let rv = meta::meta_str(obj, "resourceVersion").unwrap_or("").to_string();
             let t = self.table(call, std::slice::from_ref(obj), &rv, None, !enc.headers_sent);
             enc.headers_sent = true;
-            t
+            serde_json::to_vec(&t)
         } else {
-            obj.clone()
+            serde_json::to_vec(obj)
         };
-        let mut b = serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
-        b.push(b'\n');
-        Bytes::from(b)
+        envelope(ty, &object.expect("JSON values serialise"))
     }
 }
 
-fn error_frame(e: &ApiError) -> Bytes {
-    let mut b = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
-    b.push(b'\n');
+/// One watch frame: `{"type":TYPE,"object":OBJECT}` and a newline, around an already
+/// encoded object.
+fn envelope(ty: &str, object: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(object.len() + 32);
+    b.extend_from_slice(b"{\"type\":\"");
+    b.extend_from_slice(ty.as_bytes());
+    b.extend_from_slice(b"\",\"object\":");
+    b.extend_from_slice(object);
+    b.extend_from_slice(b"}\n");
     Bytes::from(b)
+}
+
+fn error_frame(e: &ApiError) -> Bytes {
+    envelope("ERROR", &serde_json::to_vec(&e.to_status()).expect("JSON values serialise"))
 }
 
 /// Without label or field selectors, the frame is built from the stored bytes: no
@@ -223,19 +231,13 @@ fn fast_frame(ev: &Event, f: &Filter) -> Option<Option<Bytes>> {
     {
         return Some(None);
     }
-    let ty: &[u8] = match (ev.kind, &ev.prev) {
-        (EventKind::Delete, _) => b"DELETED",
-        (EventKind::Put, None) => b"ADDED",
-        (EventKind::Put, Some(_)) => b"MODIFIED",
+    let ty = match (ev.kind, &ev.prev) {
+        (EventKind::Delete, _) => "DELETED",
+        (EventKind::Put, None) => "ADDED",
+        (EventKind::Put, Some(_)) => "MODIFIED",
     };
     let obj = super::wire::with_rv(&ev.kv.value, ev.kv.mod_rev)?;
-    let mut b = Vec::with_capacity(obj.len() + 32);
-    b.extend_from_slice(b"{\"type\":\"");
-    b.extend_from_slice(ty);
-    b.extend_from_slice(b"\",\"object\":");
-    b.extend_from_slice(&obj);
-    b.extend_from_slice(b"}\n");
-    Some(Some(Bytes::from(b)))
+    Some(Some(envelope(ty, &obj)))
 }
 
 /// The watch event a store event becomes for this watcher, if any.
