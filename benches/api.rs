@@ -304,8 +304,19 @@ async fn main() {
     if std::env::var_os("RK_BENCH_PROFILE").is_some() {
         // Only the 64-client create load, for a profiler to watch.
         let conc: usize = std::env::var("RK_BENCH_CONC").ok().and_then(|c| c.parse().ok()).unwrap_or(64);
-        let r = rk_create_rate(&running, "default", conc, if conc == 1 { 3000 } else { 40_000 }, "p".into()).await;
+        let total = if conc == 1 { 3000 } else { 40_000 };
+        let r = rk_create_rate(&running, "default", conc, total, "p".into()).await;
         println!("durable creates/s, {conc} clients: {r:.0}");
+        let store = running.store.clone();
+        let v = Bytes::from(vec![b'x'; 1024]);
+        let r = rate(conc, total, move |i| {
+            let (store, v) = (store.clone(), v.clone());
+            async move {
+                store.create(&format!("/bench/p/{i}"), v).await.unwrap();
+            }
+        })
+        .await;
+        println!("durable puts/s, store only, {conc} writers: {r:.0}");
         return;
     }
     let etcd = start_etcd(&base).await;

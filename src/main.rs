@@ -41,7 +41,7 @@ fn main() -> ExitCode {
 
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sled=warn,hyper=warn,rustls=warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,rustls=warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

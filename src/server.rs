@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::embedded::{SledStore, SledStoreOptions, Storage};
+use crate::embedded::{LogStore, LogStoreOptions, Storage};
 
 /// How long history is kept before compaction (Kubernetes compacts etcd every 5 min).
 const HISTORY: Duration = Duration::from_secs(300);
@@ -118,7 +118,7 @@ pub struct Running {
     /// The API server.
     pub api: Arc<apiserver::ApiServer>,
     /// The store.
-    pub store: SledStore,
+    pub store: LogStore,
 }
 
 /// Starts the server and returns once the API answers; tasks run on `tracker` until
@@ -131,7 +131,7 @@ pub async fn start(
     let t0 = std::time::Instant::now();
     let server_dir = cfg.data_dir.join("server");
     let db_dir = server_dir.join("db");
-    let store = SledStore::open(&db_dir, SledStoreOptions::default())
+    let store = LogStore::open(&db_dir, LogStoreOptions::default())
         .map_err(|source| ServerError::Store { path: db_dir.clone(), source })?;
     tracing::info!(path = %db_dir.display(), revision = store.current_rev(), "datastore open");
 
@@ -188,7 +188,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
 }
 
 /// Compacts history older than [`HISTORY`] every [`COMPACT_EVERY`], in bounded batches.
-async fn compactor(store: SledStore, shutdown: CancellationToken) {
+async fn compactor(store: LogStore, shutdown: CancellationToken) {
     let mut seen: std::collections::VecDeque<(tokio::time::Instant, i64)> = Default::default();
     let mut tick = tokio::time::interval(COMPACT_EVERY);
     loop {

@@ -82,7 +82,7 @@ async fn acknowledged_writes_survive_kill_9() {
             }
         }));
     }
-    // Past one store checkpoint (2 s): recovery uses both sled's files and the log.
+    // Writers run for a while, then the server dies mid-write.
     tokio::time::sleep(Duration::from_millis(2600)).await;
     child.0.kill().unwrap(); // SIGKILL, mid-write
     child.0.wait().unwrap();

@@ -104,7 +104,7 @@ pub enum StorageError {
     Backend(String),
 }
 
-/// The storage contract every backend implements (sled here; etcd later).
+/// The storage contract every backend implements (the embedded log store here; etcd later).
 ///
 /// Writes return only once durable. `update` and `delete` are compare-and-swap on the
 /// key's `mod_rev`.

@@ -1,8 +1,13 @@
-//! The store's write-ahead log: every acknowledged write is a checksummed record in a
-//! segment file made durable with one `fdatasync` per group commit. sled then holds the
-//! same writes in memory and is checkpointed (flushed and synced) in the background;
-//! segments a checkpoint covers are deleted. On open, records newer than sled's own
-//! revision are replayed.
+//! The store's files: an append-only log of checksummed records in numbered segments,
+//! and snapshots that replace the segments before them.
+//!
+//! Every acknowledged write is a record in the active segment, made durable by one
+//! `fdatasync` per group commit. A snapshot `<seq>.snap` holds every version the store
+//! still keeps that was written before segment `<seq>`; once it is durable the older
+//! segments and snapshots are deleted, which is how compaction gives disk space back.
+//! On open every file is read; a record may appear in both a snapshot and a segment
+//! (a crash between writing the snapshot and deleting the segments), so readers
+//! de-duplicate by revision.
 //!
 //! Record: `[len u32 LE][crc32 u32 LE][payload]`, payload
 //! `[kind u8][rev i64 BE][create_rev i64 BE][key len u32 BE][key][value]`.
@@ -13,14 +18,22 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-/// One logged write.
+/// A put: the key's value at `rev`.
+pub const KIND_PUT: u8 = 0;
+/// A delete at `rev`; the value is the last one the key held.
+pub const KIND_DELETE: u8 = 1;
+/// Store metadata: `rev` is a revision the store has reached, `create_rev` the
+/// compacted revision; no key, no value.
+pub const KIND_META: u8 = 2;
+
+/// One logged record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// 0 = put, 1 = delete.
+    /// [`KIND_PUT`], [`KIND_DELETE`] or [`KIND_META`].
     pub kind: u8,
     /// The write's revision.
     pub rev: i64,
-    /// The key's create revision.
+    /// The key's create revision (for a meta record: the compacted revision).
     pub create_rev: i64,
     /// The key.
     pub key: String,
@@ -28,39 +41,25 @@ pub struct Record {
     pub value: Bytes,
 }
 
-/// An open log: the segment being appended to.
-pub struct Wal {
-    dir: PathBuf,
-    seq: u64,
-    file: File,
-    len: u64,
-}
-
-fn segment(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:020}.wal"))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Appends the encoding of `r` to `out`.
-pub fn encode(r: &Record, out: &mut Vec<u8>) {
-    let payload_len = 1 + 8 + 8 + 4 + r.key.len() + r.value.len();
+/// Appends the encoding of a record to `out`.
+pub fn encode(kind: u8, rev: i64, create_rev: i64, key: &str, value: &[u8], out: &mut Vec<u8>) {
+    let payload_len = 1 + 8 + 8 + 4 + key.len() + value.len();
     let start = out.len();
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    out.push(r.kind);
-    out.extend_from_slice(&r.rev.to_be_bytes());
-    out.extend_from_slice(&r.create_rev.to_be_bytes());
-    out.extend_from_slice(&(r.key.len() as u32).to_be_bytes());
-    out.extend_from_slice(r.key.as_bytes());
-    out.extend_from_slice(&r.value);
+    out.push(kind);
+    out.extend_from_slice(&rev.to_be_bytes());
+    out.extend_from_slice(&create_rev.to_be_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(value);
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Decodes the records of one segment, stopping at the first torn or corrupt one.
+/// Decodes the records of one file, stopping at the first torn or corrupt one (the
+/// tail a crash cut short). Values are copied out, so the file's buffer (garbage
+/// included) is not kept alive by them.
 fn decode_all(buf: &[u8]) -> Vec<Record> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -73,42 +72,97 @@ fn decode_all(buf: &[u8]) -> Vec<Record> {
         }
         let klen = u32::from_be_bytes(p[17..21].try_into().expect("4 bytes")) as usize;
         let Some(key) = p.get(21..21 + klen).and_then(|k| std::str::from_utf8(k).ok()) else { break };
+        let value_at = at + 8 + 21 + klen;
         out.push(Record {
             kind: p[0],
             rev: i64::from_be_bytes(p[1..9].try_into().expect("8 bytes")),
             create_rev: i64::from_be_bytes(p[9..17].try_into().expect("8 bytes")),
             key: key.to_string(),
-            value: Bytes::copy_from_slice(&p[21 + klen..]),
+            value: Bytes::copy_from_slice(&buf[value_at..at + 8 + len]),
         });
         at += 8 + len;
     }
     out
 }
 
-impl Wal {
-    /// Opens the log in `dir`: returns it (appending to a new segment), the records of
-    /// the existing segments in order, and those segments' paths.
-    pub fn open(dir: &Path) -> std::io::Result<(Wal, Vec<Record>, Vec<PathBuf>)> {
-        std::fs::create_dir_all(dir)?;
-        let mut segs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
-            .flatten()
-            .filter_map(|e| {
-                let p = e.path();
-                let seq = p.file_name()?.to_str()?.strip_suffix(".wal")?.parse().ok()?;
-                Some((seq, p))
-            })
-            .collect();
-        segs.sort();
-        let mut records = Vec::new();
-        for (_, p) in &segs {
-            let mut buf = Vec::new();
-            File::open(p)?.read_to_end(&mut buf)?;
-            records.extend(decode_all(&buf));
+fn segment(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.wal"))
+}
+
+fn snapshot(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.snap"))
+}
+
+/// fsyncs a directory, so file creations, renames and deletions in it are durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The store's files as found on open.
+pub struct Contents {
+    /// Every record of every snapshot and segment, snapshots first, each file in order.
+    pub records: Vec<Record>,
+    /// The sequence number for the next segment.
+    pub next_seq: u64,
+    /// Bytes the files take.
+    pub bytes: u64,
+}
+
+/// Lists `(seq, path, is_snapshot)` of the store's files, oldest first; removes the
+/// temporary files of a snapshot a crash interrupted.
+fn files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf, bool)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.ends_with(".tmp") {
+            std::fs::remove_file(&p)?;
+            continue;
         }
-        let seq = segs.last().map(|(s, _)| s + 1).unwrap_or(1);
+        let (stem, snap) = match (name.strip_suffix(".wal"), name.strip_suffix(".snap")) {
+            (Some(s), _) => (s, false),
+            (_, Some(s)) => (s, true),
+            _ => continue,
+        };
+        if let Ok(seq) = stem.parse::<u64>() {
+            out.push((seq, p, snap));
+        }
+    }
+    // A snapshot `n` precedes segment `n`.
+    out.sort_by_key(|(seq, _, snap)| (*seq, !*snap));
+    Ok(out)
+}
+
+/// Reads every record in `dir` (created if missing).
+pub fn read(dir: &Path) -> std::io::Result<Contents> {
+    std::fs::create_dir_all(dir)?;
+    let mut records = Vec::new();
+    let mut next_seq = 1;
+    let mut bytes = 0;
+    for (seq, p, _) in files(dir)? {
+        let mut buf = Vec::new();
+        File::open(&p)?.read_to_end(&mut buf)?;
+        bytes += buf.len() as u64;
+        records.extend(decode_all(&buf));
+        next_seq = next_seq.max(seq + 1);
+    }
+    Ok(Contents { records, next_seq, bytes })
+}
+
+/// The active segment, appended to by group commits.
+pub struct Wal {
+    dir: PathBuf,
+    seq: u64,
+    file: File,
+    len: u64,
+}
+
+impl Wal {
+    /// Starts segment `seq` in `dir`.
+    pub fn create(dir: &Path, seq: u64) -> std::io::Result<Wal> {
         let file = OpenOptions::new().create(true).append(true).open(segment(dir, seq))?;
         sync_dir(dir)?;
-        Ok((Wal { dir: dir.to_path_buf(), seq, file, len: 0 }, records, segs.into_iter().map(|(_, p)| p).collect()))
+        Ok(Wal { dir: dir.to_path_buf(), seq, file, len: 0 })
     }
 
     /// Appends encoded records and makes them durable.
@@ -119,37 +173,47 @@ impl Wal {
         Ok(())
     }
 
-    /// Bytes in the current segment.
+    /// Bytes in the active segment.
     pub fn len(&self) -> u64 {
         self.len
     }
 
-    /// Whether the current segment is empty.
+    /// Whether the active segment is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// Starts a new segment; returns the path of the one closed.
-    pub fn rotate(&mut self) -> std::io::Result<PathBuf> {
-        let old = segment(&self.dir, self.seq);
-        self.seq += 1;
-        self.file = OpenOptions::new().create(true).append(true).open(segment(&self.dir, self.seq))?;
-        sync_dir(&self.dir)?;
-        self.len = 0;
-        Ok(old)
+    /// Closes the active segment and starts the next; returns the new one's number.
+    pub fn rotate(&mut self) -> std::io::Result<u64> {
+        let next = Wal::create(&self.dir, self.seq + 1)?;
+        *self = next;
+        Ok(self.seq)
     }
+}
 
-    /// Deletes segments a checkpoint has made redundant.
-    pub fn remove(dir: &Path, segs: &[PathBuf]) -> std::io::Result<()> {
-        for s in segs {
-            match std::fs::remove_file(s) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        sync_dir(dir)
+/// Writes `<seq>.snap` with `encoded` records (through a temporary file, made durable
+/// before it takes its name), then deletes every snapshot and segment before `seq`.
+/// Returns the bytes the directory's files then take.
+pub fn install_snapshot(dir: &Path, seq: u64, encoded: &[u8]) -> std::io::Result<u64> {
+    let final_path = snapshot(dir, seq);
+    let tmp = final_path.with_extension("snap.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(encoded)?;
+        f.sync_all()?;
     }
+    std::fs::rename(&tmp, &final_path)?;
+    sync_dir(dir)?;
+    let mut bytes = 0;
+    for (s, p, _) in files(dir)? {
+        if s < seq {
+            std::fs::remove_file(&p)?;
+        } else {
+            bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    sync_dir(dir)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -157,30 +221,50 @@ mod tests {
     use super::*;
 
     fn rec(rev: i64) -> Record {
-        Record { kind: 0, rev, create_rev: 1, key: format!("/k/{rev}"), value: Bytes::from(vec![b'v'; rev as usize]) }
+        Record {
+            kind: KIND_PUT,
+            rev,
+            create_rev: 1,
+            key: format!("/k/{rev}"),
+            value: Bytes::from(vec![b'v'; rev as usize]),
+        }
+    }
+
+    fn enc(r: &Record, out: &mut Vec<u8>) {
+        encode(r.kind, r.rev, r.create_rev, &r.key, &r.value, out);
     }
 
     #[test]
-    fn records_round_trip_and_torn_tails_are_dropped() {
+    fn records_round_trip_torn_tails_are_dropped_and_snapshots_replace_segments() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let (mut w, recs, _) = Wal::open(dir.path()).unwrap();
-            assert!(recs.is_empty());
-            let mut buf = Vec::new();
-            for r in 1..=3 {
-                encode(&rec(r), &mut buf);
-            }
-            w.append(&buf).unwrap();
-            let mut torn = Vec::new();
-            encode(&rec(4), &mut torn);
-            torn.truncate(torn.len() - 2);
-            w.append(&torn).unwrap();
+        let c = read(dir.path()).unwrap();
+        assert!(c.records.is_empty());
+        let mut w = Wal::create(dir.path(), c.next_seq).unwrap();
+        let mut buf = Vec::new();
+        for r in 1..=3 {
+            enc(&rec(r), &mut buf);
         }
-        let (_, recs, segs) = Wal::open(dir.path()).unwrap();
-        assert_eq!(recs, vec![rec(1), rec(2), rec(3)]);
-        assert_eq!(segs.len(), 1);
-        Wal::remove(dir.path(), &segs).unwrap();
-        let (_, recs, _) = Wal::open(dir.path()).unwrap();
-        assert!(recs.is_empty());
+        w.append(&buf).unwrap();
+        let mut torn = Vec::new();
+        enc(&rec(4), &mut torn);
+        torn.truncate(torn.len() - 2);
+        w.append(&torn).unwrap();
+        let c = read(dir.path()).unwrap();
+        assert_eq!(c.records, vec![rec(1), rec(2), rec(3)]);
+        assert_eq!(c.next_seq, 2);
+
+        // A snapshot at the next segment replaces the first one.
+        let seq = w.rotate().unwrap();
+        let mut more = Vec::new();
+        enc(&rec(5), &mut more);
+        w.append(&more).unwrap();
+        let mut snap = Vec::new();
+        enc(&rec(3), &mut snap);
+        install_snapshot(dir.path(), seq, &snap).unwrap();
+        std::fs::write(dir.path().join("junk.snap.tmp"), b"x").unwrap();
+        let c = read(dir.path()).unwrap();
+        assert_eq!(c.records, vec![rec(3), rec(5)]);
+        assert!(!dir.path().join("junk.snap.tmp").exists());
+        assert_eq!(c.next_seq, seq + 1);
     }
 }
