@@ -295,9 +295,13 @@ impl LogStore {
                 return Ok(());
             }
             if let Ok(mut st) = self.inner.wal.try_lock() {
+                // A lone write syncs right here (a worker thread blocked for one
+                // fdatasync); a batch hands this worker's other tasks to a fresh thread
+                // first, so requests keep being served and gather into the next batch.
+                let batch = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).len();
                 let multi = tokio::runtime::Handle::try_current()
                     .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-                if multi {
+                if multi && batch > 1 {
                     tokio::task::block_in_place(|| self.inner.commit(&mut st));
                 } else {
                     self.inner.commit(&mut st);
