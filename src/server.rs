@@ -4,6 +4,9 @@
 //! bootstrap objects → ready. Each stage waits on the one before, never on a sleep.
 
 pub mod apiserver;
+pub mod client;
+pub mod controllers;
+pub mod scheduler;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -164,6 +167,8 @@ pub async fn start(
     tracing::info!(path = %cfg.write_kubeconfig.display(), "wrote admin kubeconfig");
 
     tracker.spawn(compactor(store.clone(), shutdown.clone()));
+    let cm = client::in_process(api.clone(), "system:kube-controller-manager", &[]);
+    controllers::start(cm, tracker, shutdown.clone());
     api.set_ready();
     tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "rk server is ready");
     Ok(Running { addr, kubeconfig, identity, api, store })

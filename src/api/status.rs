@@ -178,6 +178,11 @@ impl ApiError {
         ApiError::new(500, "InternalError", format!("Internal error occurred: {message}"))
     }
 
+    /// 429 TooManyRequests (an eviction a disruption budget refuses).
+    pub fn too_many_requests(message: impl Into<String>) -> ApiError {
+        ApiError::new(429, "TooManyRequests", message)
+    }
+
     /// 503 ServiceUnavailable.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(503, "ServiceUnavailable", message)

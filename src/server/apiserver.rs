@@ -3,6 +3,7 @@
 
 pub mod discovery;
 pub mod handlers;
+mod binding;
 mod propagation;
 pub mod request;
 mod scale;
@@ -207,6 +208,11 @@ impl ApiServer {
             (_, Some(_)) if needs_ns => Err(ApiError::no_route()),
             (&Method::GET | &Method::PUT | &Method::PATCH, Some(_)) if call.sub.as_deref() == Some("scale") => {
                 self.scale(&method, &call, body).await
+            }
+            (&Method::POST, Some(_)) if call.sub.as_deref() == Some("binding") => self.bind(&call, body).await,
+            (&Method::POST, Some(_)) if call.sub.as_deref() == Some("eviction") => self.evict(&call, body).await,
+            (_, Some(_)) if matches!(call.sub.as_deref(), Some("binding" | "eviction")) => {
+                Err(ApiError::method_not_allowed(method.as_str(), &what))
             }
             (&Method::GET, Some(n)) => {
                 let n = n.to_string();

@@ -37,7 +37,17 @@ pub fn version() -> Value {
 fn subresource_kind(d: &ResourceDef, sub: &str) -> (&'static str, &'static str, &'static str) {
     match sub {
         "scale" => ("autoscaling", "v1", "Scale"),
+        "binding" => ("", "v1", "Binding"),
+        "eviction" => ("policy", "v1", "Eviction"),
         _ => (d.group, d.version, d.kind),
+    }
+}
+
+/// The verbs a subresource answers.
+fn subresource_verbs(sub: &str) -> &'static [&'static str] {
+    match sub {
+        "binding" | "eviction" => &["create"],
+        _ => &["get", "patch", "update"],
     }
 }
 
@@ -50,7 +60,7 @@ fn resource_entry(d: &ResourceDef) -> Vec<Value> {
         let (group, version, kind) = subresource_kind(d, sub);
         let mut e = json!({
             "name": format!("{}/{sub}", d.plural), "singularName": "", "namespaced": d.namespaced,
-            "kind": kind, "verbs": ["get", "patch", "update"],
+            "kind": kind, "verbs": subresource_verbs(sub),
         });
         if group != d.group || version != d.version {
             e["group"] = json!(group);
@@ -141,7 +151,7 @@ pub fn aggregated(reg: &Registry, core: bool, ver: &str) -> Resp {
                                     let (group, version, kind) = subresource_kind(d, s);
                                     json!({"subresource": s,
                                            "responseKind": {"group": group, "version": version, "kind": kind},
-                                           "verbs": ["get", "patch", "update"]})
+                                           "verbs": subresource_verbs(s)})
                                 })
                                 .collect();
                             let mut r = json!({

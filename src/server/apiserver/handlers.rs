@@ -66,7 +66,7 @@ impl Call {
         if self.converts() { encode(&crate::api::events::to_core(obj)) } else { encode(obj) }
     }
 
-    fn dry_run(&self) -> Result<bool, ApiError> {
+    pub(super) fn dry_run(&self) -> Result<bool, ApiError> {
         match self.query.get("dryRun") {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),

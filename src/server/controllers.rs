@@ -1,0 +1,126 @@
+//! The control loops: kube-runtime `Controller`s (watch → cache → keyed queue →
+//! reconcile) over the in-process client, one file each, started after the API is up.
+//! Each acts only once its caches have synced (kube-runtime's guarantee) and records
+//! Events as kube-controller-manager does.
+
+pub mod deployment;
+pub mod replicaset;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::Resource;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every reconciler gets.
+pub struct Ctx {
+    /// The in-process client, as `system:kube-controller-manager`.
+    pub client: kube::Client,
+    /// Records Events for `kubectl describe`.
+    pub recorder: Recorder,
+}
+
+impl Ctx {
+    fn new(client: kube::Client, controller: &str) -> Arc<Ctx> {
+        let reporter = Reporter { controller: controller.to_string(), instance: None };
+        Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client })
+    }
+
+    /// Records an Event about `obj`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::debug!(error = %e, reason, "recording an event failed");
+        }
+    }
+}
+
+/// Starts the controllers and the scheduler on `tracker` until `shutdown`.
+pub fn start(client: kube::Client, tracker: &TaskTracker, shutdown: CancellationToken) {
+    tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), shutdown.clone()));
+    tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
+    tracker.spawn(super::scheduler::run(client, shutdown));
+}
+
+/// Requeue after an error, as the controller-manager's rate limiter would.
+pub fn retry_soon() -> Action {
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// The controller owner reference naming `owner`.
+pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    let mut r = owner.controller_owner_ref(&()).expect("owner has name and uid");
+    r.block_owner_deletion = Some(true);
+    r
+}
+
+/// Whether `obj` is controlled by the object with `uid`.
+pub fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// A label selector as the `labelSelector` query string.
+pub fn selector_query(sel: &LabelSelector) -> String {
+    crate::api::selectors::selector_string(&serde_json::to_value(sel).unwrap_or_default())
+}
+
+/// Whether the pod is Ready.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the pod has been Ready for `min_ready` seconds at `now`.
+pub fn pod_available(p: &Pod, min_ready: i32, now: k8s_openapi::jiff::Timestamp) -> bool {
+    let Some(c) = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+    else {
+        return false;
+    };
+    if min_ready <= 0 {
+        return true;
+    }
+    c.last_transition_time
+        .as_ref()
+        .is_some_and(|t| now.as_second() - t.0.as_second() >= i64::from(min_ready))
+}
+
+/// Whether the pod counts toward its owner: not being deleted and not finished.
+pub fn pod_active(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+    p.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
+}
+
+/// Kubernetes's `pod-template-hash`: FNV-32a of the template (and the collision
+/// count), written with the alphabet Kubernetes uses for generated names.
+pub fn template_hash(t: &PodTemplateSpec, collisions: Option<i32>) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut feed = |b: &[u8]| {
+        for x in b {
+            h ^= u32::from(*x);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    };
+    feed(serde_json::to_string(t).unwrap_or_default().as_bytes());
+    if let Some(c) = collisions {
+        feed(c.to_string().as_bytes());
+    }
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    h.to_string().bytes().map(|b| ALPHABET[b as usize % ALPHABET.len()] as char).collect()
+}

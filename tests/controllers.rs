@@ -1,0 +1,120 @@
+//! Controllers and scheduler, proven with kubectl on simulated nodes: a Deployment
+//! rolls out, scales, rolls a new template and back; a ReplicaSet replaces a deleted
+//! pod; a pod too big for every node stays Pending as Unschedulable.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use rk::agent::simulate::{self, SimConfig};
+use tokio_util::sync::CancellationToken;
+
+async fn with_nodes(count: usize) -> (TestServer, CancellationToken) {
+    let s = TestServer::start().await;
+    let stop = CancellationToken::new();
+    let cfg = SimConfig {
+        count,
+        prefix: "sim".into(),
+        cpu: "2".into(),
+        memory: "4Gi".into(),
+        pods: 110,
+        run_for: Duration::from_secs(1),
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+    };
+    let client = s.client().await;
+    let token = stop.clone();
+    tokio::spawn(async move { simulate::run(client, cfg, token).await });
+    (s, stop)
+}
+
+/// Polls kubectl until `pred` holds on its output (or fails after 60 s).
+async fn eventually(s: &TestServer, args: &[&str], pred: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..300 {
+        let out = s.kubectl(args).await;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && pred(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("kubectl {args:?} never satisfied the condition; last output:\n{last}");
+}
+
+fn running_pods(out: &str) -> usize {
+    out.lines().filter(|l| l.contains("Running") && !l.contains("Terminating")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rolls_out_scales_and_undoes_on_simulated_nodes() {
+    let (s, _stop) = with_nodes(3).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 3).await;
+
+    s.kubectl_ok(&["create", "deployment", "web", "--image=nginx:1.25", "--replicas=3"]).await;
+    s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
+    let pods = s.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "wide"]).await;
+    assert_eq!(running_pods(&pods), 3, "{pods}");
+    let nodes: std::collections::HashSet<&str> =
+        pods.lines().skip(1).filter_map(|l| l.split_whitespace().nth(6)).collect();
+    assert_eq!(nodes.len(), 3, "spread over the three nodes: {pods}");
+    let d = s.kubectl_ok(&["get", "deployment", "web"]).await;
+    assert!(d.contains("3/3     3            3"), "{d}");
+
+    // Scale up and back down.
+    s.kubectl_ok(&["scale", "deployment/web", "--replicas=5"]).await;
+    eventually(&s, &["get", "deployment", "web"], |o| o.contains("5/5")).await;
+    s.kubectl_ok(&["scale", "deployment/web", "--replicas=3"]).await;
+    eventually(&s, &["get", "pods", "-l", "app=web"], |o| running_pods(o) == 3 && o.lines().count() == 4).await;
+
+    // A new template rolls out; undo brings the old one back.
+    s.kubectl_ok(&["set", "image", "deployment/web", "nginx=nginx:1.27"]).await;
+    s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
+    let rs = s.kubectl_ok(&["get", "rs", "-l", "app=web"]).await;
+    assert_eq!(rs.lines().count(), 3, "old and new ReplicaSets: {rs}");
+    let img = s.kubectl_ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
+    assert_eq!(img, "nginx:1.27");
+    let history = s.kubectl_ok(&["rollout", "history", "deployment/web"]).await;
+    assert!(history.contains("1 ") && history.contains("2 "), "{history}");
+    s.kubectl_ok(&["rollout", "undo", "deployment/web"]).await;
+    s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
+    let img = s.kubectl_ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
+    assert_eq!(img, "nginx:1.25");
+    let pods = eventually(&s, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"], |o| {
+        o.split_whitespace().count() == 3 && o.split_whitespace().all(|i| i == "nginx:1.25")
+    })
+    .await;
+    assert!(!pods.contains("1.27"));
+
+    // Deleting a pod of the ReplicaSet brings a new one.
+    let first = s.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]).await;
+    s.kubectl_ok(&["delete", "pod", &first, "--wait=false"]).await;
+    let after = eventually(&s, &["get", "pods", "-l", "app=web"], |o| running_pods(o) == 3 && !o.contains(&first)).await;
+    assert!(!after.contains(&first));
+    let events = s.kubectl_ok(&["get", "events"]).await;
+    assert!(events.contains("ScalingReplicaSet") && events.contains("SuccessfulCreate") && events.contains("Scheduled"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_too_big_for_every_node_stays_pending_as_unschedulable() {
+    let (s, _stop) = with_nodes(2).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 2).await;
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"big"},
+      "spec":{"containers":[{"name":"c","image":"busybox","resources":{"requests":{"cpu":"16"}}}]}}"#;
+    s.kubectl_stdin(&["create", "-f", "-"], Some(pod)).await;
+    let cond = eventually(
+        &s,
+        &["get", "pod", "big", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}"],
+        |o| o == "Unschedulable",
+    )
+    .await;
+    assert_eq!(cond, "Unschedulable");
+    let describe = s.kubectl_ok(&["describe", "pod", "big"]).await;
+    assert!(describe.contains("0/2 nodes are available: 2 Insufficient cpu"), "{describe}");
+    let get = s.kubectl_ok(&["get", "pod", "big"]).await;
+    assert!(get.contains("Pending"), "{get}");
+
+    // A small pod is placed and runs.
+    s.kubectl_ok(&["run", "small", "--image=busybox", "--restart=Never"]).await;
+    eventually(&s, &["get", "pod", "small"], |o| o.contains("Running") || o.contains("Completed")).await;
+}
