@@ -72,27 +72,34 @@ async fn deployment_rolls_out_scales_and_undoes_on_simulated_nodes() {
     s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
     let rs = s.kubectl_ok(&["get", "rs", "-l", "app=web"]).await;
     assert_eq!(rs.lines().count(), 3, "old and new ReplicaSets: {rs}");
-    let img = s.kubectl_ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
+    let img =
+        s.kubectl_ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
     assert_eq!(img, "nginx:1.27");
     let history = s.kubectl_ok(&["rollout", "history", "deployment/web"]).await;
     assert!(history.contains("1 ") && history.contains("2 "), "{history}");
     s.kubectl_ok(&["rollout", "undo", "deployment/web"]).await;
     s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
-    let img = s.kubectl_ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
+    let img =
+        s.kubectl_ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
     assert_eq!(img, "nginx:1.25");
-    let pods = eventually(&s, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"], |o| {
-        o.split_whitespace().count() == 3 && o.split_whitespace().all(|i| i == "nginx:1.25")
-    })
-    .await;
+    let pods =
+        eventually(&s, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"], |o| {
+            o.split_whitespace().count() == 3 && o.split_whitespace().all(|i| i == "nginx:1.25")
+        })
+        .await;
     assert!(!pods.contains("1.27"));
 
     // Deleting a pod of the ReplicaSet brings a new one.
     let first = s.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]).await;
     s.kubectl_ok(&["delete", "pod", &first, "--wait=false"]).await;
-    let after = eventually(&s, &["get", "pods", "-l", "app=web"], |o| running_pods(o) == 3 && !o.contains(&first)).await;
+    let after =
+        eventually(&s, &["get", "pods", "-l", "app=web"], |o| running_pods(o) == 3 && !o.contains(&first)).await;
     assert!(!after.contains(&first));
     let events = s.kubectl_ok(&["get", "events"]).await;
-    assert!(events.contains("ScalingReplicaSet") && events.contains("SuccessfulCreate") && events.contains("Scheduled"), "{events}");
+    assert!(
+        events.contains("ScalingReplicaSet") && events.contains("SuccessfulCreate") && events.contains("Scheduled"),
+        "{events}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

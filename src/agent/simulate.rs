@@ -15,10 +15,10 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::ResourceExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -240,9 +240,7 @@ async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mu
                                                      "startedAt": status.start_time, "finishedAt": now}}})
                 })
                 .collect();
-            let off = |t: &str, reason: &str| {
-                json!({"type": t, "status": "False", "reason": reason, "lastProbeTime": null, "lastTransitionTime": now})
-            };
+            let off = |t: &str, reason: &str| json!({"type": t, "status": "False", "reason": reason, "lastProbeTime": null, "lastTransitionTime": now});
             let patch = json!({"status": {
                 "phase": "Succeeded",
                 "conditions": [off("PodReadyToStartContainers", "PodCompleted"),

@@ -51,7 +51,11 @@ pub struct LogStoreOptions {
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
-        LogStoreOptions { watch_buffer: 16 * 1024, snapshot_min_bytes: 32 << 20, snapshot_check: Duration::from_secs(5) }
+        LogStoreOptions {
+            watch_buffer: 16 * 1024,
+            snapshot_min_bytes: 32 << 20,
+            snapshot_check: Duration::from_secs(5),
+        }
     }
 }
 
@@ -141,8 +145,7 @@ impl Index {
     /// versions removed and whether history below `upto` is gone. A version goes when
     /// a newer one at or below `upto` supersedes it, or when it is a delete.
     fn compact(&mut self, upto: Rev, max: usize) -> (usize, bool) {
-        let batch: Vec<(Rev, Arc<str>)> =
-            self.revs.range(..=upto).take(max).map(|(r, k)| (*r, k.clone())).collect();
+        let batch: Vec<(Rev, Arc<str>)> = self.revs.range(..=upto).take(max).map(|(r, k)| (*r, k.clone())).collect();
         let done = batch.len() < max;
         let mut removed = 0;
         for (rev, key) in batch {
@@ -264,20 +267,41 @@ impl LogStore {
         if let Some(e) = &self.inner.durable.borrow().1 {
             return Err(StorageError::Backend(format!("store is not durable: {e}")));
         }
-        let ev = {
+        let decided = {
             let mut idx = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
-            let prev = idx.keys.get(key).and_then(|vs| vs.last()).filter(|v| v.put).map(|v| kv(key, v));
+            let newest = idx.keys.get(key).and_then(|vs| vs.last());
+            let newest_rev = newest.map(|v| v.rev).unwrap_or(0);
+            let prev = newest.filter(|v| v.put).map(|v| kv(key, v));
             let rev = idx.last + 1;
-            let (kind, create_rev, value) = decide(prev.clone(), rev)?;
-            idx.push(key, Version { rev, create_rev, put: kind == EventKind::Put, value: value.clone() });
-            idx.last = rev;
-            let ev =
-                Arc::new(Event { kind, kv: KeyValue { key: key.to_string(), value, create_rev, mod_rev: rev }, prev });
-            self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).push(ev.clone());
-            ev
+            match decide(prev.clone(), rev) {
+                Err(e) => Err((e, newest_rev)),
+                Ok((kind, create_rev, value)) => {
+                    idx.push(key, Version { rev, create_rev, put: kind == EventKind::Put, value: value.clone() });
+                    idx.last = rev;
+                    let ev = Arc::new(Event {
+                        kind,
+                        kv: KeyValue { key: key.to_string(), value, create_rev, mod_rev: rev },
+                        prev,
+                    });
+                    self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).push(ev.clone());
+                    Ok(ev)
+                }
+            }
         };
-        self.wait_durable(ev.kv.mod_rev).await?;
-        Ok(ev)
+        match decided {
+            Ok(ev) => {
+                self.wait_durable(ev.kv.mod_rev).await?;
+                Ok(ev)
+            }
+            Err((e, newest)) => {
+                // Refused because of a write not yet durable: answer once it is, so the
+                // caller's next read sees what it conflicted with.
+                if newest > self.current_rev() {
+                    self.wait_durable(newest).await?;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Waits until `rev` is durable. The first writer to find no commit in progress
@@ -332,7 +356,8 @@ impl LogStore {
         self.inner.compacted.fetch_max(rev, Ordering::AcqRel);
         let mut total = 0;
         loop {
-            let (removed, done) = self.inner.index.write().unwrap_or_else(|e| e.into_inner()).compact(rev, COMPACT_BATCH);
+            let (removed, done) =
+                self.inner.index.write().unwrap_or_else(|e| e.into_inner()).compact(rev, COMPACT_BATCH);
             total += removed;
             if done {
                 break;

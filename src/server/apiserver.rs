@@ -1,9 +1,9 @@
 //! The Kubernetes API server: routing, authentication, the HTTPS listener and the
 //! objects every cluster starts with.
 
+mod binding;
 pub mod discovery;
 pub mod handlers;
-mod binding;
 mod propagation;
 pub mod request;
 mod scale;

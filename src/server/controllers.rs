@@ -96,9 +96,7 @@ pub fn pod_available(p: &Pod, min_ready: i32, now: k8s_openapi::jiff::Timestamp)
     if min_ready <= 0 {
         return true;
     }
-    c.last_transition_time
-        .as_ref()
-        .is_some_and(|t| now.as_second() - t.0.as_second() >= i64::from(min_ready))
+    c.last_transition_time.as_ref().is_some_and(|t| now.as_second() - t.0.as_second() >= i64::from(min_ready))
 }
 
 /// Whether the pod counts toward its owner: not being deleted and not finished.

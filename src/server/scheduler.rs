@@ -34,11 +34,7 @@ pub fn parse_quantity(s: &str) -> Option<f64> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
-    let (num, suffix) = if suffix.starts_with(['e', 'E']) && suffix.len() > 1 {
-        (s, "")
-    } else {
-        (num, suffix)
-    };
+    let (num, suffix) = if suffix.starts_with(['e', 'E']) && suffix.len() > 1 { (s, "") } else { (num, suffix) };
     let n: f64 = num.parse().ok()?;
     let mult = match suffix {
         "" => 1.0,
@@ -73,9 +69,11 @@ struct Request {
 fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> (f64, f64) {
     let r = c.resources.as_ref();
     let get = |name: &str| {
-        r.and_then(|r| r.requests.as_ref().and_then(|m| m.get(name)).or_else(|| r.limits.as_ref().and_then(|m| m.get(name))))
-            .and_then(|q| parse_quantity(&q.0))
-            .unwrap_or(0.0)
+        r.and_then(|r| {
+            r.requests.as_ref().and_then(|m| m.get(name)).or_else(|| r.limits.as_ref().and_then(|m| m.get(name)))
+        })
+        .and_then(|q| parse_quantity(&q.0))
+        .unwrap_or(0.0)
     };
     (get("cpu") * 1000.0, get("memory"))
 }
@@ -135,7 +133,8 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), Some(x)) = (value.and_then(|v| v.parse::<i64>().ok()), vals.first().and_then(|x| x.parse::<i64>().ok()))
+            let (Some(v), Some(x)) =
+                (value.and_then(|v| v.parse::<i64>().ok()), vals.first().and_then(|x| x.parse::<i64>().ok()))
             else {
                 return false;
             };
@@ -170,7 +169,8 @@ fn affinity_matches(p: &Pod, n: &Node) -> bool {
             .iter()
             .flatten()
             .all(|r| requirement_matches(r, (r.key == "metadata.name").then_some(name.as_str())));
-        let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty) && term.match_fields.as_ref().is_none_or(Vec::is_empty);
+        let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty)
+            && term.match_fields.as_ref().is_none_or(Vec::is_empty);
         !empty && exprs_ok && fields_ok
     })
 }
@@ -197,25 +197,26 @@ impl Usage {
 fn filter(p: &Pod, req: &Request, n: &Node, used: &Usage) -> Result<(), Vec<String>> {
     let tolerations = p.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
     if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-        let t = Taint { key: "node.kubernetes.io/unschedulable".into(), effect: "NoSchedule".into(), ..Default::default() };
+        let t =
+            Taint { key: "node.kubernetes.io/unschedulable".into(), effect: "NoSchedule".into(), ..Default::default() };
         if !tolerations.iter().any(|tol| tolerates(tol, &t)) {
             return Err(vec!["node(s) were unschedulable".into()]);
         }
     }
     let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
     if !node_ready(n) && !taints.iter().any(|t| t.key.starts_with("node.kubernetes.io/")) {
-        taints.push(Taint { key: "node.kubernetes.io/not-ready".into(), effect: "NoSchedule".into(), ..Default::default() });
+        taints.push(Taint {
+            key: "node.kubernetes.io/not-ready".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
     }
     if let Some(t) = taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
     {
-        return Err(vec![format!(
-            "node(s) had untolerated taint {{{}: {}}}",
-            t.key,
-            t.value.as_deref().unwrap_or("")
-        )]);
+        return Err(vec![format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.as_deref().unwrap_or(""))]);
     }
     if !affinity_matches(p, n) {
         return Err(vec!["node(s) didn't match Pod's node affinity/selector".into()]);
@@ -288,11 +289,7 @@ impl Scheduler {
         let nodes = self.nodes.state();
         let pods = self.pods.state();
         // Forget assumptions the cache has caught up with.
-        let bound: HashSet<String> = pods
-            .iter()
-            .filter(|p| !is_pending(p))
-            .filter_map(|p| p.uid())
-            .collect();
+        let bound: HashSet<String> = pods.iter().filter(|p| !is_pending(p)).filter_map(|p| p.uid()).collect();
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
         self.assumed.retain(|uid, _| live.contains(uid) && !bound.contains(uid));
 
@@ -309,8 +306,11 @@ impl Scheduler {
         for (node, req) in self.assumed.values() {
             usage.entry(node.clone()).or_default().add(req);
         }
-        let mut pending: Vec<Arc<Pod>> =
-            pods.iter().filter(|p| is_pending(p) && !self.assumed.contains_key(&p.uid().unwrap_or_default())).cloned().collect();
+        let mut pending: Vec<Arc<Pod>> = pods
+            .iter()
+            .filter(|p| is_pending(p) && !self.assumed.contains_key(&p.uid().unwrap_or_default()))
+            .cloned()
+            .collect();
         pending.sort_by_key(|p| {
             let prio = p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
             (std::cmp::Reverse(prio), p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0))
@@ -400,7 +400,9 @@ impl Scheduler {
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .map(|cs| cs.iter().filter(|c| c.type_ != "PodScheduled").filter_map(|c| serde_json::to_value(c).ok()).collect())
+            .map(|cs| {
+                cs.iter().filter(|c| c.type_ != "PodScheduled").filter_map(|c| serde_json::to_value(c).ok()).collect()
+            })
             .unwrap_or_default();
         conds.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg,
                           "lastProbeTime": null, "lastTransitionTime": now}));
@@ -480,12 +482,17 @@ mod tests {
 
     #[test]
     fn tolerations_match_taints() {
-        let taint = Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), ..Default::default() };
+        let taint =
+            Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), ..Default::default() };
         let eq = Toleration { key: Some("k".into()), value: Some("v".into()), ..Default::default() };
         let other = Toleration { key: Some("k".into()), value: Some("w".into()), ..Default::default() };
         let exists = Toleration { operator: Some("Exists".into()), ..Default::default() };
-        let wrong_effect =
-            Toleration { key: Some("k".into()), operator: Some("Exists".into()), effect: Some("NoExecute".into()), ..Default::default() };
+        let wrong_effect = Toleration {
+            key: Some("k".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            ..Default::default()
+        };
         assert!(tolerates(&eq, &taint));
         assert!(!tolerates(&other, &taint));
         assert!(tolerates(&exists, &taint));

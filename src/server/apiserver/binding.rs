@@ -57,7 +57,9 @@ impl ApiServer {
             ));
         }
         if let Some(n) = meta::meta_str(&b, "name").filter(|n| !n.is_empty() && *n != name) {
-            return Err(ApiError::bad_request(format!("the name of the binding ({n}) does not match the pod ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the binding ({n}) does not match the pod ({name})"
+            )));
         }
         let key = call.def.key(call.ns.as_deref(), &name);
         for _ in 0..8 {
@@ -65,7 +67,10 @@ impl ApiServer {
             let cur = cur.ok_or_else(|| ApiError::not_found(call.target(&name)))?;
             let mut pod = decode_kv(&cur)?;
             if meta::meta_str(&pod, "deletionTimestamp").is_some() {
-                return Err(ApiError::conflict(t, &format!("pod {name} is being deleted, cannot be assigned to a host")));
+                return Err(ApiError::conflict(
+                    t,
+                    &format!("pod {name} is being deleted, cannot be assigned to a host"),
+                ));
             }
             if let Some(n) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                 return Err(ApiError::conflict(t, &format!("pod {name} is already assigned to node {n:?}")));

@@ -12,11 +12,11 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStat
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -76,10 +76,17 @@ fn without_hash(t: &PodTemplateSpec) -> serde_json::Value {
     serde_json::to_value(t).unwrap_or_default()
 }
 
-fn condition(type_: &str, status: &str, reason: &str, message: String, old: Option<&DeploymentCondition>) -> DeploymentCondition {
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    old: Option<&DeploymentCondition>,
+) -> DeploymentCondition {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let same = old.is_some_and(|o| o.status == status);
-    let unchanged = same && old.is_some_and(|o| o.reason.as_deref() == Some(reason) && o.message.as_deref() == Some(&message));
+    let unchanged =
+        same && old.is_some_and(|o| o.reason.as_deref() == Some(reason) && o.message.as_deref() == Some(&message));
     DeploymentCondition {
         type_: type_.to_string(),
         status: status.to_string(),
@@ -151,11 +158,12 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
     let collisions = d.status.as_ref().and_then(|s| s.collision_count);
     let hash = template_hash(&spec.template, collisions);
     let want_t = without_hash(&spec.template);
-    let new_idx = all
-        .iter()
-        .position(|r| r.labels().get(HASH) == Some(&hash))
-        .or_else(|| all.iter().position(|r| r.spec.as_ref().and_then(|s| s.template.as_ref()).map(without_hash) == Some(want_t.clone())));
-    let max_old_rev = all.iter().enumerate().filter(|(i, _)| Some(*i) != new_idx).map(|(_, r)| revision(r)).max().unwrap_or(0);
+    let new_idx = all.iter().position(|r| r.labels().get(HASH) == Some(&hash)).or_else(|| {
+        all.iter()
+            .position(|r| r.spec.as_ref().and_then(|s| s.template.as_ref()).map(without_hash) == Some(want_t.clone()))
+    });
+    let max_old_rev =
+        all.iter().enumerate().filter(|(i, _)| Some(*i) != new_idx).map(|(_, r)| revision(r)).max().unwrap_or(0);
     let scaler = Scaler { api: rs_api.clone(), ctx: &ctx, d: &d, replicas, surge };
     let mut created_new = false;
 
@@ -216,8 +224,12 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
                     // collision so the next hash differs, as Kubernetes does.
                     let c = collisions.unwrap_or(0) + 1;
                     let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-                    dapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"collisionCount": c}})))
-                        .await?;
+                    dapi.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": {"collisionCount": c}})),
+                    )
+                    .await?;
                     return Ok(Action::await_change());
                 }
                 Err(e) => return Err(e),
@@ -269,8 +281,8 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
                     }
                 }
                 // Then available ones, as far as availability allows.
-                let available: i32 = olds.iter().map(|o| status_of(o).2.min(spec_replicas(o))).sum::<i32>()
-                    + status_of(new).2;
+                let available: i32 =
+                    olds.iter().map(|o| status_of(o).2.min(spec_replicas(o))).sum::<i32>() + status_of(new).2;
                 let mut down_total = (available - min_available).min(budget.max(0));
                 for o in olds.iter_mut() {
                     if down_total <= 0 {
@@ -287,8 +299,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
         }
         // revisionHistoryLimit: drop the oldest fully scaled-down ReplicaSets.
         let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-        let idle: Vec<&ReplicaSet> =
-            olds.iter().filter(|o| spec_replicas(o) == 0 && status_of(o).0 == 0).collect();
+        let idle: Vec<&ReplicaSet> = olds.iter().filter(|o| spec_replicas(o) == 0 && status_of(o).0 == 0).collect();
         if idle.len() > limit {
             for o in &idle[..idle.len() - limit] {
                 match rs_api.delete(&o.name_any(), &DeleteParams::default()).await {
@@ -326,22 +337,55 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
     let old_conds = d.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     let find = |t: &str| old_conds.iter().find(|c| c.type_ == t);
     let avail_cond = if available >= replicas - unavail {
-        condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), find("Available"))
+        condition(
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".into(),
+            find("Available"),
+        )
     } else {
-        condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), find("Available"))
+        condition(
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+            find("Available"),
+        )
     };
     let new_name = new_rs.as_ref().map(|r| r.name_any()).unwrap_or_default();
     let complete = updated == replicas && available == replicas && total == replicas;
     let prog_cond = if paused {
         condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), find("Progressing"))
     } else if created_new {
-        condition("Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set {new_name:?}"), find("Progressing"))
+        condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetCreated",
+            format!("Created new replica set {new_name:?}"),
+            find("Progressing"),
+        )
     } else if complete {
-        condition("Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet {new_name:?} has successfully progressed."), find("Progressing"))
-    } else if find("Progressing").is_some_and(|c| c.reason.as_deref() == Some("NewReplicaSetCreated") && c.message.as_deref().is_some_and(|m| m.contains(&new_name))) {
+        condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet {new_name:?} has successfully progressed."),
+            find("Progressing"),
+        )
+    } else if find("Progressing").is_some_and(|c| {
+        c.reason.as_deref() == Some("NewReplicaSetCreated")
+            && c.message.as_deref().is_some_and(|m| m.contains(&new_name))
+    }) {
         find("Progressing").cloned().expect("found")
     } else {
-        condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet {new_name:?} is progressing."), find("Progressing"))
+        condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet {new_name:?} is progressing."),
+            find("Progressing"),
+        )
     };
     let status = DeploymentStatus {
         observed_generation: d.metadata.generation,
