@@ -168,7 +168,7 @@ pub async fn start(
 
     tracker.spawn(compactor(store.clone(), shutdown.clone()));
     let cm = client::in_process(api.clone(), "system:kube-controller-manager", &[]);
-    controllers::start(cm, tracker, shutdown.clone());
+    controllers::start(api.clone(), cm, tracker, shutdown.clone());
     api.set_ready();
     tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "rk server is ready");
     Ok(Running { addr, kubeconfig, identity, api, store })

@@ -95,6 +95,16 @@ async fn deployment_rolls_out_scales_and_undoes_on_simulated_nodes() {
     let after =
         eventually(&s, &["get", "pods", "-l", "app=web"], |o| running_pods(o) == 3 && !o.contains(&first)).await;
     assert!(!after.contains(&first));
+    // Deleting the owner deletes its dependents (background cascade), down to the pods;
+    // orphaning leaves them.
+    s.kubectl_ok(&["create", "deployment", "keep", "--image=nginx", "--replicas=2"]).await;
+    s.kubectl_ok(&["rollout", "status", "deployment/keep", "--timeout=60s"]).await;
+    s.kubectl_ok(&["delete", "deployment", "keep", "--cascade=orphan"]).await;
+    s.kubectl_ok(&["delete", "deployment", "web"]).await;
+    eventually(&s, &["get", "rs,pods", "-l", "app=web", "-o", "name"], |o| o.trim().is_empty()).await;
+    let kept = eventually(&s, &["get", "rs,pods", "-l", "app=keep", "-o", "name"], |o| o.lines().count() == 3).await;
+    assert!(kept.contains("replicaset.apps/keep-"), "{kept}");
+
     let events = s.kubectl_ok(&["get", "events"]).await;
     assert!(
         events.contains("ScalingReplicaSet") && events.contains("SuccessfulCreate") && events.contains("Scheduled"),

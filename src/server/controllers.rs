@@ -4,6 +4,7 @@
 //! Events as kube-controller-manager does.
 
 pub mod deployment;
+pub mod garbage_collector;
 pub mod replicaset;
 
 use std::sync::Arc;
@@ -47,7 +48,13 @@ impl Ctx {
 }
 
 /// Starts the controllers and the scheduler on `tracker` until `shutdown`.
-pub fn start(client: kube::Client, tracker: &TaskTracker, shutdown: CancellationToken) {
+pub fn start(
+    api: Arc<super::apiserver::ApiServer>,
+    client: kube::Client,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    tracker.spawn(garbage_collector::run(api, shutdown.clone()));
     tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), shutdown.clone()));
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
     tracker.spawn(super::scheduler::run(client, shutdown));

@@ -116,6 +116,43 @@ impl ApiServer {
         }
     }
 
+    /// Deletes a dependent whose owners are gone, in the background (the garbage
+    /// collector's cascade), if it is still the object with `uid`.
+    pub(crate) async fn collect_dependent(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ApiError> {
+        let call = internal_call(def, ns);
+        let opts = json!({"propagationPolicy": "Background", "preconditions": {"uid": uid}});
+        self.delete_object(&call, name, &opts, false).await.map(|_| ())
+    }
+
+    /// Removes references to owners that are gone (`uids`) from a dependent.
+    pub(crate) async fn drop_owner_refs(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        uids: &[String],
+    ) -> Result<(), ApiError> {
+        let key = def.key(ns, name);
+        loop {
+            let Some(cur) = self.store.get(&key).await.map_err(ApiError::internal)? else { return Ok(()) };
+            let mut obj = decode_kv(&cur)?;
+            if let Some(refs) = obj.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+                refs.retain(|r| !r.get("uid").and_then(Value::as_str).is_some_and(|u| uids.iter().any(|x| x == u)));
+            }
+            match self.store.update(&key, encode(&obj), cur.mod_rev).await {
+                Ok(_) | Err(StorageError::NotFound(_)) => return Ok(()),
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::internal(e)),
+            }
+        }
+    }
+
     /// Removes the owner reference to `uid` from one dependent.
     async fn strip_owner(&self, def: &'static ResourceDef, dep: &Value, uid: &str) -> Result<(), ApiError> {
         let key = def.key(meta::namespace(dep), meta::name(dep));
