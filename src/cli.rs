@@ -25,6 +25,90 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, datastore, controllers).
     Server(ServerArgs),
+    /// Run a node that joins a server (for now: simulated nodes, `--simulate N`).
+    Agent(AgentArgs),
+}
+
+/// Flags of `rk agent`. Each is also `RK_<FLAG>` and a key of the config file.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Config file (YAML, keys are the long flag names); `<file>.d/*.yaml` is read after it.
+    #[arg(long, env = "RK_CONFIG", default_value = "/etc/rk/config.yaml")]
+    pub config: PathBuf,
+    /// Directory holding rk's state.
+    #[arg(long, env = "RK_DATA_DIR", default_value = "/var/lib/rk")]
+    pub data_dir: PathBuf,
+    /// The server to join, `https://SERVER:6443`.
+    #[arg(long, visible_alias = "server", env = "RK_URL")]
+    pub join: Option<String>,
+    /// The join token (`K10<CA hash>::server:<secret>`, from the server's data dir).
+    #[arg(long, env = "RK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The server CA (PEM), needed when the token carries no CA hash.
+    #[arg(long, env = "RK_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// This node's name (default: the host name); with --simulate, the name prefix.
+    #[arg(long, env = "RK_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Register this many simulated nodes (no containers) instead of a real one.
+    #[arg(long, env = "RK_SIMULATE", default_value_t = 0)]
+    pub simulate: usize,
+    /// Allocatable CPU of each simulated node.
+    #[arg(long, env = "RK_SIMULATE_CPU", default_value = "4")]
+    pub simulate_cpu: String,
+    /// Allocatable memory of each simulated node.
+    #[arg(long, env = "RK_SIMULATE_MEMORY", default_value = "8Gi")]
+    pub simulate_memory: String,
+    /// Pods each simulated node takes.
+    #[arg(long, env = "RK_SIMULATE_PODS", default_value_t = 110)]
+    pub simulate_pods: u32,
+    /// Seconds a simulated pod with restartPolicy Never or OnFailure runs before it succeeds.
+    #[arg(long, env = "RK_SIMULATE_RUN_SECONDS", default_value_t = 5)]
+    pub simulate_run_seconds: u64,
+    /// The cluster's pod network (podCIDRs of simulated nodes come from it).
+    #[arg(long, env = "RK_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// Log level: error, warn, info, debug, trace, or a number 0-10 (0 = info).
+    #[arg(short = 'v', long, env = "RK_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
+    pub log_level: String,
+}
+
+impl AgentArgs {
+    /// The validated agent configuration.
+    pub fn into_config(self) -> anyhow::Result<crate::agent::AgentConfig> {
+        let Some(server) = self.join.filter(|s| !s.is_empty()) else {
+            anyhow::bail!("--join (or RK_URL) is required: the server to join, https://SERVER:6443");
+        };
+        let Some(token) = self.token.filter(|s| !s.is_empty()) else {
+            anyhow::bail!("--token (or RK_TOKEN) is required: the server's join token");
+        };
+        if crate::quantity_invalid(&self.simulate_cpu) {
+            anyhow::bail!("--simulate-cpu {:?} is not a quantity", self.simulate_cpu);
+        }
+        if crate::quantity_invalid(&self.simulate_memory) {
+            anyhow::bail!("--simulate-memory {:?} is not a quantity", self.simulate_memory);
+        }
+        let node_name = match self.node_name {
+            Some(n) => n,
+            None => hostname::get().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_else(|_| "rk-node".into()),
+        };
+        if let Some(e) = crate::api::validation::dns1123_subdomain(&node_name).first() {
+            anyhow::bail!("--node-name {node_name:?}: {e}");
+        }
+        Ok(crate::agent::AgentConfig {
+            server,
+            token,
+            ca_file: self.ca_file,
+            data_dir: self.data_dir,
+            node_name,
+            simulate: self.simulate,
+            simulate_cpu: self.simulate_cpu,
+            simulate_memory: self.simulate_memory,
+            simulate_pods: self.simulate_pods,
+            simulate_run_for: std::time::Duration::from_secs(self.simulate_run_seconds),
+            cluster_cidr: self.cluster_cidr.trunc(),
+        })
+    }
 }
 
 /// Flags of `rk server`. Each is also `RK_<FLAG>` and a key of the config file.
@@ -213,7 +297,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Cli, CliError>
     let argv: Vec<OsString> = argv.into_iter().collect();
     let cmd = Cli::command();
     let matches = cmd.clone().try_get_matches_from(&argv).map_err(CliError::Clap)?;
-    let Some(("server", sub)) = matches.subcommand() else {
+    let Some((subname, sub)) = matches.subcommand().filter(|(n, _)| *n == "server" || *n == "agent") else {
         return Cli::from_arg_matches(&matches).map_err(CliError::Clap);
     };
     let config: PathBuf = sub.get_one::<PathBuf>("config").cloned().unwrap_or_default();
@@ -239,7 +323,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Cli, CliError>
     if entries.is_empty() {
         return Cli::from_arg_matches(&matches).map_err(CliError::Clap);
     }
-    let server_cmd = cmd.find_subcommand("server").expect("server subcommand").clone();
+    let server_cmd = cmd.find_subcommand(subname).expect("known subcommand").clone();
     // Later files win: keep the last entry of each key.
     let mut last: Vec<FileEntry> = Vec::new();
     for e in entries {
@@ -288,7 +372,35 @@ mod tests {
         v.extend(args.iter().map(OsString::from));
         parse(v).map(|c| match c.command {
             Command::Server(s) => s,
+            Command::Agent(_) => panic!("not a server command"),
         })
+    }
+
+    #[test]
+    fn agent_flags_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.yaml");
+        std::fs::write(&f, "join: https://10.0.0.1:6443\ntoken: from-file\nsimulate: 3\n").unwrap();
+        let argv: Vec<OsString> =
+            ["rk", "agent", "--config", f.to_str().unwrap(), "--token", "from-flag"].iter().map(OsString::from).collect();
+        let Command::Agent(a) = parse(argv).unwrap_or_else(|_| panic!("parses")).command else { panic!("agent") };
+        let cfg = a.into_config().unwrap();
+        assert_eq!(cfg.server, "https://10.0.0.1:6443");
+        assert_eq!(cfg.token, "from-flag", "flag beats file");
+        assert_eq!(cfg.simulate, 3);
+        std::fs::write(&f, "simulate-cpu: lots\n").unwrap();
+        let argv: Vec<OsString> = ["rk", "agent", "--config", f.to_str().unwrap(), "--join", "https://a:1", "--token", "t"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let Command::Agent(a) = parse(argv).unwrap_or_else(|_| panic!("parses")).command else { panic!("agent") };
+        assert!(a.into_config().unwrap_err().to_string().contains("--simulate-cpu"));
+        std::fs::write(&f, "bogus: 1\n").unwrap();
+        let argv: Vec<OsString> = ["rk", "agent", "--config", f.to_str().unwrap()].iter().map(OsString::from).collect();
+        match parse(argv) {
+            Err(CliError::Message(m)) => assert!(m.contains("unknown key \"bogus\""), "{m}"),
+            _ => panic!("unknown key refused"),
+        }
     }
 
     #[test]

@@ -7,6 +7,11 @@ pub mod cli;
 pub mod embedded;
 pub mod server;
 
+/// Whether a flag value is not a Kubernetes quantity ("4", "500m", "8Gi").
+pub fn quantity_invalid(s: &str) -> bool {
+    server::scheduler::parse_quantity(s).is_none_or(|q| q < 0.0)
+}
+
 /// Tells systemd the service is ready (`READY=1` on `$NOTIFY_SOCKET`), if it asked.
 pub fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };

@@ -36,6 +36,22 @@ fn main() -> ExitCode {
                 rk::server::run(cfg, shutdown).await.map_err(anyhow::Error::from)
             })
         }
+        Command::Agent(args) => {
+            let level = args.log_level.clone();
+            let cfg = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("rk: error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(&level);
+            run(async move {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone());
+                rk::agent::run(cfg, shutdown).await
+            })
+        }
     }
 }
 

@@ -262,6 +262,7 @@ pub async fn run(client: kube::Client, cfg: SimConfig, shutdown: CancellationTok
     let nodes = register(&client, &cfg).await?;
     let names = cfg.names();
     tracing::info!(count = cfg.count, prefix = %cfg.prefix, "simulated nodes registered");
+    crate::notify_ready();
     let by_name: Arc<HashMap<String, Node>> = Arc::new(nodes.into_iter().map(|n| (n.name_any(), n)).collect());
     renew_leases(&client, &names).await;
 

@@ -4,6 +4,7 @@
 mod binding;
 pub mod discovery;
 pub mod handlers;
+mod join;
 mod propagation;
 pub mod request;
 mod scale;
@@ -35,7 +36,7 @@ use crate::server::tls::{CertUser, ClientCerts};
 
 /// Paths anyone may read without credentials, as Kubernetes's
 /// `system:public-info-viewer` allows.
-const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
+const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/cacerts", "/v1-rk"];
 
 /// The API server: stateless over its store, shared by every connection.
 pub struct ApiServer {
@@ -49,10 +50,16 @@ pub struct ApiServer {
     pub(crate) service_cidr: ipnet::Ipv4Net,
     /// Serialises Service writes, so two cannot take the same IP or port.
     pub(crate) svc_lock: tokio::sync::Mutex<()>,
+    /// The cluster identity, for the join endpoints (set once the server has it).
+    pub(crate) identity: std::sync::OnceLock<Arc<super::tls::Identity>>,
 }
 
 /// Where a request goes.
 enum Route {
+    /// The cluster CA, for agents to check against their join token.
+    CaCerts,
+    /// Node credentials for an agent holding the join token.
+    NodeCredentials,
     Version,
     Health(&'static str),
     Api,
@@ -61,7 +68,13 @@ enum Route {
     GroupVersion(String, String),
     OpenApiV3,
     OpenApiV3Doc(String),
-    Resource { def: &'static ResourceDef, ns: Option<String>, name: Option<String>, sub: Option<String>, watch: bool },
+    Resource {
+        def: &'static ResourceDef,
+        ns: Option<String>,
+        name: Option<String>,
+        sub: Option<String>,
+        watch: bool,
+    },
 }
 
 fn route(reg: &'static Registry, path: &str) -> Result<Route, ApiError> {
@@ -74,6 +87,8 @@ fn route(reg: &'static Registry, path: &str) -> Result<Route, ApiError> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let (group, version, rest): (&str, &str, &[&str]) = match s.as_slice() {
         ["version"] => return Ok(Route::Version),
+        ["cacerts"] => return Ok(Route::CaCerts),
+        ["v1-rk", "node-credentials"] => return Ok(Route::NodeCredentials),
         ["healthz", ..] => return Ok(Route::Health("healthz")),
         ["livez", ..] => return Ok(Route::Health("livez")),
         ["readyz", ..] => return Ok(Route::Health("readyz")),
@@ -133,6 +148,7 @@ impl ApiServer {
             server_addr,
             service_cidr,
             svc_lock: tokio::sync::Mutex::new(()),
+            identity: std::sync::OnceLock::new(),
         })
     }
 
@@ -159,6 +175,17 @@ impl ApiServer {
         };
         let res = match r {
             Route::Version => Ok(request::json(200, &discovery::version())),
+            Route::CaCerts => match self.identity.get() {
+                Some(id) => Ok(request::bytes_response(200, "text/plain", Bytes::from(id.ca.cert_pem.clone()))),
+                None => Err(ApiError::unavailable("the cluster identity is not ready")),
+            },
+            Route::NodeCredentials => {
+                let body = match request::read_body(&parts.headers, body).await {
+                    Ok(b) => b,
+                    Err(e) => return request::error(&e),
+                };
+                self.node_credentials(&parts.method, &parts.headers, &body)
+            }
             Route::Health(which) => Ok(self.health(which, &query)),
             Route::Api => Ok(match discovery::aggregated_version(&parts.headers) {
                 Some(v) => discovery::aggregated(self.reg, true, v),

@@ -180,8 +180,7 @@ impl Gc {
                 g.put(kv);
             }
         }
-        let all: Vec<Dep> =
-            g.deps.iter().map(|(k, (uid, _))| Dep { key: k.clone(), uid: uid.clone() }).collect();
+        let all: Vec<Dep> = g.deps.iter().map(|(k, (uid, _))| Dep { key: k.clone(), uid: uid.clone() }).collect();
         self.check_all(all).await;
         let mut w = store.watch("/registry/", rev)?;
         while let Some(ev) = w.next().await {

@@ -1,0 +1,193 @@
+//! Joining a cluster with a token, k3s style, failing closed.
+//!
+//! The agent downloads the server CA over an unverified connection, trusts it only if
+//! its SHA-256 matches the hash in the `K10<hash>::server:<secret>` token (a token
+//! without a hash needs `--ca-file`), and only then sends the token, over a connection
+//! verified against that CA, to get its own client certificate (`system:node:<name>`).
+//! The resulting kubeconfig is kept under `<data-dir>/agent/` for restarts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::server::tls::{self, CertKey};
+
+/// Accepts any server certificate: used only to fetch the CA, which is then checked
+/// against the token before anything is sent.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn insecure_tls() -> anyhow::Result<rustls::ClientConfig> {
+    let p = provider();
+    Ok(rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(p)))
+        .with_no_client_auth())
+}
+
+fn trusting(ca_pem: &str) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.context("reading the server CA")?)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// One HTTPS request; returns the status and body.
+async fn https(
+    tls: rustls::ClientConfig,
+    url: &http::Uri,
+    method: http::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Bytes,
+) -> anyhow::Result<(u16, Bytes)> {
+    let host = url.host().context("the server URL has no host")?.trim_matches(['[', ']']).to_string();
+    let port = url.port_u16().unwrap_or(6443);
+    let tcp =
+        tokio::net::TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {url}"))?;
+    let name = ServerName::try_from(host.clone()).context("the server host name")?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS with {url}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .header("content-type", "application/json");
+    if let Some(t) = bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = send.send_request(req.body(Full::new(body))?).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, bytes))
+}
+
+/// The CA hash a `K10` token carries.
+pub fn token_ca_hash(token: &str) -> Option<&str> {
+    token.strip_prefix("K10")?.split_once("::").map(|(h, _)| h).filter(|h| !h.is_empty())
+}
+
+/// Where the agent keeps its kubeconfig.
+pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent").join("kubeconfig.yaml")
+}
+
+/// Joins (or, on restart, reuses the credentials from a previous join); returns the
+/// agent's kubeconfig.
+pub async fn join(
+    server: &str,
+    token: &str,
+    ca_file: Option<&Path>,
+    node_name: &str,
+    data_dir: &Path,
+) -> anyhow::Result<String> {
+    let path = kubeconfig_path(data_dir);
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k);
+    }
+    let url: http::Uri = server.parse().with_context(|| format!("server URL {server:?}"))?;
+    if url.scheme_str() != Some("https") {
+        bail!("server URL {server:?} must start with https://");
+    }
+    let hash = token_ca_hash(token);
+    let ca_pem = match ca_file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading --ca-file {}", f.display()))?,
+        None => {
+            if hash.is_none() {
+                bail!("the token carries no CA hash (K10<hash>::server:<secret>): give the server CA with --ca-file");
+            }
+            let (code, body) = https(insecure_tls()?, &url, http::Method::GET, "/cacerts", None, Bytes::new()).await?;
+            if code != 200 {
+                bail!("fetching the server CA from {server}: HTTP {code}");
+            }
+            String::from_utf8(body.to_vec()).context("the server CA is not text")?
+        }
+    };
+    if let Some(h) = hash
+        && tls::ca_hash(&ca_pem) != h
+    {
+        bail!("the server's CA does not match the hash in the token: not joining {server}");
+    }
+    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"nodeName": node_name}))?);
+    let (code, resp) =
+        https(trusting(&ca_pem)?, &url, http::Method::POST, "/v1-rk/node-credentials", Some(token), body).await?;
+    match code {
+        200 => {}
+        401 => bail!("the server refused the token"),
+        c => bail!("getting node credentials from {server}: HTTP {c}: {}", String::from_utf8_lossy(&resp)),
+    }
+    let v: serde_json::Value = serde_json::from_slice(&resp).context("decoding node credentials")?;
+    let cert = CertKey {
+        cert_pem: v["certificate"].as_str().unwrap_or_default().to_string(),
+        key_pem: v["key"].as_str().unwrap_or_default().to_string(),
+    };
+    let server_url = format!("https://{}", url.authority().map(|a| a.as_str()).unwrap_or_default());
+    let kubeconfig = tls::kubeconfig(&server_url, &ca_pem, &cert);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    tls::write_kubeconfig(&path, &kubeconfig, 0o600).context("writing the agent kubeconfig")?;
+    tracing::info!(server, node = node_name, "joined the cluster");
+    Ok(kubeconfig)
+}
+
+/// A client from a kubeconfig's text.
+pub async fn client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
