@@ -153,6 +153,12 @@ pub struct ServerArgs {
     /// Run no agent in the server process.
     #[arg(long, env = "RK_DISABLE_AGENT")]
     pub disable_agent: bool,
+    /// Run no controllers (ReplicaSets, Deployments, garbage collection, nodes, ...).
+    #[arg(long, env = "RK_DISABLE_CONTROLLER_MANAGER")]
+    pub disable_controller_manager: bool,
+    /// Run no scheduler.
+    #[arg(long, env = "RK_DISABLE_SCHEDULER")]
+    pub disable_scheduler: bool,
     /// Log level: error, warn, info, debug, trace, or a number 0-10 (0 = info).
     #[arg(short = 'v', long, env = "RK_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
@@ -221,6 +227,9 @@ impl ServerArgs {
             cluster_domain: self.cluster_domain,
             node_name,
             disable_agent: self.disable_agent,
+            node_monitor_grace: crate::server::NODE_MONITOR_GRACE,
+            disable_controller_manager: self.disable_controller_manager,
+            disable_scheduler: self.disable_scheduler,
         })
     }
 }
@@ -381,18 +390,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("config.yaml");
         std::fs::write(&f, "join: https://10.0.0.1:6443\ntoken: from-file\nsimulate: 3\n").unwrap();
-        let argv: Vec<OsString> =
-            ["rk", "agent", "--config", f.to_str().unwrap(), "--token", "from-flag"].iter().map(OsString::from).collect();
+        let argv: Vec<OsString> = ["rk", "agent", "--config", f.to_str().unwrap(), "--token", "from-flag"]
+            .iter()
+            .map(OsString::from)
+            .collect();
         let Command::Agent(a) = parse(argv).unwrap_or_else(|_| panic!("parses")).command else { panic!("agent") };
         let cfg = a.into_config().unwrap();
         assert_eq!(cfg.server, "https://10.0.0.1:6443");
         assert_eq!(cfg.token, "from-flag", "flag beats file");
         assert_eq!(cfg.simulate, 3);
         std::fs::write(&f, "simulate-cpu: lots\n").unwrap();
-        let argv: Vec<OsString> = ["rk", "agent", "--config", f.to_str().unwrap(), "--join", "https://a:1", "--token", "t"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let argv: Vec<OsString> =
+            ["rk", "agent", "--config", f.to_str().unwrap(), "--join", "https://a:1", "--token", "t"]
+                .iter()
+                .map(OsString::from)
+                .collect();
         let Command::Agent(a) = parse(argv).unwrap_or_else(|_| panic!("parses")).command else { panic!("agent") };
         assert!(a.into_config().unwrap_err().to_string().contains("--simulate-cpu"));
         std::fs::write(&f, "bogus: 1\n").unwrap();

@@ -22,6 +22,8 @@ use crate::embedded::{LogStore, LogStoreOptions, Storage};
 
 /// How long history is kept before compaction (Kubernetes compacts etcd every 5 min).
 const HISTORY: Duration = Duration::from_secs(300);
+/// kube-controller-manager's `node-monitor-grace-period`.
+pub const NODE_MONITOR_GRACE: Duration = Duration::from_secs(50);
 /// How often the compactor runs.
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
@@ -52,6 +54,12 @@ pub struct ServerConfig {
     pub node_name: String,
     /// Run no agent in this process.
     pub disable_agent: bool,
+    /// How long a node may go without a heartbeat before it is marked unreachable.
+    pub node_monitor_grace: Duration,
+    /// Run no controllers (`--disable-controller-manager`).
+    pub disable_controller_manager: bool,
+    /// Run no scheduler (`--disable-scheduler`).
+    pub disable_scheduler: bool,
 }
 
 impl ServerConfig {
@@ -71,6 +79,9 @@ impl ServerConfig {
             cluster_domain: "cluster.local".into(),
             node_name: "rk-test".into(),
             disable_agent: true,
+            node_monitor_grace: NODE_MONITOR_GRACE,
+            disable_controller_manager: false,
+            disable_scheduler: false,
         }
     }
 
@@ -169,7 +180,14 @@ pub async fn start(
 
     tracker.spawn(compactor(store.clone(), shutdown.clone()));
     let cm = client::in_process(api.clone(), "system:kube-controller-manager", &[]);
-    controllers::start(api.clone(), cm, tracker, shutdown.clone());
+    let ccfg = controllers::ControllerConfig {
+        ca_pem: identity.ca.cert_pem.clone(),
+        cluster_cidr: cfg.cluster_cidr,
+        node_monitor_grace: cfg.node_monitor_grace,
+        controllers: !cfg.disable_controller_manager,
+        scheduler: !cfg.disable_scheduler,
+    };
+    controllers::start(api.clone(), cm, ccfg, tracker, shutdown.clone());
     api.set_ready();
     tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "rk server is ready");
     Ok(Running { addr, kubeconfig, identity, api, store })

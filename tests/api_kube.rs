@@ -35,7 +35,7 @@ fn status_code(e: kube::Error) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_crud_and_conflicts() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
     let created = cms.create(&PostParams::default(), &cm("a", &[("app", "x")])).await.unwrap();
     let uid = created.metadata.uid.clone().unwrap();
@@ -74,7 +74,7 @@ async fn configmap_crud_and_conflicts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_selectors_and_paging() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
     for i in 0..25 {
         let tier = if i % 2 == 0 { "even" } else { "odd" };
@@ -110,7 +110,7 @@ async fn list_selectors_and_paging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_list_revision_with_selector_transitions() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
     cms.create(&PostParams::default(), &cm("before", &[("w", "yes")])).await.unwrap();
     let list = cms.list(&ListParams::default().labels("w=yes")).await.unwrap();
@@ -141,7 +141,7 @@ async fn watch_from_list_revision_with_selector_transitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_bookmark_at_timeout_and_expired_after_compaction() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
     let c = cms.create(&PostParams::default(), &cm("x", &[])).await.unwrap();
     let rv = c.metadata.resource_version.unwrap();
@@ -171,7 +171,7 @@ async fn watch_bookmark_at_timeout_and_expired_after_compaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finalizers_generation_status_and_generate_name() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let client = srv.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let mut f = cm("held", &[]);
@@ -227,7 +227,7 @@ async fn finalizers_generation_status_and_generate_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_lifecycle_and_services() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let client = srv.client().await;
     let nss: Api<Namespace> = Api::all(client.clone());
     let names: Vec<String> =
@@ -278,7 +278,7 @@ async fn namespace_lifecycle_and_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_and_foreground_propagation() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
     async fn owned(cms: &Api<ConfigMap>, owner: &str, dep: &str) {
         let o = cms.create(&PostParams::default(), &cm(owner, &[])).await.unwrap();
@@ -316,7 +316,7 @@ async fn orphan_and_foreground_propagation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_collection_and_resource_version_match() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let cms: Api<ConfigMap> = Api::namespaced(srv.client().await, "default");
     let mut first_rv = String::new();
     for i in 0..6 {
@@ -328,24 +328,36 @@ async fn delete_collection_and_resource_version_match() {
             first_rv = c.metadata.resource_version.unwrap();
         }
     }
+    // (Lists select the test's own ConfigMaps: the namespace also holds kube-root-ca.crt.)
     // An exact list at an old revision shows the state of then.
-    let then = cms.list(&ListParams::default().at(&first_rv).matching(kube::api::VersionMatch::Exact)).await.unwrap();
+    let then = cms
+        .list(&ListParams::default().labels("batch").at(&first_rv).matching(kube::api::VersionMatch::Exact))
+        .await
+        .unwrap();
     assert_eq!(then.items.len(), 1);
     assert_eq!(then.metadata.resource_version.as_deref(), Some(first_rv.as_str()));
-    let later =
-        cms.list(&ListParams::default().at(&first_rv).matching(kube::api::VersionMatch::NotOlderThan)).await.unwrap();
+    let later = cms
+        .list(&ListParams::default().labels("batch").at(&first_rv).matching(kube::api::VersionMatch::NotOlderThan))
+        .await
+        .unwrap();
     assert_eq!(later.items.len(), 6);
-    let any = cms.list(&ListParams::default().at("0")).await.unwrap();
+    let any = cms.list(&ListParams::default().labels("batch").at("0")).await.unwrap();
     assert_eq!(any.items.len(), 6);
 
     let gone = cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("batch=a")).await.unwrap();
     assert_eq!(gone.left().map(|l| l.items.len()), Some(4));
-    let left: Vec<String> =
-        cms.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
+    let left: Vec<String> = cms
+        .list(&ListParams::default().labels("batch"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
     assert_eq!(left, ["x4", "x5"]);
 
     // A streaming list: initial ADDED events, then a bookmark marking their end.
-    let mut wp = WatchParams::default().timeout(5);
+    let mut wp = WatchParams::default().labels("batch").timeout(5);
     wp.send_initial_events = true;
     wp.bookmarks = true;
     let mut s = cms.watch(&wp, "").await.unwrap().boxed();
@@ -367,7 +379,7 @@ async fn delete_collection_and_resource_version_match() {
 async fn events_are_one_resource_in_two_versions() {
     use k8s_openapi::api::core::v1::Event as CoreEvent;
     use k8s_openapi::api::events::v1::Event as NewEvent;
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let client = srv.client().await;
     let new: Api<NewEvent> = Api::namespaced(client.clone(), "default");
     let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");

@@ -40,7 +40,7 @@ fn status(r: &Reply) -> (u16, &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_get_the_right_status() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     let c = srv.client().await;
     let json = "application/json";
 
@@ -163,7 +163,7 @@ async fn bad_bodies_get_the_right_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication() {
-    let srv = TestServer::start().await;
+    let srv = TestServer::api_only().await;
     // No credentials: only the public health and version paths answer.
     let anon_yaml =
         srv.running.kubeconfig.split("users:").next().unwrap().to_string() + "users:\n- name: default\n  user: {}\n";

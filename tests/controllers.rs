@@ -11,7 +11,10 @@ use rk::agent::simulate::{self, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 async fn with_nodes(count: usize) -> (TestServer, CancellationToken) {
-    let s = TestServer::start().await;
+    with_nodes_on(TestServer::start().await, count)
+}
+
+fn with_nodes_on(s: TestServer, count: usize) -> (TestServer, CancellationToken) {
     let stop = CancellationToken::new();
     let cfg = SimConfig {
         count,
@@ -22,9 +25,9 @@ async fn with_nodes(count: usize) -> (TestServer, CancellationToken) {
         run_for: Duration::from_secs(1),
         cluster_cidr: "10.42.0.0/16".parse().unwrap(),
     };
-    let client = s.client().await;
+    let yaml = s.running.kubeconfig.clone();
     let token = stop.clone();
-    tokio::spawn(async move { simulate::run(client, cfg, token).await });
+    tokio::spawn(async move { simulate::run(common::client_from_yaml(&yaml).await, cfg, token).await });
     (s, stop)
 }
 
@@ -134,4 +137,45 @@ async fn pod_too_big_for_every_node_stays_pending_as_unschedulable() {
     // A small pod is placed and runs.
     s.kubectl_ok(&["run", "small", "--image=busybox", "--restart=Never"]).await;
     eventually(&s, &["get", "pod", "small"], |o| o.contains("Running") || o.contains("Completed")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_nodes_turn_unknown_and_their_pods_are_evicted_after_toleration_seconds() {
+    let s = TestServer::start_with(|c| c.node_monitor_grace = Duration::from_secs(3)).await;
+    let (s, stop) = with_nodes_on(s, 2);
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 2).await;
+    // Node IPAM gives each node its own /24.
+    let cidrs = eventually(&s, &["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"], |o| {
+        o.split_whitespace().count() == 2
+    })
+    .await;
+    let cidrs: std::collections::HashSet<&str> = cidrs.split_whitespace().collect();
+    assert_eq!(cidrs.len(), 2, "distinct podCIDRs: {cidrs:?}");
+    // Every namespace gets the default ServiceAccount and the root CA ConfigMap.
+    s.kubectl_ok(&["create", "namespace", "team"]).await;
+    eventually(&s, &["-n", "team", "get", "serviceaccount", "default"], |_| true).await;
+    let ca = eventually(
+        &s,
+        &["-n", "team", "get", "configmap", "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"],
+        |o| !o.is_empty(),
+    )
+    .await;
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+
+    let short = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"short"},
+      "spec":{"containers":[{"name":"c","image":"busybox"}],
+              "tolerations":[{"key":"node.kubernetes.io/unreachable","operator":"Exists","effect":"NoExecute","tolerationSeconds":2}]}}"#;
+    s.kubectl_stdin(&["create", "-f", "-"], Some(short)).await;
+    s.kubectl_ok(&["run", "long", "--image=busybox"]).await;
+    eventually(&s, &["get", "pods"], |o| running_pods(o) == 2).await;
+    let tols = s.kubectl_ok(&["get", "pod", "long", "-o", "jsonpath={.spec.tolerations[*].tolerationSeconds}"]).await;
+    assert_eq!(tols, "300 300", "DefaultTolerationSeconds");
+
+    stop.cancel();
+    eventually(&s, &["get", "nodes"], |o| o.matches("NotReady").count() == 2).await;
+    let taints = s.kubectl_ok(&["get", "nodes", "-o", "jsonpath={.items[0].spec.taints[*].key}"]).await;
+    assert!(taints.contains("node.kubernetes.io/unreachable"), "{taints}");
+    eventually(&s, &["get", "pod", "short", "-o", "jsonpath={.metadata.deletionTimestamp}"], |o| !o.is_empty()).await;
+    let long = s.kubectl_ok(&["get", "pod", "long", "-o", "jsonpath={.metadata.deletionTimestamp}"]).await;
+    assert!(long.is_empty(), "a pod tolerating for 300 s stays for now");
 }

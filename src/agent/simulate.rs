@@ -99,7 +99,7 @@ fn node_object(cfg: &SimConfig, name: &str, index: usize) -> Node {
             ])),
             ..Default::default()
         },
-        spec: Some(NodeSpec { pod_cidr: Some(fallback_cidr(cfg, index).to_string()), ..Default::default() }),
+        spec: Some(NodeSpec::default()),
         status: serde_json::from_value(status).ok(),
     }
 }
@@ -149,20 +149,24 @@ async fn renew_leases(client: &kube::Client, names: &[String]) {
     }
 }
 
-/// Per-node pod IP allocation within its podCIDR.
+/// Per-node pod IP allocation within the podCIDR the node IPAM gave the node.
 struct Ipam {
     next: HashMap<String, u32>,
+    cidrs: HashMap<String, ipnet::Ipv4Net>,
 }
 
 impl Ipam {
-    fn next_ip(&mut self, node: &Node) -> String {
+    async fn next_ip(&mut self, client: &kube::Client, cfg: &SimConfig, node: &Node) -> String {
         let name = node.name_any();
-        let cidr: ipnet::Ipv4Net = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.pod_cidr.as_deref())
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| "10.42.0.0/24".parse().expect("valid"));
+        if !self.cidrs.contains_key(&name) {
+            let fresh = Api::<Node>::all(client.clone()).get(&name).await.ok();
+            let given = fresh.and_then(|n| n.spec?.pod_cidr).and_then(|c| c.parse().ok());
+            if let Some(c) = given {
+                self.cidrs.insert(name.clone(), c);
+            }
+        }
+        let index = name.rsplit('-').next().and_then(|i| i.parse().ok()).unwrap_or(0);
+        let cidr = self.cidrs.get(&name).copied().unwrap_or_else(|| fallback_cidr(cfg, index));
         let size = (1u32 << (32 - cidr.prefix_len())).saturating_sub(3).max(1);
         let n = self.next.entry(name).or_insert(0);
         let ip = u32::from(cidr.network()) + 2 + (*n % size);
@@ -191,7 +195,7 @@ async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mu
     let now = now_time();
     match phase {
         "Pending" | "" => {
-            let pod_ip = ipam.next_ip(node);
+            let pod_ip = ipam.next_ip(client, cfg, node).await;
             let host_ip = node
                 .status
                 .as_ref()
@@ -279,7 +283,7 @@ pub async fn run(client: kube::Client, cfg: SimConfig, shutdown: CancellationTok
     let pods = {
         let (client, cfg, by_name) = (client.clone(), cfg.clone(), by_name.clone());
         async move {
-            let mut ipam = Ipam { next: HashMap::new() };
+            let mut ipam = Ipam { next: HashMap::new(), cidrs: HashMap::new() };
             let api: Api<Pod> = Api::all(client.clone());
             // Finished pods are revisited on a timer, since nothing else changes them.
             let mut tick = tokio::time::interval(Duration::from_secs(1));

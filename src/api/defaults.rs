@@ -64,6 +64,27 @@ fn template(obj: &mut Value) {
     }
 }
 
+/// The DefaultTolerationSeconds admission plugin: a new pod that does not tolerate the
+/// `not-ready` / `unreachable` NoExecute taints tolerates them for 300 s, so it is
+/// evicted from a lost node five minutes after the node is marked.
+pub fn default_toleration_seconds(pod: &mut Value) {
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let tols = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+        let covered = tols.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (k == key || (k.is_empty() && exists)) && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !covered && let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+            let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+            if let Some(a) = list.as_array_mut() {
+                a.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
 /// Applies the defaults of `plural` (in `group`) to a new or updated object.
 pub fn apply(group: &str, plural: &str, obj: &mut Value) {
     match (group, plural) {

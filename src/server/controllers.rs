@@ -5,7 +5,10 @@
 
 pub mod deployment;
 pub mod garbage_collector;
+pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,17 +50,49 @@ impl Ctx {
     }
 }
 
+/// What the controllers need to know of the cluster.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// The cluster CA (PEM), published in every namespace.
+    pub ca_pem: String,
+    /// The pod network, carved into a /24 per node.
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// How long a node may stay silent before it is marked unreachable.
+    pub node_monitor_grace: Duration,
+    /// Run the controllers.
+    pub controllers: bool,
+    /// Run the scheduler.
+    pub scheduler: bool,
+}
+
 /// Starts the controllers and the scheduler on `tracker` until `shutdown`.
 pub fn start(
     api: Arc<super::apiserver::ApiServer>,
     client: kube::Client,
+    cfg: ControllerConfig,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    if cfg.scheduler {
+        tracker.spawn(super::scheduler::run(client.clone(), shutdown.clone()));
+    }
+    if !cfg.controllers {
+        return;
+    }
     tracker.spawn(garbage_collector::run(api, shutdown.clone()));
+    tracker.spawn(serviceaccount::run(
+        Ctx::new(client.clone(), "serviceaccount-controller"),
+        cfg.ca_pem,
+        shutdown.clone(),
+    ));
+    tracker.spawn(node_ipam::run(Ctx::new(client.clone(), "node-ipam-controller"), cfg.cluster_cidr, shutdown.clone()));
+    tracker.spawn(node_lifecycle::run(
+        Ctx::new(client.clone(), "node-lifecycle-controller"),
+        cfg.node_monitor_grace,
+        shutdown.clone(),
+    ));
     tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), shutdown.clone()));
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
-    tracker.spawn(super::scheduler::run(client, shutdown));
 }
 
 /// Requeue after an error, as the controller-manager's rate limiter would.

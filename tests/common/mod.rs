@@ -20,8 +20,24 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// The API server alone, without controllers or scheduler (as kube-apiserver
+    /// alone): for tests of API semantics that count objects.
+    pub async fn api_only() -> TestServer {
+        TestServer::start_with(|c| {
+            c.disable_controller_manager = true;
+            c.disable_scheduler = true;
+        })
+        .await
+    }
+
+    /// A server with some of its configuration changed.
+    pub async fn start_with(f: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = ServerConfig::loopback(dir.path());
+        let mut cfg = ServerConfig::loopback(dir.path());
+        f(&mut cfg);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let running = server::start(&cfg, shutdown.clone(), &tracker).await.expect("server starts");

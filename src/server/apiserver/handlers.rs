@@ -480,6 +480,9 @@ impl ApiServer {
         }
         let name = meta::name(&obj).to_string();
         defaults::apply(call.def.group, call.def.plural, &mut obj);
+        if call.def.group.is_empty() && call.def.plural == "pods" {
+            defaults::default_toleration_seconds(&mut obj);
+        }
         let mut warnings =
             self.field_problems(call, dups.iter().map(|d| format!("duplicate field {d:?}")).collect(), fv, false)?;
         warnings.extend(self.validate(call, &obj, fv, false, &[])?);
