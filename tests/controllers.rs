@@ -98,6 +98,36 @@ async fn deployment_rolls_out_scales_and_undoes_on_simulated_nodes() {
     let after =
         eventually(&s, &["get", "pods", "-l", "app=web"], |o| running_pods(o) == 3 && !o.contains(&first)).await;
     assert!(!after.contains(&first));
+    // A Service's Endpoints and EndpointSlices list exactly its ready pods.
+    s.kubectl_ok(&["expose", "deployment", "web", "--port=80", "--target-port=8080"]).await;
+    let ips = s.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"]).await;
+    let mut ips: Vec<&str> = ips.split_whitespace().collect();
+    ips.sort();
+    let eps = eventually(&s, &["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"], |o| {
+        o.split_whitespace().count() == 3
+    })
+    .await;
+    let mut got: Vec<&str> = eps.split_whitespace().collect();
+    got.sort();
+    assert_eq!(got, ips);
+    let wide = s.kubectl_ok(&["get", "endpoints", "web"]).await;
+    assert!(wide.contains(":8080"), "{wide}");
+    let slice = s
+        .kubectl_ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={.items[0].endpoints[*].addresses[0]}",
+        ])
+        .await;
+    let mut got: Vec<&str> = slice.split_whitespace().collect();
+    got.sort();
+    assert_eq!(got, ips);
+    s.kubectl_ok(&["delete", "service", "web"]).await;
+    eventually(&s, &["get", "endpoints,endpointslices", "-l", "app=web", "-o", "name"], |o| o.trim().is_empty()).await;
+
     // Deleting the owner deletes its dependents (background cascade), down to the pods;
     // orphaning leaves them.
     s.kubectl_ok(&["create", "deployment", "keep", "--image=nginx", "--replicas=2"]).await;

@@ -4,6 +4,7 @@
 //! Events as kube-controller-manager does.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod garbage_collector;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -93,6 +94,7 @@ pub fn start(
     ));
     tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), shutdown.clone()));
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
+    tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
 }
 
 /// Requeue after an error, as the controller-manager's rate limiter would.
