@@ -209,3 +209,48 @@ async fn lost_nodes_turn_unknown_and_their_pods_are_evicted_after_toleration_sec
     let long = s.kubectl_ok(&["get", "pod", "long", "-o", "jsonpath={.metadata.deletionTimestamp}"]).await;
     assert!(long.is_empty(), "a pod tolerating for 300 s stays for now");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_and_cordon_and_drain_work() {
+    let (s, _stop) = with_nodes(2).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 2).await;
+
+    // A Job of 3 completions, 2 at a time, completes (simulated pods succeed after 1 s).
+    let job = r#"{"apiVersion":"batch/v1","kind":"Job","metadata":{"name":"work"},
+      "spec":{"completions":3,"parallelism":2,"template":{"spec":{"restartPolicy":"Never",
+        "containers":[{"name":"c","image":"busybox","command":["true"]}]}}}}"#;
+    s.kubectl_stdin(&["create", "-f", "-"], Some(job)).await;
+    s.kubectl_ok(&["wait", "--for=condition=complete", "job/work", "--timeout=60s"]).await;
+    let j = s.kubectl_ok(&["get", "job", "work"]).await;
+    assert!(j.contains("Complete") && j.contains("3/3"), "{j}");
+    let pods = s.kubectl_ok(&["get", "pods", "-l", "job-name=work", "--no-headers"]).await;
+    assert_eq!(pods.lines().filter(|l| l.contains("Completed")).count(), 3, "{pods}");
+
+    // An Indexed Job reports its completed indexes.
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(
+            &job.replace("\"work\"", "\"idx\"")
+                .replace("\"parallelism\":2", "\"parallelism\":3,\"completionMode\":\"Indexed\""),
+        ),
+    )
+    .await;
+    s.kubectl_ok(&["wait", "--for=condition=complete", "job/idx", "--timeout=60s"]).await;
+    let idx = s.kubectl_ok(&["get", "job", "idx", "-o", "jsonpath={.status.completedIndexes}"]).await;
+    assert_eq!(idx, "0-2");
+
+    // cordon keeps new pods off a node; drain evicts what runs there.
+    s.kubectl_ok(&["create", "deployment", "web", "--image=nginx", "--replicas=4"]).await;
+    s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
+    s.kubectl_ok(&["cordon", "sim-0"]).await;
+    let nodes = s.kubectl_ok(&["get", "nodes"]).await;
+    assert!(nodes.contains("SchedulingDisabled"), "{nodes}");
+    s.kubectl_ok(&["drain", "sim-0", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s"]).await;
+    let on0 = eventually(&s, &["get", "pods", "-l", "app=web", "-o", "wide", "--no-headers"], |o| {
+        o.lines().filter(|l| l.contains("Running")).count() == 4
+            && !o.lines().any(|l| l.contains("Running") && l.contains(" sim-0 "))
+    })
+    .await;
+    assert!(!on0.lines().any(|l| l.contains("Running") && l.contains(" sim-0 ")), "{on0}");
+    s.kubectl_ok(&["uncordon", "sim-0"]).await;
+}

@@ -85,6 +85,39 @@ pub fn default_toleration_seconds(pod: &mut Value) {
     }
 }
 
+/// A new Job's generated selector (unless `spec.manualSelector`): its pods carry the
+/// Job's uid and name as labels, and the selector matches the uid, as Kubernetes's Job
+/// strategy does on create.
+pub fn job_selector(job: &mut Value) {
+    if job.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let uid = job.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+    let name = job.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+    let labels = json!({
+        "batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
+        "controller-uid": uid, "job-name": name,
+    });
+    set(job, &["spec", "selector"], json!({}));
+    job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    set(job, &["spec", "template", "metadata", "labels"], json!({}));
+    if let (Some(l), Some(add)) =
+        (job.pointer_mut("/spec/template/metadata/labels").and_then(Value::as_object_mut), labels.as_object())
+    {
+        for (k, v) in add {
+            l.insert(k.clone(), v.clone());
+        }
+    }
+    set(job, &["metadata", "labels"], json!({}));
+    if let (Some(l), Some(add)) =
+        (job.pointer_mut("/metadata/labels").and_then(Value::as_object_mut), labels.as_object())
+    {
+        for (k, v) in add.iter().filter(|(k, _)| !k.contains("controller-uid")) {
+            l.entry(k.clone()).or_insert(v.clone());
+        }
+    }
+}
+
 /// Applies the defaults of `plural` (in `group`) to a new or updated object.
 pub fn apply(group: &str, plural: &str, obj: &mut Value) {
     match (group, plural) {

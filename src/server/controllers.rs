@@ -6,6 +6,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
+pub mod job;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
@@ -94,6 +95,7 @@ pub fn start(
     ));
     tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), shutdown.clone()));
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
+    tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
 }
 

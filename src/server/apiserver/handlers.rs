@@ -499,6 +499,9 @@ impl ApiServer {
         if call.def.has_status {
             defaults::initial_status(call.def.group, call.def.plural, &mut obj);
         }
+        if call.def.group == "batch" && call.def.plural == "jobs" {
+            defaults::job_selector(&mut obj);
+        }
         let _svc = if is_service(call.def) {
             let g = self.svc_lock.lock().await;
             self.allocate_service(None, &mut obj).await?;
