@@ -45,18 +45,27 @@ pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let services = ctrl.store();
     let cleanup = {
         let ctx = ctx.clone();
-        let services = services.clone();
         async move {
-            // A Service gone: its Endpoints go too.
+            // A Service gone: its Endpoints go too, once a reconcile that was under way
+            // when it went has finished (checked against the API, not a cache).
             let mut w = watcher(Api::<Service>::all(ctx.client.clone()), watcher::Config::default()).boxed();
             while let Some(ev) = w.next().await {
                 if let Ok(watcher::Event::Delete(svc)) = ev {
-                    let ns = svc.namespace().unwrap_or_default();
-                    let still = services.get(&ObjectRef::<Service>::new(&svc.name_any()).within(&ns)).is_some();
-                    if !still {
-                        let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
-                        let _ = api.delete(&svc.name_any(), &DeleteParams::default()).await;
-                    }
+                    let client = ctx.client.clone();
+                    tokio::spawn(async move {
+                        let ns = svc.namespace().unwrap_or_default();
+                        let name = svc.name_any();
+                        for _ in 0..3 {
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                            if !matches!(Api::<Service>::namespaced(client.clone(), &ns).get_opt(&name).await, Ok(None))
+                            {
+                                return;
+                            }
+                            let _ = Api::<Endpoints>::namespaced(client.clone(), &ns)
+                                .delete(&name, &DeleteParams::default())
+                                .await;
+                        }
+                    });
                 }
             }
         }
