@@ -239,6 +239,26 @@ async fn jobs_complete_and_cordon_and_drain_work() {
     let idx = s.kubectl_ok(&["get", "job", "idx", "-o", "jsonpath={.status.completedIndexes}"]).await;
     assert_eq!(idx, "0-2");
 
+    // A DaemonSet runs one pod per node; a new template rolls over every node.
+    let ds = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"agent"},
+      "spec":{"selector":{"matchLabels":{"app":"agent"}},"template":{"metadata":{"labels":{"app":"agent"}},
+        "spec":{"containers":[{"name":"c","image":"busybox:1"}]}}}}"#;
+    s.kubectl_stdin(&["create", "-f", "-"], Some(ds)).await;
+    s.kubectl_ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]).await;
+    let wide = eventually(&s, &["get", "pods", "-l", "app=agent", "-o", "wide", "--no-headers"], |o| {
+        o.lines().filter(|l| l.contains("Running")).count() == 2
+    })
+    .await;
+    assert!(wide.contains(" sim-0 ") && wide.contains(" sim-1 "), "{wide}");
+    let get = s.kubectl_ok(&["get", "ds", "agent"]).await;
+    assert!(get.contains("agent   2         2         2       2            2"), "{get}");
+    s.kubectl_ok(&["set", "image", "daemonset/agent", "c=busybox:2"]).await;
+    s.kubectl_ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]).await;
+    eventually(&s, &["get", "pods", "-l", "app=agent", "-o", "jsonpath={.items[*].spec.containers[0].image}"], |o| {
+        o.split_whitespace().count() == 2 && o.split_whitespace().all(|i| i == "busybox:2")
+    })
+    .await;
+
     // cordon keeps new pods off a node; drain evicts what runs there.
     s.kubectl_ok(&["create", "deployment", "web", "--image=nginx", "--replicas=4"]).await;
     s.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;

@@ -3,6 +3,7 @@
 //! Each acts only once its caches have synced (kube-runtime's guarantee) and records
 //! Events as kube-controller-manager does.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
@@ -95,6 +96,7 @@ pub fn start(
     ));
     tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), shutdown.clone()));
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
+    tracker.spawn(daemonset::run(Ctx::new(client.clone(), "daemonset-controller"), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
 }

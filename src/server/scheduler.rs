@@ -113,7 +113,7 @@ fn node_ready(n: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+pub(crate) fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
         return false;
     }
@@ -144,7 +144,7 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
     }
 }
 
-fn affinity_matches(p: &Pod, n: &Node) -> bool {
+pub(crate) fn affinity_matches(p: &Pod, n: &Node) -> bool {
     let spec = p.spec.as_ref();
     let labels = n.labels();
     if let Some(sel) = spec.and_then(|s| s.node_selector.as_ref())
