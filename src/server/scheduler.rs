@@ -182,68 +182,129 @@ struct Usage {
     mem: f64,
     pods: f64,
     ports: HashSet<(String, i32)>,
+    /// Requests as scoring counts them (kube-scheduler's non-zero defaults).
+    score_cpu: f64,
+    score_mem: f64,
+}
+
+/// For scoring, a pod without a CPU request counts as 100m and without a memory
+/// request as 200 MiB, as kube-scheduler's `GetNonzeroRequests` does, so pods that ask
+/// for nothing still spread.
+fn nonzero_cpu(r: &Request) -> f64 {
+    if r.cpu > 0.0 { r.cpu } else { 100.0 }
+}
+
+fn nonzero_mem(r: &Request) -> f64 {
+    if r.mem > 0.0 { r.mem } else { 200.0 * 1024.0 * 1024.0 }
 }
 
 impl Usage {
     fn add(&mut self, r: &Request) {
         self.cpu += r.cpu;
         self.mem += r.mem;
+        self.score_cpu += nonzero_cpu(r);
+        self.score_mem += nonzero_mem(r);
         self.pods += 1.0;
         self.ports.extend(r.ports.iter().cloned());
     }
 }
 
+/// A node as one pass sees it, parsed once.
+struct NodeInfo {
+    node: Arc<Node>,
+    name: String,
+    cpu: f64,
+    mem: f64,
+    pods: f64,
+    unschedulable: bool,
+    /// NoSchedule and NoExecute taints, with `not-ready` for a node not Ready.
+    taints: Vec<Taint>,
+}
+
+impl NodeInfo {
+    fn new(node: Arc<Node>) -> NodeInfo {
+        let (cpu, mem, pods) = node_alloc(&node);
+        let mut taints: Vec<Taint> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .collect();
+        if !node_ready(&node) && !taints.iter().any(|t| t.key.starts_with("node.kubernetes.io/")) {
+            taints.push(Taint {
+                key: "node.kubernetes.io/not-ready".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+        }
+        NodeInfo {
+            name: node.name_any(),
+            unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true),
+            node,
+            cpu,
+            mem,
+            pods,
+            taints,
+        }
+    }
+}
+
+/// kube-scheduler's `numFeasibleNodesToFind`: every node under 100, else an adaptive
+/// percentage (50 - nodes/125, at least 5) and at least 100 nodes.
+fn feasible_to_find(nodes: usize) -> usize {
+    if nodes < 100 {
+        return nodes;
+    }
+    let pct = (50 - (nodes as i64) / 125).max(5) as usize;
+    (nodes * pct / 100).max(100)
+}
+
 /// Why a node was filtered out, in kube-scheduler's words.
-fn filter(p: &Pod, req: &Request, n: &Node, used: &Usage) -> Result<(), Vec<String>> {
-    let tolerations = p.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
-    if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+fn filter(
+    p: &Pod,
+    tolerations: &[Toleration],
+    req: &Request,
+    n: &NodeInfo,
+    used: Option<&Usage>,
+) -> Result<(), Vec<String>> {
+    if n.unschedulable {
         let t =
             Taint { key: "node.kubernetes.io/unschedulable".into(), effect: "NoSchedule".into(), ..Default::default() };
         if !tolerations.iter().any(|tol| tolerates(tol, &t)) {
             return Err(vec!["node(s) were unschedulable".into()]);
         }
     }
-    let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-    if !node_ready(n) && !taints.iter().any(|t| t.key.starts_with("node.kubernetes.io/")) {
-        taints.push(Taint {
-            key: "node.kubernetes.io/not-ready".into(),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        });
-    }
-    if let Some(t) = taints
-        .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
-    {
+    if let Some(t) = n.taints.iter().find(|t| !tolerations.iter().any(|tol| tolerates(tol, t))) {
         return Err(vec![format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.as_deref().unwrap_or(""))]);
     }
-    if !affinity_matches(p, n) {
+    if !affinity_matches(p, &n.node) {
         return Err(vec!["node(s) didn't match Pod's node affinity/selector".into()]);
     }
-    let (cpu, mem, pods) = node_alloc(n);
+    let (ucpu, umem, upods) = used.map(|u| (u.cpu, u.mem, u.pods)).unwrap_or_default();
     let mut why = Vec::new();
-    if used.pods + 1.0 > pods {
+    if upods + 1.0 > n.pods {
         why.push("Too many pods".to_string());
     }
-    if req.cpu > 0.0 && used.cpu + req.cpu > cpu {
+    if req.cpu > 0.0 && ucpu + req.cpu > n.cpu {
         why.push("Insufficient cpu".to_string());
     }
-    if req.mem > 0.0 && used.mem + req.mem > mem {
+    if req.mem > 0.0 && umem + req.mem > n.mem {
         why.push("Insufficient memory".to_string());
     }
-    if req.ports.iter().any(|p| used.ports.contains(p)) {
+    if used.is_some_and(|u| req.ports.iter().any(|p| u.ports.contains(p))) {
         why.push("node(s) didn't have free ports for the requested pod ports".to_string());
     }
     if why.is_empty() { Ok(()) } else { Err(why) }
 }
 
 /// Least-allocated plus balanced-allocation score, 0..=200.
-fn score(req: &Request, n: &Node, used: &Usage) -> f64 {
-    let (cpu, mem, _) = node_alloc(n);
-    let frac = |u: f64, a: f64| if a <= 0.0 { 1.0 } else { ((u) / a).min(1.0) };
-    let fc = frac(used.cpu + req.cpu, cpu);
-    let fm = frac(used.mem + req.mem, mem);
+fn score(req: &Request, n: &NodeInfo, used: Option<&Usage>) -> f64 {
+    let (ucpu, umem) = used.map(|u| (u.score_cpu, u.score_mem)).unwrap_or_default();
+    let frac = |u: f64, a: f64| if a <= 0.0 { 1.0 } else { (u / a).min(1.0) };
+    let fc = frac(ucpu + nonzero_cpu(req), n.cpu);
+    let fm = frac(umem + nonzero_mem(req), n.mem);
     let least = ((1.0 - fc) + (1.0 - fm)) * 50.0;
     let balanced = (1.0 - (fc - fm).abs()) * 100.0;
     least + balanced
@@ -315,22 +376,37 @@ impl Scheduler {
             let prio = p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
             (std::cmp::Reverse(prio), p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0))
         });
-        let mut nodes: Vec<Arc<Node>> = nodes.to_vec();
-        nodes.sort_by_key(|n| n.name_any());
+        let mut infos: Vec<NodeInfo> = nodes.into_iter().map(NodeInfo::new).collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        let index: HashMap<String, usize> = infos.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        let mut used: Vec<Option<Usage>> = (0..infos.len()).map(|_| None).collect();
+        for (name, u) in usage {
+            if let Some(&i) = index.get(&name) {
+                used[i] = Some(u);
+            }
+        }
+        let count = infos.len();
+        let to_find = feasible_to_find(count);
+        let mut binds: Vec<(Arc<Pod>, String)> = Vec::new();
         for p in pending {
             let req = pod_request(&p);
+            let tolerations = p.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
             let mut best: Option<(f64, usize)> = None;
-            let count = nodes.len();
+            let mut feasible = 0;
+            let mut visited = 0;
             for k in 0..count {
                 let i = (self.next + k) % count;
-                let n = &nodes[i];
-                let used = usage.get(&n.name_any()).cloned().unwrap_or_default();
-                match filter(&p, &req, n, &used) {
+                visited = k + 1;
+                match filter(&p, &tolerations, &req, &infos[i], used[i].as_ref()) {
                     Ok(()) => {
-                        let s = score(&req, n, &used);
+                        let s = score(&req, &infos[i], used[i].as_ref());
                         if best.is_none_or(|(b, _)| s > b) {
                             best = Some((s, i));
+                        }
+                        feasible += 1;
+                        if feasible >= to_find {
+                            break;
                         }
                     }
                     Err(why) => {
@@ -342,15 +418,25 @@ impl Scheduler {
             }
             match best {
                 Some((_, i)) => {
-                    self.next = (i + 1) % count.max(1);
-                    let node = nodes[i].name_any();
-                    if self.bind(&p, &node).await {
-                        usage.entry(node.clone()).or_default().add(&req);
-                        self.assumed.insert(p.uid().unwrap_or_default(), (node, req));
-                    }
+                    // The next pod starts where this search stopped, as kube-scheduler does.
+                    self.next = if visited == count { (i + 1) % count } else { (self.next + visited) % count };
+                    used[i].get_or_insert_with(Usage::default).add(&req);
+                    self.assumed.insert(p.uid().unwrap_or_default(), (infos[i].name.clone(), req));
+                    binds.push((p, infos[i].name.clone()));
                 }
                 None => self.unschedulable(&p, count, &reasons).await,
             }
+        }
+        // Binding is asynchronous in kube-scheduler too: decisions are made, then bound.
+        let this = &*self;
+        let failed: Vec<String> = futures::stream::iter(binds)
+            .map(|(p, node)| async move { (!this.bind(&p, &node).await).then(|| p.uid().unwrap_or_default()) })
+            .buffer_unordered(64)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        for uid in failed {
+            self.assumed.remove(&uid);
         }
     }
 
