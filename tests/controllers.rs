@@ -164,6 +164,22 @@ async fn pod_too_big_for_every_node_stays_pending_as_unschedulable() {
     let get = s.kubectl_ok(&["get", "pod", "big"]).await;
     assert!(get.contains("Pending"), "{get}");
 
+    // It runs as soon as a node big enough joins.
+    let big = SimConfig {
+        count: 1,
+        prefix: "big".into(),
+        cpu: "32".into(),
+        memory: "64Gi".into(),
+        pods: 110,
+        run_for: Duration::from_secs(1),
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+    };
+    let yaml = s.running.kubeconfig.clone();
+    let stop = _stop.clone();
+    tokio::spawn(async move { simulate::run(common::client_from_yaml(&yaml).await, big, stop).await });
+    let placed = eventually(&s, &["get", "pod", "big", "-o", "wide", "--no-headers"], |o| o.contains("Running")).await;
+    assert!(placed.contains("big-0"), "{placed}");
+
     // A small pod is placed and runs.
     s.kubectl_ok(&["run", "small", "--image=busybox", "--restart=Never"]).await;
     eventually(&s, &["get", "pod", "small"], |o| o.contains("Running") || o.contains("Completed")).await;
@@ -273,4 +289,42 @@ async fn jobs_complete_and_cordon_and_drain_work() {
     .await;
     assert!(!on0.lines().any(|l| l.contains("Running") && l.contains(" sim-0 ")), "{on0}");
     s.kubectl_ok(&["uncordon", "sim-0"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_creates_in_order_with_claims_and_scales_down_from_the_top() {
+    let (s, _stop) = with_nodes(2).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 2).await;
+    let sts = r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"web"},
+      "spec":{"serviceName":"web","replicas":3,"selector":{"matchLabels":{"app":"web"}},
+        "template":{"metadata":{"labels":{"app":"web"}},"spec":{"containers":[{"name":"c","image":"nginx:1"}]}},
+        "volumeClaimTemplates":[{"metadata":{"name":"data"},
+          "spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"1Gi"}}}}]}}"#;
+    s.kubectl_stdin(&["create", "-f", "-"], Some(sts)).await;
+    s.kubectl_ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]).await;
+    let pods = s.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]).await;
+    assert_eq!(pods, "web-0 web-1 web-2");
+    let host = s.kubectl_ok(&["get", "pod", "web-1", "-o", "jsonpath={.spec.hostname}.{.spec.subdomain}"]).await;
+    assert_eq!(host, "web-1.web");
+    let pvcs = s.kubectl_ok(&["get", "pvc", "-o", "jsonpath={.items[*].metadata.name}"]).await;
+    assert_eq!(pvcs, "data-web-0 data-web-1 data-web-2");
+    // Created in order: each pod's creation event after the one before.
+    let events = s
+        .kubectl_ok(&["get", "events", "--sort-by=.metadata.creationTimestamp", "-o", "jsonpath={.items[*].message}"])
+        .await;
+    let at = |p: &str| events.find(&format!("create Pod {p} ")).unwrap_or_else(|| panic!("no event for {p}: {events}"));
+    assert!(at("web-0") < at("web-1") && at("web-1") < at("web-2"), "{events}");
+
+    // A new template rolls from the top; scaling down removes the highest ordinals.
+    s.kubectl_ok(&["set", "image", "statefulset/web", "c=nginx:2"]).await;
+    s.kubectl_ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]).await;
+    eventually(&s, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"], |o| {
+        o == "nginx:2 nginx:2 nginx:2"
+    })
+    .await;
+    s.kubectl_ok(&["scale", "statefulset/web", "--replicas=1"]).await;
+    eventually(&s, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"], |o| o == "web-0")
+        .await;
+    let pvcs = s.kubectl_ok(&["get", "pvc", "-o", "jsonpath={.items[*].metadata.name}"]).await;
+    assert_eq!(pvcs, "data-web-0 data-web-1 data-web-2", "claims are kept");
 }

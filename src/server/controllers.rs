@@ -12,6 +12,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,11 +41,15 @@ impl Ctx {
 
     /// Records an Event about `obj`; failures are logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+        // kube-runtime folds events with the same reason and action into one series;
+        // Kubernetes keeps events with different messages apart, so the message goes
+        // into the (otherwise unseen) action.
+        let action: String = note.chars().take(128).collect();
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
             note: Some(note),
-            action: reason.to_string(),
+            action,
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
@@ -97,6 +102,7 @@ pub fn start(
     tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), shutdown.clone()));
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
     tracker.spawn(daemonset::run(Ctx::new(client.clone(), "daemonset-controller"), shutdown.clone()));
+    tracker.spawn(statefulset::run(Ctx::new(client.clone(), "statefulset-controller"), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
 }
