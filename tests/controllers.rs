@@ -328,3 +328,30 @@ async fn statefulset_creates_in_order_with_claims_and_scales_down_from_the_top()
     let pvcs = s.kubectl_ok(&["get", "pvc", "-o", "jsonpath={.items[*].metadata.name}"]).await;
     assert_eq!(pvcs, "data-web-0 data-web-1 data-web-2", "claims are kept");
 }
+
+/// Waits up to the next minute boundary: schedules have minute granularity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_creates_jobs_on_schedule() {
+    let (s, _stop) = with_nodes(1).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 1).await;
+    s.kubectl_ok(&["create", "cronjob", "tick", "--image=busybox", "--schedule=* * * * *", "--", "true"]).await;
+    let mut jobs = String::new();
+    for _ in 0..150 {
+        jobs = s.kubectl_ok(&["get", "jobs", "-o", "jsonpath={.items[*].metadata.name}"]).await;
+        if !jobs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(jobs.starts_with("tick-"), "a Job was created on schedule: {jobs:?}");
+    s.kubectl_ok(&["wait", "--for=condition=complete", &format!("job/{jobs}"), "--timeout=60s"]).await;
+    let last = eventually(
+        &s,
+        &["get", "cronjob", "tick", "-o", "jsonpath={.status.lastScheduleTime} {.status.lastSuccessfulTime}"],
+        |o| o.split_whitespace().count() == 2,
+    )
+    .await;
+    assert!(last.contains('T'), "{last}");
+    let events = s.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.kind=CronJob"]).await;
+    assert!(events.contains("SuccessfulCreate"), "{events}");
+}

@@ -3,6 +3,7 @@
 //! Each acts only once its caches have synced (kube-runtime's guarantee) and records
 //! Events as kube-controller-manager does.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -103,6 +104,7 @@ pub fn start(
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
     tracker.spawn(daemonset::run(Ctx::new(client.clone(), "daemonset-controller"), shutdown.clone()));
     tracker.spawn(statefulset::run(Ctx::new(client.clone(), "statefulset-controller"), shutdown.clone()));
+    tracker.spawn(cronjob::run(Ctx::new(client.clone(), "cronjob-controller"), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
 }
