@@ -355,3 +355,22 @@ async fn cronjob_creates_jobs_on_schedule() {
     let events = s.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.kind=CronJob"]).await;
     assert!(events.contains("SuccessfulCreate"), "{events}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_respects_pod_disruption_budgets() {
+    let (s, _stop) = with_nodes(2).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 2).await;
+    s.kubectl_ok(&["create", "deployment", "db", "--image=postgres", "--replicas=2"]).await;
+    s.kubectl_ok(&["rollout", "status", "deployment/db", "--timeout=60s"]).await;
+    s.kubectl_ok(&["create", "pdb", "db", "--selector=app=db", "--min-available=2"]).await;
+    eventually(&s, &["get", "pdb", "db"], |o| o.contains("db     2               N/A               0 ")).await;
+    let out = s.kubectl(&["drain", "sim-0", "--timeout=3s"]).await;
+    assert!(!out.status.success(), "drain must not break the budget");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disruption budget"), "{err}");
+    s.kubectl_ok(&["uncordon", "sim-0"]).await;
+
+    s.kubectl_ok(&["patch", "pdb", "db", "--type=merge", "-p", r#"{"spec":{"minAvailable":1}}"#]).await;
+    eventually(&s, &["get", "pdb", "db"], |o| o.contains("db     1               N/A               1 ")).await;
+    s.kubectl_ok(&["drain", "sim-0", "--timeout=60s"]).await;
+}

@@ -67,6 +67,9 @@ pub fn columns(group: &str, plural: &str) -> Vec<Col> {
             vec![NAME, s("Type"), s("Cluster-IP"), s("External-IP"), s("Port(s)"), AGE, w("Selector")]
         }
         ("", "endpoints") => vec![NAME, s("Endpoints"), AGE],
+        ("policy", "poddisruptionbudgets") => {
+            vec![NAME, s("Min Available"), s("Max Unavailable"), i("Allowed Disruptions"), AGE]
+        }
         ("", "nodes") => vec![
             NAME,
             s("Status"),
@@ -552,6 +555,20 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
                 json!(c),
                 json!(i),
                 json!(selector_string(obj.pointer("/spec/jobTemplate/spec/selector"))),
+            ]
+        }
+        ("policy", "poddisruptionbudgets") => {
+            let v = |p: &str| match obj.pointer(p) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name,
+                json!(v("/spec/minAvailable")),
+                json!(v("/spec/maxUnavailable")),
+                json!(obj.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0)),
+                age(obj, now),
             ]
         }
         ("", "services") => vec![

@@ -6,6 +6,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod job;
@@ -105,6 +106,7 @@ pub fn start(
     tracker.spawn(daemonset::run(Ctx::new(client.clone(), "daemonset-controller"), shutdown.clone()));
     tracker.spawn(statefulset::run(Ctx::new(client.clone(), "statefulset-controller"), shutdown.clone()));
     tracker.spawn(cronjob::run(Ctx::new(client.clone(), "cronjob-controller"), shutdown.clone()));
+    tracker.spawn(disruption::run(Ctx::new(client.clone(), "disruption-controller"), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
 }

@@ -102,7 +102,12 @@ impl ApiServer {
         let terminal = matches!(phase, "Succeeded" | "Failed");
         if !terminal && meta::meta_str(&pod, "deletionTimestamp").is_none() {
             let ns = call.ns.clone().unwrap_or_default();
-            let pdbs = self.store.list(&format!("/registry/poddisruptionbudgets/{ns}/"), None, 0, 0).await;
+            let prefix = self
+                .reg
+                .by_kind("policy", "PodDisruptionBudget")
+                .map(|d| d.list_prefix(Some(&ns)))
+                .ok_or_else(|| ApiError::internal("PodDisruptionBudgets are not registered"))?;
+            let pdbs = self.store.list(&prefix, None, 0, 0).await;
             let pdbs = pdbs.map_err(|e| storage_error(call.target(&name), e))?;
             let mut matching = Vec::new();
             for kv in &pdbs.kvs {
@@ -110,7 +115,7 @@ impl ApiServer {
                 let sel = pdb.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
                 let Ok(sel) = LabelSelector::from_label_selector(&sel) else { continue };
                 if sel.matches_object(&pod) {
-                    matching.push(pdb);
+                    matching.push((kv, pdb));
                 }
             }
             if matching.len() > 1 {
@@ -118,7 +123,7 @@ impl ApiServer {
                     "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
                 ));
             }
-            if let Some(pdb) = matching.first() {
+            if let Some((kv, pdb)) = matching.first() {
                 let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
                 if allowed <= 0 {
                     let pdb_name = meta::meta_str(pdb, "name").unwrap_or_default();
@@ -127,6 +132,21 @@ impl ApiServer {
                         pdb.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0),
                         pdb.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0),
                     )));
+                }
+                // Take one disruption from the budget before deleting, as Kubernetes
+                // does, so concurrent evictions cannot all pass on the same count.
+                if !call.dry_run()? {
+                    let mut next = pdb.clone();
+                    next["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                    match self.store.update(&kv.key, encode(&next), kv.mod_rev).await {
+                        Ok(_) => {}
+                        Err(StorageError::Conflict { .. }) => {
+                            return Err(ApiError::too_many_requests(
+                                "the disruption budget changed meanwhile; please try again",
+                            ));
+                        }
+                        Err(e) => return Err(storage_error(call.target(&name), e)),
+                    }
                 }
             }
         }
