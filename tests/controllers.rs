@@ -224,6 +224,9 @@ async fn lost_nodes_turn_unknown_and_their_pods_are_evicted_after_toleration_sec
     eventually(&s, &["get", "pod", "short", "-o", "jsonpath={.metadata.deletionTimestamp}"], |o| !o.is_empty()).await;
     let long = s.kubectl_ok(&["get", "pod", "long", "-o", "jsonpath={.metadata.deletionTimestamp}"]).await;
     assert!(long.is_empty(), "a pod tolerating for 300 s stays for now");
+    // Pods of a node that is gone are collected (pod GC passes every 20 s).
+    s.kubectl_ok(&["delete", "nodes", "sim-0", "sim-1"]).await;
+    eventually(&s, &["get", "pods", "-o", "name"], |o| o.trim().is_empty()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

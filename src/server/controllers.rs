@@ -12,6 +12,7 @@ pub mod garbage_collector;
 pub mod job;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -107,6 +108,7 @@ pub fn start(
     tracker.spawn(statefulset::run(Ctx::new(client.clone(), "statefulset-controller"), shutdown.clone()));
     tracker.spawn(cronjob::run(Ctx::new(client.clone(), "cronjob-controller"), shutdown.clone()));
     tracker.spawn(disruption::run(Ctx::new(client.clone(), "disruption-controller"), shutdown.clone()));
+    tracker.spawn(podgc::run(client.clone(), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
 }
