@@ -164,6 +164,13 @@ async fn pod_too_big_for_every_node_stays_pending_as_unschedulable() {
     let get = s.kubectl_ok(&["get", "pod", "big"]).await;
     assert!(get.contains("Pending"), "{get}");
 
+    // A ReplicationController keeps its replicas too.
+    let rc = r#"{"apiVersion":"v1","kind":"ReplicationController","metadata":{"name":"old"},
+      "spec":{"replicas":2,"selector":{"app":"old"},"template":{"metadata":{"labels":{"app":"old"}},
+        "spec":{"containers":[{"name":"c","image":"nginx"}]}}}}"#;
+    s.kubectl_stdin(&["create", "-f", "-"], Some(rc)).await;
+    eventually(&s, &["get", "rc", "old"], |o| o.contains("old    2         2         2")).await;
+
     // It runs as soon as a node big enough joins.
     let big = SimConfig {
         count: 1,

@@ -14,6 +14,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod serviceaccount;
 pub mod statefulset;
 
@@ -109,6 +110,7 @@ pub fn start(
     tracker.spawn(cronjob::run(Ctx::new(client.clone(), "cronjob-controller"), shutdown.clone()));
     tracker.spawn(disruption::run(Ctx::new(client.clone(), "disruption-controller"), shutdown.clone()));
     tracker.spawn(podgc::run(client.clone(), shutdown.clone()));
+    tracker.spawn(replicationcontroller::run(Ctx::new(client.clone(), "replication-controller"), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
 }

@@ -60,10 +60,33 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, kube::E
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let ns = rs.namespace().unwrap_or_default();
-    let name = rs.name_any();
-    let uid = rs.uid().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
+    let (mut status, action) = sync_pods(rs.as_ref(), &spec, &ctx).await?;
+    status.observed_generation = rs.metadata.generation;
+    status.conditions = rs.status.as_ref().and_then(|s| s.conditions.clone());
+    if rs.status.as_ref() != Some(&status) {
+        let rss: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
+        let patch = json!({"status": status});
+        rss.patch_status(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    Ok(action)
+}
+
+/// Brings an owner's pods to `spec.replicas` (the ReplicaSet logic, shared with
+/// ReplicationControllers); returns the counts for its status and when to look again.
+pub(super) async fn sync_pods<K>(
+    owner: &K,
+    spec: &k8s_openapi::api::apps::v1::ReplicaSetSpec,
+    ctx: &Ctx,
+) -> Result<(ReplicaSetStatus, Action), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let rs = owner;
+    let ns = rs.meta().namespace.clone().unwrap_or_default();
+    let name = rs.meta().name.clone().unwrap_or_default();
+    let uid = rs.meta().uid.clone().unwrap_or_default();
+    let spec = spec.clone();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let sel = selector_query(&spec.selector);
     let mine: Vec<Pod> = pods
@@ -85,7 +108,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, kube::E
                 namespace: Some(ns.clone()),
                 labels: tmeta.labels,
                 annotations: tmeta.annotations,
-                owner_references: Some(vec![super::controller_ref(rs.as_ref())]),
+                owner_references: Some(vec![super::controller_ref(rs)]),
                 ..Default::default()
             },
             spec: template.spec,
@@ -103,14 +126,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, kube::E
                 match r {
                     Ok(p) => {
                         created += 1;
-                        ctx.event(rs.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any()))
-                            .await;
+                        ctx.event(rs, false, "SuccessfulCreate", format!("Created pod: {}", p.name_any())).await;
                     }
                     Err(e) => failed = Some(e),
                 }
             }
             if let Some(e) = failed {
-                ctx.event(rs.as_ref(), true, "FailedCreate", format!("Error creating: {e}")).await;
+                ctx.event(rs, true, "FailedCreate", format!("Error creating: {e}")).await;
                 return Err(e);
             }
             left -= n;
@@ -122,7 +144,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, kube::E
         let surplus: Vec<String> = active[..active.len() - want].iter().map(|p| p.name_any()).collect();
         for p in surplus {
             match pods.delete(&p, &DeleteParams::default()).await {
-                Ok(_) => ctx.event(rs.as_ref(), false, "SuccessfulDelete", format!("Deleted pod: {p}")).await,
+                Ok(_) => ctx.event(rs, false, "SuccessfulDelete", format!("Deleted pod: {p}")).await,
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
@@ -143,16 +165,16 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, kube::E
         ),
         ready_replicas: Some(active.iter().filter(|p| pod_ready(p)).count() as i32),
         available_replicas: Some(active.iter().filter(|p| pod_available(p, min_ready, now)).count() as i32),
-        observed_generation: rs.metadata.generation,
-        conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
+        observed_generation: None,
+        conditions: None,
         terminating_replicas: None,
     };
-    if rs.status.as_ref() != Some(&status) {
-        let rss: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({"status": status});
-        rss.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    }
     // Pods turn available after minReadySeconds without an event to say so.
     let waiting = min_ready > 0 && active.iter().any(|p| pod_ready(p) && !pod_available(p, min_ready, now));
-    Ok(if waiting { Action::requeue(std::time::Duration::from_secs(min_ready as u64)) } else { Action::await_change() })
+    let action = if waiting {
+        Action::requeue(std::time::Duration::from_secs(min_ready as u64))
+    } else {
+        Action::await_change()
+    };
+    Ok((status, action))
 }

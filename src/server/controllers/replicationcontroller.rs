@@ -1,0 +1,60 @@
+//! The ReplicationController controller: the ReplicaSet logic ([`super::replicaset`])
+//! over a ReplicationController's map selector, with its own status shape.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSetSpec;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController, ReplicationControllerStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ctx, retry_soon};
+
+pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    Controller::new(Api::<ReplicationController>::all(ctx.client.clone()), watcher::Config::default())
+        .owns(Api::<Pod>::all(ctx.client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, |_, _, _| retry_soon(), ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+    if rc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let spec = rc.spec.clone().unwrap_or_default();
+    // Without a selector, an RC selects its template's labels (as Kubernetes defaults it).
+    let labels = spec
+        .selector
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()));
+    let Some(labels) = labels.filter(|l| !l.is_empty()) else { return Ok(Action::await_change()) };
+    let rs_spec = ReplicaSetSpec {
+        replicas: spec.replicas,
+        min_ready_seconds: spec.min_ready_seconds,
+        selector: LabelSelector { match_labels: Some(labels), match_expressions: None },
+        template: spec.template.clone(),
+    };
+    let (st, action) = super::replicaset::sync_pods(rc.as_ref(), &rs_spec, &ctx).await?;
+    let status = ReplicationControllerStatus {
+        replicas: st.replicas,
+        fully_labeled_replicas: st.fully_labeled_replicas,
+        ready_replicas: st.ready_replicas,
+        available_replicas: st.available_replicas,
+        observed_generation: rc.metadata.generation,
+        conditions: rc.status.as_ref().and_then(|s| s.conditions.clone()),
+    };
+    if rc.status.as_ref() != Some(&status) {
+        let api: Api<ReplicationController> = Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+        api.patch_status(&rc.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await?;
+    }
+    Ok(action)
+}
