@@ -22,37 +22,36 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Server(args) => {
             let level = args.log_level.clone();
-            let cfg = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("rk: error: {e:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_tracing(&level);
-            run(async move {
-                let shutdown = CancellationToken::new();
-                spawn_signal_handler(shutdown.clone());
+            start(&level, args.into_config(), |cfg, shutdown| async move {
                 rk::server::run(cfg, shutdown).await.map_err(anyhow::Error::from)
             })
         }
         Command::Agent(args) => {
             let level = args.log_level.clone();
-            let cfg = match args.into_config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("rk: error: {e:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_tracing(&level);
-            run(async move {
-                let shutdown = CancellationToken::new();
-                spawn_signal_handler(shutdown.clone());
-                rk::agent::run(cfg, shutdown).await
-            })
+            start(&level, args.into_config(), rk::agent::run)
         }
     }
+}
+
+/// Validated configuration → logging → a runtime running `body` until SIGINT/SIGTERM.
+fn start<C, F, Fut>(level: &str, cfg: anyhow::Result<C>, body: F) -> ExitCode
+where
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rk: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(level);
+    run(async move {
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone());
+        body(cfg, shutdown).await
+    })
 }
 
 fn init_tracing(level: &str) {

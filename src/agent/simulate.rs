@@ -175,6 +175,20 @@ impl Ipam {
     }
 }
 
+/// The status of each of a pod's containers, all `ready` (and started) or not, in `state`.
+fn container_statuses(p: &Pod, ready: bool, state: serde_json::Value) -> Vec<serde_json::Value> {
+    let containers = p.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    containers
+        .iter()
+        .map(|c| {
+            let image = c.image.clone().unwrap_or_default();
+            json!({"name": c.name, "image": image, "imageID": format!("simulated://{image}"),
+                   "containerID": format!("simulated://{}-{}", p.uid().unwrap_or_default(), c.name),
+                   "ready": ready, "started": ready, "restartCount": 0, "state": state})
+        })
+        .collect()
+}
+
 /// Takes one pod on one of our nodes a step towards where a kubelet would have it.
 async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mut Ipam, p: &Pod) {
     let ns = p.namespace().unwrap_or_default();
@@ -203,17 +217,7 @@ async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mu
                 .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
                 .map(|a| a.address.clone())
                 .unwrap_or_default();
-            let containers: Vec<serde_json::Value> = spec
-                .containers
-                .iter()
-                .map(|c| {
-                    json!({"name": c.name, "image": c.image.clone().unwrap_or_default(),
-                           "imageID": format!("simulated://{}", c.image.clone().unwrap_or_default()),
-                           "containerID": format!("simulated://{}-{}", p.uid().unwrap_or_default(), c.name),
-                           "ready": true, "started": true, "restartCount": 0,
-                           "state": {"running": {"startedAt": now}}})
-                })
-                .collect();
+            let containers = container_statuses(p, true, json!({"running": {"startedAt": now}}));
             let cond = |t: &str| json!({"type": t, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
             let patch = json!({"status": {
                 "phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
@@ -232,18 +236,9 @@ async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mu
             if elapsed < cfg.run_for.as_secs() as i64 {
                 return;
             }
-            let containers: Vec<serde_json::Value> = spec
-                .containers
-                .iter()
-                .map(|c| {
-                    json!({"name": c.name, "image": c.image.clone().unwrap_or_default(),
-                           "imageID": format!("simulated://{}", c.image.clone().unwrap_or_default()),
-                           "containerID": format!("simulated://{}-{}", p.uid().unwrap_or_default(), c.name),
-                           "ready": false, "started": false, "restartCount": 0,
-                           "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                                                     "startedAt": status.start_time, "finishedAt": now}}})
-                })
-                .collect();
+            let state = json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                                              "startedAt": status.start_time, "finishedAt": now}});
+            let containers = container_statuses(p, false, state);
             let off = |t: &str, reason: &str| json!({"type": t, "status": "False", "reason": reason, "lastProbeTime": null, "lastTransitionTime": now});
             let patch = json!({"status": {
                 "phase": "Succeeded",

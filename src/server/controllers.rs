@@ -19,6 +19,8 @@ pub mod serviceaccount;
 pub mod statefulset;
 
 use std::sync::Arc;
+
+use futures::StreamExt;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
@@ -113,6 +115,23 @@ pub fn start(
     tracker.spawn(replicationcontroller::run(Ctx::new(client.clone(), "replication-controller"), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
+}
+
+/// Runs the usual controller shape: `K` reconciled on its own changes and on those of
+/// the `Child` objects it controls, until `shutdown`.
+pub(crate) async fn run_owning<K, Child, F, Fut>(ctx: Arc<Ctx>, shutdown: CancellationToken, reconcile: F)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    Child: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    F: FnMut(Arc<K>, Arc<Ctx>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, kube::Error>> + Send + 'static,
+{
+    kube::runtime::Controller::new(kube::Api::<K>::all(ctx.client.clone()), kube::runtime::watcher::Config::default())
+        .owns(kube::Api::<Child>::all(ctx.client.clone()), kube::runtime::watcher::Config::default())
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, |_, _, _| retry_soon(), ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 /// Requeue after an error, as the controller-manager's rate limiter would.

@@ -10,28 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::core::ObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, controlled_by, retry_soon};
+use super::{Ctx, controlled_by};
 
 const SCHEDULED: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
 pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    Controller::new(Api::<CronJob>::all(ctx.client.clone()), watcher::Config::default())
-        .owns(Api::<Job>::all(ctx.client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_, _, _| retry_soon(), ctx)
-        .for_each(|_| async {})
-        .await;
+    super::run_owning::<CronJob, Job, _, _>(ctx, shutdown, reconcile).await;
 }
 
 fn finished(j: &Job) -> Option<&str> {

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -15,12 +14,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, controlled_by, retry_soon, selector_query, template_hash};
+use super::{Ctx, controlled_by, selector_query, template_hash};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
@@ -28,14 +26,7 @@ const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 const HASH: &str = "pod-template-hash";
 
 pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    let d: Api<Deployment> = Api::all(ctx.client.clone());
-    let rs: Api<ReplicaSet> = Api::all(ctx.client.clone());
-    Controller::new(d, watcher::Config::default())
-        .owns(rs, watcher::Config::default())
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_, _, _| retry_soon(), ctx)
-        .for_each(|_| async {})
-        .await;
+    super::run_owning::<Deployment, ReplicaSet, _, _>(ctx, shutdown, reconcile).await;
 }
 
 fn revision(rs: &ReplicaSet) -> i64 {

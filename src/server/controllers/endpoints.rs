@@ -222,20 +222,23 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     }
 
     // EndpointSlices, owned by the Service.
+    let slice_meta = || {
+        let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+        labels.insert(SERVICE_NAME.into(), name.clone());
+        labels.insert(MANAGED_BY.into(), CONTROLLER.into());
+        ObjectMeta {
+            generate_name: Some(format!("{name}-")),
+            namespace: Some(ns.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![super::controller_ref(svc.as_ref())]),
+            ..Default::default()
+        }
+    };
     let mut desired: Vec<EndpointSlice> = Vec::new();
     for (ports, members) in &groups {
         for chunk in members.chunks(PER_SLICE) {
-            let mut labels = svc.metadata.labels.clone().unwrap_or_default();
-            labels.insert(SERVICE_NAME.into(), name.clone());
-            labels.insert(MANAGED_BY.into(), CONTROLLER.into());
             desired.push(EndpointSlice {
-                metadata: ObjectMeta {
-                    generate_name: Some(format!("{name}-")),
-                    namespace: Some(ns.clone()),
-                    labels: Some(labels),
-                    owner_references: Some(vec![super::controller_ref(svc.as_ref())]),
-                    ..Default::default()
-                },
+                metadata: slice_meta(),
                 address_type: "IPv4".into(),
                 endpoints: chunk
                     .iter()
@@ -267,17 +270,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     }
     if desired.is_empty() {
         // Kubernetes keeps one empty slice per Service (its ports, no endpoints).
-        let mut labels = svc.metadata.labels.clone().unwrap_or_default();
-        labels.insert(SERVICE_NAME.into(), name.clone());
-        labels.insert(MANAGED_BY.into(), CONTROLLER.into());
         desired.push(EndpointSlice {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{name}-")),
-                namespace: Some(ns.clone()),
-                labels: Some(labels),
-                owner_references: Some(vec![super::controller_ref(svc.as_ref())]),
-                ..Default::default()
-            },
+            metadata: slice_meta(),
             address_type: "IPv4".into(),
             endpoints: vec![],
             ports: Some(vec![]),

@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -16,22 +15,16 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, controlled_by, pod_ready, retry_soon};
+use super::{Ctx, controlled_by, pod_ready};
 
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    Controller::new(Api::<Job>::all(ctx.client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(ctx.client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_, _, _| retry_soon(), ctx)
-        .for_each(|_| async {})
-        .await;
+    super::run_owning::<Job, Pod, _, _>(ctx, shutdown, reconcile).await;
 }
 
 fn finished(job: &Job) -> Option<(String, Option<Timestamp>)> {

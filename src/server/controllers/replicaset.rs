@@ -4,31 +4,22 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, controlled_by, pod_active, pod_available, pod_ready, retry_soon, selector_query};
+use super::{Ctx, controlled_by, pod_active, pod_available, pod_ready, selector_query};
 
 /// Pods created per reconcile at most; the rest follow on the next pass.
 const BURST: usize = 500;
 
 pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    let rs: Api<ReplicaSet> = Api::all(ctx.client.clone());
-    let pods: Api<Pod> = Api::all(ctx.client.clone());
-    Controller::new(rs, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_, _, _| retry_soon(), ctx)
-        .for_each(|_| async {})
-        .await;
+    super::run_owning::<ReplicaSet, Pod, _, _>(ctx, shutdown, reconcile).await;
 }
 
 /// The order Kubernetes deletes surplus pods in: unscheduled, then pending, then not

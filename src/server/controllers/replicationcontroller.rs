@@ -3,26 +3,19 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSetSpec;
 use k8s_openapi::api::core::v1::{Pod, ReplicationController, ReplicationControllerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, retry_soon};
+use super::Ctx;
 
 pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    Controller::new(Api::<ReplicationController>::all(ctx.client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(ctx.client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_, _, _| retry_soon(), ctx)
-        .for_each(|_| async {})
-        .await;
+    super::run_owning::<ReplicationController, Pod, _, _>(ctx, shutdown, reconcile).await;
 }
 
 async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {

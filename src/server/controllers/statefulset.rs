@@ -9,30 +9,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, controlled_by, pod_available, pod_ready, retry_soon, selector_query, template_hash};
+use super::{Ctx, controlled_by, pod_available, pod_ready, selector_query, template_hash};
 
 const REVISION: &str = "controller-revision-hash";
 const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 
 pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    Controller::new(Api::<StatefulSet>::all(ctx.client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(ctx.client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_, _, _| retry_soon(), ctx)
-        .for_each(|_| async {})
-        .await;
+    super::run_owning::<StatefulSet, Pod, _, _>(ctx, shutdown, reconcile).await;
 }
 
 fn ordinal(set: &str, p: &Pod) -> Option<i32> {
