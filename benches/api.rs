@@ -6,6 +6,9 @@
 //! is driven over HTTPS with kube-rs, creating ConfigMaps holding 1 KiB. Both ack only
 //! durable writes. No asserts: this prints figures.
 
+mod common;
+
+use common::rss_mib;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -236,16 +239,6 @@ async fn etcd_rate(port: u16, conc: usize, total: usize, round: usize) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .map(|k| k / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// Idle RSS of a fresh `rk server` process (the release binary next to this bench).

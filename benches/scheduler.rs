@@ -9,6 +9,9 @@
 //! kube-scheduler's published ~100 pods/s at 5,000 nodes (no Kubernetes can run here to
 //! measure it in the same run).
 
+mod common;
+
+use common::rss_mib;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -18,16 +21,6 @@ use rk::agent::simulate::{self, SimConfig};
 use rk::server::{self, ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-fn rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .map(|k| k / 1024.0)
-        .unwrap_or(0.0)
-}
 
 async fn client(yaml: &str) -> kube::Client {
     let kc = kube::config::Kubeconfig::from_yaml(yaml).unwrap();
@@ -123,7 +116,7 @@ async fn main() {
             sched.as_secs_f64(),
             f64::from(pods_n) / sched.as_secs_f64(),
             run.as_secs_f64(),
-            rss_mib()
+            rss_mib(std::process::id())
         );
         shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -16,19 +16,23 @@ async fn with_nodes(count: usize) -> (TestServer, CancellationToken) {
 
 fn with_nodes_on(s: TestServer, count: usize) -> (TestServer, CancellationToken) {
     let stop = CancellationToken::new();
+    simulate_nodes(&s, "sim", count, "2", "4Gi", stop.clone());
+    (s, stop)
+}
+
+/// Runs `count` simulated nodes `<prefix>-<i>` of that size against `s` until `stop`.
+fn simulate_nodes(s: &TestServer, prefix: &str, count: usize, cpu: &str, memory: &str, stop: CancellationToken) {
     let cfg = SimConfig {
         count,
-        prefix: "sim".into(),
-        cpu: "2".into(),
-        memory: "4Gi".into(),
+        prefix: prefix.into(),
+        cpu: cpu.into(),
+        memory: memory.into(),
         pods: 110,
         run_for: Duration::from_secs(1),
         cluster_cidr: "10.42.0.0/16".parse().unwrap(),
     };
     let yaml = s.running.kubeconfig.clone();
-    let token = stop.clone();
-    tokio::spawn(async move { simulate::run(common::client_from_yaml(&yaml).await, cfg, token).await });
-    (s, stop)
+    tokio::spawn(async move { simulate::run(common::client_from_yaml(&yaml).await, cfg, stop).await });
 }
 
 /// Polls kubectl until `pred` holds on its output (or fails after 60 s).
@@ -172,18 +176,7 @@ async fn pod_too_big_for_every_node_stays_pending_as_unschedulable() {
     eventually(&s, &["get", "rc", "old"], |o| o.contains("old    2         2         2")).await;
 
     // It runs as soon as a node big enough joins.
-    let big = SimConfig {
-        count: 1,
-        prefix: "big".into(),
-        cpu: "32".into(),
-        memory: "64Gi".into(),
-        pods: 110,
-        run_for: Duration::from_secs(1),
-        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
-    };
-    let yaml = s.running.kubeconfig.clone();
-    let stop = _stop.clone();
-    tokio::spawn(async move { simulate::run(common::client_from_yaml(&yaml).await, big, stop).await });
+    simulate_nodes(&s, "big", 1, "32", "64Gi", _stop.clone());
     let placed = eventually(&s, &["get", "pod", "big", "-o", "wide", "--no-headers"], |o| o.contains("Running")).await;
     assert!(placed.contains("big-0"), "{placed}");
 
