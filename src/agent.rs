@@ -1,15 +1,16 @@
-//! `rk agent`: a node of the cluster. Joining (`join`) and simulated nodes
-//! (`simulate`) are built; the kubelet that runs real pods through containerd is not
-//! yet, so `rk agent` runs only with `--simulate N` for now, and `rk server` runs the
-//! control plane only.
+//! `rk agent`: a node of the cluster. It joins (`join`), then runs the kubelet
+//! (`kubelet`) over containerd (`runtime`), or with `--simulate N` registers simulated
+//! nodes that run no containers (`simulate`). `rk server` runs the same agent
+//! in-process for its own node.
 
 pub mod join;
+pub mod kubelet;
+pub mod runtime;
 pub mod simulate;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
 use tokio_util::sync::CancellationToken;
 
 /// Validated configuration of `rk agent`.
@@ -37,15 +38,42 @@ pub struct AgentConfig {
     pub simulate_run_for: Duration,
     /// The cluster's pod network.
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// `--node-ip`.
+    pub node_ip: Option<std::net::IpAddr>,
+    /// `--node-label`.
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    /// `--node-taint`.
+    pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// `--container-runtime-endpoint`: use this containerd instead of starting one.
+    pub runtime_endpoint: Option<PathBuf>,
+    /// The cluster DNS Service IP given to pods.
+    pub cluster_dns: String,
+    /// The cluster domain.
+    pub cluster_domain: String,
+    /// This node runs the control plane too (the server's own agent).
+    pub control_plane: bool,
 }
 
 /// Runs the agent until `shutdown`.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if cfg.simulate == 0 {
-        bail!("the kubelet is not built yet: `rk agent` runs simulated nodes only (--simulate N)");
-    }
     let kubeconfig = join::join(&cfg.server, &cfg.token, cfg.ca_file.as_deref(), &cfg.node_name, &cfg.data_dir).await?;
     let client = join::client(&kubeconfig).await?;
+    if cfg.simulate == 0 {
+        let kcfg = kubelet::KubeletConfig {
+            node: kubelet::node::NodeConfig {
+                name: cfg.node_name.clone(),
+                ip: cfg.node_ip,
+                labels: cfg.node_labels.clone(),
+                taints: cfg.node_taints.clone(),
+                control_plane: cfg.control_plane,
+            },
+            data_dir: cfg.data_dir.clone(),
+            cluster_dns: cfg.cluster_dns.clone(),
+            cluster_domain: cfg.cluster_domain.clone(),
+            runtime_endpoint: cfg.runtime_endpoint.clone(),
+        };
+        return kubelet::run(client, kcfg, shutdown).await;
+    }
     let sim = simulate::SimConfig {
         count: cfg.simulate,
         prefix: cfg.node_name.clone(),

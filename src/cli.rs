@@ -25,8 +25,76 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, datastore, controllers).
     Server(ServerArgs),
-    /// Run a node that joins a server (for now: simulated nodes, `--simulate N`).
+    /// Run a node that joins a server (or simulated nodes, `--simulate N`).
     Agent(AgentArgs),
+    /// Manage the images of rk's containerd (import archives, list).
+    Images(ImagesArgs),
+}
+
+/// `rk images`.
+#[derive(Args, Debug, Clone)]
+pub struct ImagesArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ImagesCommand,
+    /// Directory holding rk's state (finds rk's containerd socket).
+    #[arg(long, env = "RK_DATA_DIR", default_value = "/var/lib/rk", global = true)]
+    pub data_dir: PathBuf,
+    /// The containerd socket (default: rk's own).
+    #[arg(long, env = "RK_CONTAINER_RUNTIME_ENDPOINT", global = true)]
+    pub container_runtime_endpoint: Option<PathBuf>,
+}
+
+/// `rk images` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ImagesCommand {
+    /// Import image archives (OCI layout or `docker save` tars) into containerd.
+    Import {
+        /// The archives.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the images containerd holds for Kubernetes.
+    Ls,
+}
+
+/// The node flags shared by `rk server` (for its own agent) and `rk agent`.
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// This node's IP address (InternalIP).
+    #[arg(long, env = "RK_NODE_IP")]
+    pub node_ip: Option<IpAddr>,
+    /// A label for this node, key=value (repeatable).
+    #[arg(long, env = "RK_NODE_LABEL", value_delimiter = ',')]
+    pub node_label: Vec<String>,
+    /// A taint for this node, key=value:Effect (repeatable).
+    #[arg(long, env = "RK_NODE_TAINT", value_delimiter = ',')]
+    pub node_taint: Vec<String>,
+    /// Use this containerd socket instead of starting rk's own containerd.
+    #[arg(long, env = "RK_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+}
+
+/// Validated node flags: labels and taints.
+pub type NodeFlags = (std::collections::BTreeMap<String, String>, Vec<k8s_openapi::api::core::v1::Taint>);
+
+impl NodeArgs {
+    /// Labels and taints, checked.
+    pub fn parse(&self) -> anyhow::Result<NodeFlags> {
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &self.node_label {
+            let Some((k, v)) = l.split_once('=') else {
+                anyhow::bail!("--node-label {l:?} is not key=value");
+            };
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let taints = self
+            .node_taint
+            .iter()
+            .map(|t| crate::agent::kubelet::node::parse_taint(t).map_err(|e| anyhow::anyhow!("--node-taint: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((labels, taints))
+    }
 }
 
 /// Flags of `rk agent`. Each is also `RK_<FLAG>` and a key of the config file.
@@ -68,6 +136,15 @@ pub struct AgentArgs {
     /// The cluster's pod network (podCIDRs of simulated nodes come from it).
     #[arg(long, env = "RK_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
     pub cluster_cidr: ipnet::Ipv4Net,
+    /// The cluster DNS Service IP given to pods.
+    #[arg(long, env = "RK_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+    /// The cluster DNS domain.
+    #[arg(long, env = "RK_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = parse_domain)]
+    pub cluster_domain: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
     /// Log level: error, warn, info, debug, trace, or a number 0-10 (0 = info).
     #[arg(short = 'v', long, env = "RK_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
@@ -95,6 +172,7 @@ impl AgentArgs {
         if let Some(e) = crate::api::validation::dns1123_subdomain(&node_name).first() {
             anyhow::bail!("--node-name {node_name:?}: {e}");
         }
+        let (labels, taints) = self.node.parse()?;
         Ok(crate::agent::AgentConfig {
             server,
             token,
@@ -107,6 +185,13 @@ impl AgentArgs {
             simulate_pods: self.simulate_pods,
             simulate_run_for: std::time::Duration::from_secs(self.simulate_run_seconds),
             cluster_cidr: self.cluster_cidr.trunc(),
+            node_ip: self.node.node_ip,
+            node_labels: labels,
+            node_taints: taints,
+            runtime_endpoint: self.node.container_runtime_endpoint,
+            cluster_dns: self.cluster_dns.to_string(),
+            cluster_domain: self.cluster_domain,
+            control_plane: false,
         })
     }
 }
@@ -159,6 +244,9 @@ pub struct ServerArgs {
     /// Run no scheduler.
     #[arg(long, env = "RK_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub node: NodeArgs,
     /// Log level: error, warn, info, debug, trace, or a number 0-10 (0 = info).
     #[arg(short = 'v', long, env = "RK_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
@@ -214,6 +302,7 @@ impl ServerArgs {
         if let Some(e) = crate::api::validation::dns1123_subdomain(&node_name).first() {
             anyhow::bail!("--node-name {node_name:?}: {e}");
         }
+        let (node_labels, node_taints) = self.node.parse()?;
         Ok(ServerConfig {
             data_dir: self.data_dir,
             bind_address: self.bind_address,
@@ -230,6 +319,10 @@ impl ServerArgs {
             node_monitor_grace: crate::server::NODE_MONITOR_GRACE,
             disable_controller_manager: self.disable_controller_manager,
             disable_scheduler: self.disable_scheduler,
+            node_ip: self.node.node_ip,
+            node_labels,
+            node_taints,
+            runtime_endpoint: self.node.container_runtime_endpoint,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! rk: a lightweight Kubernetes distribution in one executable.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod api;

@@ -30,7 +30,38 @@ fn main() -> ExitCode {
             let level = args.log_level.clone();
             start(&level, args.into_config(), rk::agent::run)
         }
+        Command::Images(args) => run(images(args)),
     }
+}
+
+/// `rk images import|ls` against rk's containerd (or the one given).
+async fn images(args: cli::ImagesArgs) -> anyhow::Result<()> {
+    use rk::agent::runtime;
+    let socket = args
+        .container_runtime_endpoint
+        .clone()
+        .unwrap_or_else(|| runtime::containerd::ContainerdPaths::new(&args.data_dir).socket);
+    let channel = runtime::channel(&socket).await?;
+    match args.command {
+        cli::ImagesCommand::Import { files } => {
+            let importer = runtime::image::Importer::new(channel);
+            for f in files {
+                let names = importer.import_file(&f).await?;
+                for n in names {
+                    println!("imported {n} from {}", f.display());
+                }
+            }
+        }
+        cli::ImagesCommand::Ls => {
+            let list = runtime::image::list(channel).await?;
+            let width = list.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
+            println!("{:width$}   DIGEST", "IMAGE");
+            for (name, digest) in list {
+                println!("{name:width$}   {digest}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validated configuration → logging → a runtime running `body` until SIGINT/SIGTERM.

@@ -60,6 +60,14 @@ pub struct ServerConfig {
     pub disable_controller_manager: bool,
     /// Run no scheduler (`--disable-scheduler`).
     pub disable_scheduler: bool,
+    /// The own agent's `--node-ip`.
+    pub node_ip: Option<IpAddr>,
+    /// The own agent's `--node-label`s.
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    /// The own agent's `--node-taint`s.
+    pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// The own agent's `--container-runtime-endpoint`.
+    pub runtime_endpoint: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -82,6 +90,40 @@ impl ServerConfig {
             node_monitor_grace: NODE_MONITOR_GRACE,
             disable_controller_manager: false,
             disable_scheduler: false,
+            node_ip: None,
+            node_labels: Default::default(),
+            node_taints: vec![],
+            runtime_endpoint: None,
+        }
+    }
+
+    /// The cluster DNS Service IP: the tenth address of the service CIDR.
+    pub fn dns_ip(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::from(self.service_cidr.network()) + 10)
+    }
+
+    /// The configuration of the server's own agent: the same join a remote agent
+    /// does, over loopback with the server's token.
+    pub fn agent_config(&self, addr: SocketAddr, token: &str) -> crate::agent::AgentConfig {
+        crate::agent::AgentConfig {
+            server: format!("https://127.0.0.1:{}", addr.port()),
+            token: token.to_string(),
+            ca_file: None,
+            data_dir: self.data_dir.clone(),
+            node_name: self.node_name.clone(),
+            simulate: 0,
+            simulate_cpu: String::new(),
+            simulate_memory: String::new(),
+            simulate_pods: 0,
+            simulate_run_for: Duration::ZERO,
+            cluster_cidr: self.cluster_cidr,
+            node_ip: self.node_ip,
+            node_labels: self.node_labels.clone(),
+            node_taints: self.node_taints.clone(),
+            runtime_endpoint: self.runtime_endpoint.clone(),
+            cluster_dns: self.dns_ip().to_string(),
+            cluster_domain: self.cluster_domain.clone(),
+            control_plane: true,
         }
     }
 
@@ -116,6 +158,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The server's own agent failed.
+    #[error("the agent of this server: {0}")]
+    Agent(String),
     /// Creating the bootstrap objects failed.
     #[error("creating bootstrap objects: {0}")]
     Bootstrap(#[from] crate::api::status::ApiError),
@@ -196,12 +241,26 @@ pub async fn start(
 /// Runs `rk server` until `shutdown`.
 pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     let tracker = TaskTracker::new();
-    if !cfg.disable_agent {
-        tracing::warn!("the agent is not implemented yet: running the control plane only (as with --disable-agent)");
-    }
     let running = start(&cfg, shutdown.clone(), &tracker).await?;
     crate::notify_ready();
-    shutdown.cancelled().await;
+    if cfg.disable_agent {
+        shutdown.cancelled().await;
+    } else {
+        let acfg = cfg.agent_config(running.addr, &running.identity.token);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            r = crate::agent::run(acfg, shutdown.clone()) => {
+                if let Err(e) = r {
+                    // The node failing takes the server down with it, as a critical task should.
+                    tracing::error!(error = %format!("{e:#}"), "the server's agent failed");
+                    shutdown.cancel();
+                    tracker.close();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+                    return Err(ServerError::Agent(format!("{e:#}")));
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.is_err() {

@@ -49,7 +49,7 @@ impl SimConfig {
 
 const LEASE_EVERY: Duration = Duration::from_secs(10);
 
-fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+pub(crate) fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
 }
 
@@ -123,7 +123,7 @@ async fn register(client: &kube::Client, cfg: &SimConfig) -> Result<Vec<Node>, k
 }
 
 /// Renews each node's Lease in `kube-node-lease`.
-async fn renew_leases(client: &kube::Client, names: &[String]) {
+pub(crate) async fn renew_leases(client: &kube::Client, names: &[String]) {
     let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     for name in names {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());

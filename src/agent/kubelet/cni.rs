@@ -1,0 +1,35 @@
+//! The pod network on one node: a CNI `bridge` (rk0) with `host-local` IPAM on the
+//! node's podCIDR, plus `portmap` for hostPort, written where rk's containerd reads
+//! its CNI config. containerd picks up the file on its own.
+
+use std::path::Path;
+
+use serde_json::json;
+
+/// The CNI network config for a node whose podCIDR is `cidr`.
+pub fn conflist(cidr: &ipnet::Ipv4Net, ipam_dir: &Path) -> String {
+    let v = json!({
+        "cniVersion": "1.0.0",
+        "name": "rk-pod-network",
+        "plugins": [
+            {"type": "bridge", "bridge": "rk0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": cidr.to_string()}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam_dir.display().to_string()}},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+        ],
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// Writes the config (atomically) if it differs from what is there.
+pub fn write(conf_dir: &Path, cidr: &ipnet::Ipv4Net, ipam_dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(conf_dir)?;
+    let path = conf_dir.join("10-rk.conflist");
+    let text = conflist(cidr, ipam_dir);
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    let tmp = conf_dir.join(".10-rk.conflist.tmp");
+    std::fs::write(&tmp, &text)?;
+    std::fs::rename(tmp, path)
+}
