@@ -7,6 +7,7 @@ pub mod join;
 pub mod kubelet;
 pub mod runtime;
 pub mod simulate;
+pub mod tunnel;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,6 +72,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             cluster_dns: cfg.cluster_dns.clone(),
             cluster_domain: cfg.cluster_domain.clone(),
             runtime_endpoint: cfg.runtime_endpoint.clone(),
+            kubeconfig: kubeconfig.clone(),
         };
         return kubelet::run(client, kcfg, shutdown).await;
     }

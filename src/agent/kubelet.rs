@@ -2,6 +2,7 @@
 //! the node has a podCIDR, and runs one worker per pod bound to the node (see
 //! `pod_worker`), all through containerd.
 
+pub mod api;
 pub mod cni;
 pub mod env;
 pub mod node;
@@ -39,6 +40,8 @@ pub struct KubeletConfig {
     pub cluster_domain: String,
     /// An existing containerd socket (`--container-runtime-endpoint`); else rk runs its own.
     pub runtime_endpoint: Option<PathBuf>,
+    /// The node's kubeconfig (server URL and credentials), for the kubelet tunnel.
+    pub kubeconfig: String,
 }
 
 /// See [`node::NodeConfig`].
@@ -151,8 +154,10 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
             }
         }
     };
+    let tunnel = crate::agent::tunnel::run(cfg.kubeconfig.clone(), ctx.clone(), shutdown.clone());
     crate::notify_ready();
     tokio::select! {
+        _ = tunnel => {}
         _ = shutdown.cancelled() => {}
         _ = async { network.await; std::future::pending::<()>().await } => {}
         _ = heartbeat => {}

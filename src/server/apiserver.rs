@@ -9,6 +9,7 @@ mod propagation;
 pub mod request;
 mod scale;
 mod services;
+pub mod tunnel;
 pub mod watch;
 mod wire;
 
@@ -52,6 +53,8 @@ pub struct ApiServer {
     pub(crate) svc_lock: tokio::sync::Mutex<()>,
     /// The cluster identity, for the join endpoints (set once the server has it).
     pub(crate) identity: std::sync::OnceLock<Arc<super::tls::Identity>>,
+    /// Connections to the kubelets, opened by the agents.
+    pub(crate) tunnels: tunnel::Tunnels,
 }
 
 /// Where a request goes.
@@ -149,6 +152,7 @@ impl ApiServer {
             service_cidr,
             svc_lock: tokio::sync::Mutex::new(()),
             identity: std::sync::OnceLock::new(),
+            tunnels: tunnel::Tunnels::default(),
         })
     }
 
@@ -158,11 +162,14 @@ impl ApiServer {
     }
 
     /// Handles one request from an authenticated (or anonymous) user.
-    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>, user: Option<&CertUser>) -> Resp
+    pub async fn handle<B>(self: &Arc<Self>, mut req: Request<B>, user: Option<&CertUser>) -> Resp
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if req.uri().path() == "/v1-rk/tunnel" {
+            return self.accept_tunnel(&mut req, user);
+        }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
         if user.is_none() && !PUBLIC_PATHS.iter().any(|p| path == *p || path.starts_with(&format!("{p}/"))) {
@@ -236,6 +243,8 @@ impl ApiServer {
             (&Method::GET | &Method::PUT | &Method::PATCH, Some(_)) if call.sub.as_deref() == Some("scale") => {
                 self.scale(&method, &call, body).await
             }
+            (&Method::GET, Some(_)) if call.sub.as_deref() == Some("log") => self.pod_log(&call).await,
+            (_, Some(_)) if call.sub.as_deref() == Some("log") => Err(ApiError::method_not_allowed(method.as_str(), &what)),
             (&Method::POST, Some(_)) if call.sub.as_deref() == Some("binding") => self.bind(&call, body).await,
             (&Method::POST, Some(_)) if call.sub.as_deref() == Some("eviction") => self.evict(&call, body).await,
             (_, Some(_)) if matches!(call.sub.as_deref(), Some("binding" | "eviction")) => {
