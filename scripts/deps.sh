@@ -5,6 +5,14 @@ missing=""
 command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
 command -v cc >/dev/null 2>&1 || missing="$missing build-essential"
+# Below the agent: containerd and runc, the CNI plugins (bridge, host-local, portmap),
+# iptables for the CNI plugins' rules; busybox-static for the test image.
+command -v containerd >/dev/null 2>&1 || missing="$missing containerd"
+command -v runc >/dev/null 2>&1 || missing="$missing runc"
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || missing="$missing containernetworking-plugins"
+command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
+command -v nft >/dev/null 2>&1 || missing="$missing nftables"
+[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || missing="$missing busybox-static"
 if [ -n "$missing" ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -474,7 +474,7 @@ mod tests {
         v.extend(args.iter().map(OsString::from));
         parse(v).map(|c| match c.command {
             Command::Server(s) => s,
-            Command::Agent(_) => panic!("not a server command"),
+            _ => panic!("not a server command"),
         })
     }
 

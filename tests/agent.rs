@@ -106,6 +106,6 @@ async fn joins_fail_closed() {
     let e = failed_join(&s, secret, &sim);
     assert!(e.contains("--ca-file"), "{e}");
 
-    let e = failed_join(&s, &token, &[]);
-    assert!(e.contains("runs simulated nodes only"), "without --simulate: {e}");
+    let e = failed_join(&s, &token, &["--node-taint", "dedicated=gpu"]);
+    assert!(e.contains("--node-taint") && e.contains("key=value:Effect"), "a bad taint is a one-line error: {e}");
 }

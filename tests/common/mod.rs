@@ -2,6 +2,8 @@
 //! through real clients (kube-rs over HTTPS, and the kubectl binary).
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::path::PathBuf;
 use std::process::Output;
 

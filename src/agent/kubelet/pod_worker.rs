@@ -56,6 +56,8 @@ pub const NODE_LABEL: &str = "io.rk.node";
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// When to try again after the runtime did not answer.
+const RUNTIME_RETRY: Duration = Duration::from_secs(1);
 /// How often a settled pod is looked at again (volumes refreshed, status checked).
 const RESYNC: Duration = Duration::from_secs(5);
 
@@ -136,33 +138,29 @@ impl Worker {
         }
     }
 
-    async fn sandboxes(&self, uid: &str) -> Vec<cri::PodSandbox> {
+    /// The pod's sandboxes, newest first. An error means the runtime could not
+    /// answer (containerd restarting): the caller must not act on "none".
+    async fn sandboxes(&self, uid: &str) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
         let filter = cri::PodSandboxFilter {
             label_selector: HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())]),
             ..Default::default()
         };
-        let mut list = match self.ctx.cri.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await {
-            Ok(r) => r.into_inner().items,
-            Err(e) => {
-                tracing::warn!(pod = uid, error = %e, "listing sandboxes failed");
-                vec![]
-            }
-        };
+        let mut list = self.ctx.cri.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await?.into_inner().items;
         list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        list
+        Ok(list)
     }
 
-    async fn containers(&self, sandbox_id: &str) -> Vec<Observed> {
+    /// The containers of a sandbox, newest run first; an error as for `sandboxes`.
+    async fn containers(&self, sandbox_id: &str) -> Result<Vec<Observed>, tonic::Status> {
         let filter = cri::ContainerFilter { pod_sandbox_id: sandbox_id.into(), ..Default::default() };
-        let list = match self.ctx.cri.rt().list_containers(cri::ListContainersRequest { filter: Some(filter) }).await {
-            Ok(r) => r.into_inner().containers,
-            Err(_) => return vec![],
-        };
+        let list = self.ctx.cri.rt().list_containers(cri::ListContainersRequest { filter: Some(filter) }).await?.into_inner().containers;
         let mut out = Vec::new();
         for c in list {
-            let Ok(st) = self.ctx.cri.rt().container_status(cri::ContainerStatusRequest { container_id: c.id.clone(), verbose: false }).await
-            else {
-                continue;
+            let st = match self.ctx.cri.rt().container_status(cri::ContainerStatusRequest { container_id: c.id.clone(), verbose: false }).await {
+                Ok(st) => st,
+                // Removed since it was listed.
+                Err(e) if e.code() == tonic::Code::NotFound => continue,
+                Err(e) => return Err(e),
             };
             let Some(s) = st.into_inner().status else { continue };
             let md = s.metadata.clone().unwrap_or_default();
@@ -187,7 +185,7 @@ impl Worker {
             });
         }
         out.sort_by_key(|c| std::cmp::Reverse((c.attempt, c.created_at)));
-        out
+        Ok(out)
     }
 
     /// One pass; returns when to look again.
@@ -199,7 +197,7 @@ impl Worker {
             self.terminate(pod, &uid).await;
             return Duration::from_secs(2);
         }
-        let sandboxes = self.sandboxes(&uid).await;
+        let Ok(sandboxes) = self.sandboxes(&uid).await else { return RUNTIME_RETRY };
         if matches!(phase.as_str(), "Succeeded" | "Failed") {
             // A finished pod keeps its containers (for logs) but not its sandbox.
             for s in sandboxes.iter().filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
@@ -221,7 +219,7 @@ impl Worker {
                 // A sandbox that died (node reboot, killed pause) takes its containers with it.
                 let never = spec.restart_policy.as_deref() == Some("Never");
                 if !sandboxes.is_empty() && never {
-                    let old = self.containers(&sandboxes[0].id).await;
+                    let Ok(old) = self.containers(&sandboxes[0].id).await else { return RUNTIME_RETRY };
                     if !old.is_empty() {
                         obs.containers = old;
                         self.report(pod, &obs).await;
@@ -266,7 +264,8 @@ impl Worker {
                 return Duration::from_secs(10);
             }
         };
-        obs.containers = self.containers(&sandbox_id).await;
+        let Ok(runs) = self.containers(&sandbox_id).await else { return RUNTIME_RETRY };
+        obs.containers = runs;
         self.prune_old(&obs.containers).await;
         let mut next = RESYNC;
 
@@ -315,12 +314,14 @@ impl Worker {
                     next = next.min(wait);
                 }
             }
-            obs.containers = self.containers(&sandbox_id).await;
+            let Ok(runs) = self.containers(&sandbox_id).await else { return RUNTIME_RETRY };
+            obs.containers = runs;
             if let Some(wait) = self.probe_all(pod, &spec.containers, &mut obs, &pod_ip).await {
                 next = next.min(wait);
             }
         } else {
-            obs.containers = self.containers(&sandbox_id).await;
+            let Ok(runs) = self.containers(&sandbox_id).await else { return RUNTIME_RETRY };
+            obs.containers = runs;
         }
         self.report(pod, &obs).await;
         next.max(Duration::from_millis(100))
@@ -907,10 +908,10 @@ impl Worker {
     /// the final status and the removal of the object (kubelet's `DeleteOptions{grace 0}`).
     async fn terminate(&mut self, pod: &Pod, uid: &str) {
         let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or_else(|| grace(pod));
-        let sandboxes = self.sandboxes(uid).await;
+        let Ok(sandboxes) = self.sandboxes(uid).await else { return };
         let mut obs = PodObservation::default();
         for s in &sandboxes {
-            let runs = self.containers(&s.id).await;
+            let Ok(runs) = self.containers(&s.id).await else { return };
             let running: Vec<Observed> = runs.iter().filter(|r| r.state == CState::Running).cloned().collect();
             let spec = pod.spec.clone().unwrap_or_default();
             let stops = running.iter().map(|r| {
@@ -936,7 +937,8 @@ impl Worker {
             futures::future::join_all(stops).await;
             let _ = self.ctx.cri.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
             if obs.containers.is_empty() {
-                obs.containers = self.containers(&s.id).await;
+                let Ok(runs) = self.containers(&s.id).await else { return };
+                obs.containers = runs;
             }
         }
         self.report(pod, &obs).await;

@@ -1,0 +1,260 @@
+//! End to end: real `rk server` (with its agent) and a second `rk agent` joined with
+//! the token, each on its own lab host (a network namespace with no route out), each
+//! with the containerd rk starts, running real busybox containers; driven by kubectl.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::lab::{self, HOST_IPS, Lab};
+use nix::sys::signal::Signal;
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+fn jsonpath(lab: &Lab, args: &[&str], path: &str) -> String {
+    let jp = format!("jsonpath={path}");
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["-o", jp.as_str()]);
+    let out = lab.kubectl(&a);
+    if !out.status.success() {
+        eprintln!("kubectl {}: {}", a.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn logs(lab: &Lab) -> String {
+    ["server.log", "worker.log"]
+        .iter()
+        .map(|f| format!("== {f}\n{}", std::fs::read_to_string(lab.path(f)).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hello}
+spec:
+  nodeName: worker
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: ["sh", "-c", "echo hello from $(POD_NAME) on $NODE; trap 'echo got SIGTERM; exit 0' TERM; while true; do sleep 1; done"]
+    env:
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  nodeName: server
+  containers:
+  - {name: main, image: busybox:1.35, command: ["sh", "-c", "echo dying; exit 3"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: probes}
+spec:
+  nodeName: server
+  containers:
+  - name: live
+    image: busybox:1.35
+    command: ["sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 3600"]
+    livenessProbe: {exec: {command: ["cat", "/tmp/healthy"]}, periodSeconds: 1, failureThreshold: 1}
+  - name: unready
+    image: busybox:1.35
+    command: ["sleep", "3600"]
+    readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: conf}
+data: {greeting: one}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vols}
+spec:
+  nodeName: worker
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: ["sleep", "3600"]
+    volumeMounts: [{name: conf, mountPath: /conf}, {name: scratch, mountPath: /scratch}]
+  volumes:
+  - {name: conf, configMap: {name: conf}}
+  - {name: scratch, emptyDir: {}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad-image}
+spec:
+  nodeName: server
+  containers: [{name: main, image: "nothere:1", imagePullPolicy: Never}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad-volume}
+spec:
+  nodeName: server
+  containers: [{name: main, image: busybox:1.35, command: ["true"], volumeMounts: [{name: v, mountPath: /v}]}]
+  volumes: [{name: v, configMap: {name: missing}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad-security}
+spec:
+  nodeName: server
+  containers: [{name: main, image: busybox:1.35, command: ["true"], securityContext: {runAsNonRoot: true}}]
+"#;
+
+#[test]
+fn real_pods_on_two_nodes() {
+    if let Some(why) = lab::unavailable() {
+        eprintln!("skipping the end-to-end test: {why}");
+        return;
+    }
+    let mut lab = Lab::new();
+    for host in ["server", "worker"] {
+        lab::busybox_image(&lab.path(host).join("agent/images/busybox.tar"));
+    }
+    let server_dir = lab.path("server");
+    let kubeconfig = lab.path("kubeconfig.yaml");
+    let server_args = [
+        "server", "--data-dir", server_dir.to_str().unwrap(), "--write-kubeconfig", kubeconfig.to_str().unwrap(),
+        "--node-name", "server", "--node-ip", HOST_IPS[0],
+    ];
+    let mut server = lab.spawn_rk(0, &server_args, "server.log");
+    wait_for("the server's kubeconfig", 30, || kubeconfig.exists());
+    let token = std::fs::read_to_string(server_dir.join("server/token")).expect("token file").trim().to_string();
+
+    // A second node, joined with the token over the lab link.
+    let url = format!("https://{}:6443", HOST_IPS[0]);
+    let worker_dir = lab.path("worker");
+    lab.spawn_rk(
+        1,
+        &["agent", "--join", &url, "--token", &token, "--node-name", "worker", "--data-dir", worker_dir.to_str().unwrap()],
+        "worker.log",
+    );
+    wait_for("both nodes Ready", 60, || {
+        let s = jsonpath(&lab, &["get", "nodes"], "{range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}");
+        s.contains("server=True") && s.contains("worker=True")
+    });
+    let wide = lab.kubectl_ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains("containerd://") && wide.contains(HOST_IPS[1]), "{wide}");
+    assert!(wide.contains("control-plane"), "{wide}");
+
+    let out = lab.kubectl_stdin(&["apply", "-f", "-"], Some(PODS));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A pod on the worker runs; its output reaches kubectl through the worker's tunnel.
+    wait_for("hello Running", 60, || jsonpath(&lab, &["get", "pod", "hello"], "{.status.phase}") == "Running");
+    wait_for("hello's log", 20, || {
+        String::from_utf8_lossy(&lab.kubectl(&["logs", "hello"]).stdout).contains("hello from hello on worker")
+    });
+    let ip = jsonpath(&lab, &["get", "pod", "hello"], "{.status.podIP}");
+    assert!(ip.starts_with("10.42."), "pod IP {ip:?} from the node's podCIDR");
+
+    // A crashing container backs off as Kubernetes does: restart 1 at once, then 10 s.
+    wait_for("crash in CrashLoopBackOff", 60, || {
+        let st = jsonpath(&lab, &["get", "pod", "crash"], "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].restartCount}");
+        st.starts_with("CrashLoopBackOff") && st.split(' ').nth(1).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1)
+    });
+    let prev = lab.kubectl_ok(&["logs", "crash", "--previous"]);
+    assert!(prev.contains("dying"), "{prev}");
+    let last = jsonpath(&lab, &["get", "pod", "crash"], "{.status.containerStatuses[0].lastState.terminated.exitCode}");
+    assert_eq!(last, "3");
+
+    // A failing liveness probe restarts its container; a failing readiness probe clears Ready.
+    wait_for("the liveness restart", 60, || {
+        jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"live\")].restartCount}")
+            .parse::<u32>()
+            .is_ok_and(|n| n >= 1)
+    });
+    let st = jsonpath(&lab, &["get", "pod", "probes"], "{.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.status.containerStatuses[?(@.name==\"unready\")].ready}");
+    assert_eq!(st, "Running False false", "{}", logs(&lab));
+    let ev = lab.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=probes"]);
+    assert!(ev.contains("Liveness probe failed") && ev.contains("Readiness probe failed"), "{ev}");
+
+    // configMap volumes follow their ConfigMap.
+    wait_for("vols Running", 60, || jsonpath(&lab, &["get", "pod", "vols"], "{.status.phase}") == "Running");
+    lab.kubectl_ok(&["patch", "configmap", "conf", "-p", r#"{"data":{"greeting":"two"}}"#]);
+    wait_for("the configMap volume to update", 60, || {
+        let f = worker_dir.join("agent/pods");
+        std::fs::read_dir(&f).into_iter().flatten().flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("volumes/kubernetes.io~configmap/conf/greeting")).is_ok_and(|s| s == "two")
+        })
+    });
+
+    // Bad specs end as the status and events Kubernetes shows, never as a crash.
+    wait_for("the bad pods' reasons", 60, || {
+        let r = |p: &str| jsonpath(&lab, &["get", "pod", p], "{.status.containerStatuses[0].state.waiting.reason}");
+        r("bad-image") == "ErrImageNeverPull" && r("bad-security") == "CreateContainerConfigError"
+    });
+    let msg = jsonpath(&lab, &["get", "pod", "bad-security"], "{.status.containerStatuses[0].state.waiting.message}");
+    assert!(msg.contains("runAsNonRoot and image will run as root"), "{msg}");
+    wait_for("FailedMount", 30, || {
+        lab.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=bad-volume"]).contains("FailedMount")
+    });
+    assert_eq!(jsonpath(&lab, &["get", "pod", "bad-volume"], "{.status.phase}"), "Pending");
+
+    // kill -9 rk: containers keep running; after a restart the pods are unchanged.
+    let before = jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID}");
+    assert!(before.starts_with("containerd://"), "{before:?}");
+    lab.signal(server, Signal::SIGKILL);
+    lab.reap(server);
+    server = lab.spawn_rk(0, &server_args, "server.log");
+    wait_for("the API after restart", 30, || lab.kubectl(&["get", "--raw", "/readyz"]).status.success());
+    wait_for("the server node Ready again", 30, || {
+        jsonpath(&lab, &["get", "node", "server"], "{.status.conditions[?(@.type==\"Ready\")].status}") == "True"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let after = jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID} {.status.containerStatuses[?(@.name==\"unready\")].restartCount}");
+    assert_eq!(after, format!("{before} 0"), "{}", logs(&lab));
+
+    // Killing containerd: rk starts it again and the pods stay as they were.
+    let containerd = children(server).into_iter().find(|p| comm(*p) == "containerd").expect("rk's containerd");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(containerd), Signal::SIGKILL);
+    wait_for("a new containerd", 30, || children(server).into_iter().any(|p| comm(p) == "containerd" && p != containerd));
+    std::thread::sleep(Duration::from_secs(3));
+    let again = jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID} {.status.containerStatuses[?(@.name==\"unready\")].restartCount}");
+    assert_eq!(again, after);
+
+    // Deleting a pod sends SIGTERM (the container's trap runs) and finishes at once;
+    // one that ignores SIGTERM is killed after its grace period (2 s).
+    let t0 = Instant::now();
+    lab.kubectl_ok(&["delete", "pod", "hello", "--wait=true", "--timeout=60s"]);
+    assert!(t0.elapsed() < Duration::from_secs(20), "hello took {:?} to stop", t0.elapsed());
+    let t0 = Instant::now();
+    lab.kubectl_ok(&["delete", "pod", "vols", "--wait=true", "--timeout=60s"]);
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "vols took {took:?}");
+    wait_for("the worker to clean up its pods", 30, || {
+        std::fs::read_dir(worker_dir.join("agent/pods")).map(|d| d.count() == 0).unwrap_or(true)
+    });
+}
+
+/// Child processes of `pid`.
+fn children(pid: u32) -> Vec<i32> {
+    let mut out = vec![];
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let s = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    out
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
