@@ -91,7 +91,7 @@ impl ResourceDef {
             s.push("scale");
         }
         if self.group.is_empty() && self.plural == "pods" {
-            s.extend(["binding", "eviction", "log"]);
+            s.extend(["binding", "eviction", "log", "exec", "attach", "portforward"]);
         }
         s
     }

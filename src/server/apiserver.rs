@@ -80,6 +80,18 @@ enum Route {
     },
 }
 
+/// `/api/v1/namespaces/<ns>/pods/<name>/exec|attach|portforward`: the streaming
+/// subresources, handled before the body is read (they upgrade the connection).
+fn stream_target(path: &str) -> Option<(String, String, String)> {
+    let s: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match s.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, sub] if matches!(*sub, "exec" | "attach" | "portforward") => {
+            Some((ns.to_string(), name.to_string(), sub.to_string()))
+        }
+        _ => None,
+    }
+}
+
 fn route(reg: &'static Registry, path: &str) -> Result<Route, ApiError> {
     let segs: Vec<String> = path
         .trim_matches('/')
@@ -169,6 +181,11 @@ impl ApiServer {
     {
         if req.uri().path() == "/v1-rk/tunnel" {
             return self.accept_tunnel(&mut req, user);
+        }
+        if user.is_some()
+            && let Some((ns, name, sub)) = stream_target(req.uri().path())
+        {
+            return self.pod_stream(&mut req, &sub, &ns, &name).await.unwrap_or_else(|e| request::error(&e));
         }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();

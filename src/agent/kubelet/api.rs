@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
+
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,15 +29,212 @@ fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
 }
 
 /// Serves one request of the kubelet API.
-pub async fn handle<B>(ctx: Arc<NodeCtx>, req: Request<B>) -> Result<Response<Body>, Infallible> {
+pub async fn handle<B>(ctx: Arc<NodeCtx>, req: Request<B>) -> Result<Response<Body>, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send + Sync + 'static,
+{
     let path = req.uri().path().to_string();
-    let q: HashMap<String, String> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let q: HashMap<String, String> = pairs.iter().cloned().collect();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     Ok(match segs.as_slice() {
         ["containerLogs", ns, pod, container] => container_logs(&ctx, ns, pod, container, &q).await,
+        ["exec" | "attach", ns, pod, container] => {
+            let kind = segs[0].to_string();
+            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+            stream(&ctx, &kind, &ns, &pod, Some(&container), &pairs, req).await
+        }
+        ["portForward", ns, pod] => {
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            stream(&ctx, "portForward", &ns, &pod, None, &pairs, req).await
+        }
         ["healthz"] => text(StatusCode::OK, "ok"),
         _ => text(StatusCode::NOT_FOUND, format!("404 page not found: {path}")),
     })
+}
+
+/// The pod's ready sandbox and, if `container` is given, that container's running run.
+async fn find(ctx: &NodeCtx, ns: &str, pod: &str, uid: Option<&String>, container: Option<&str>) -> Result<(String, Option<String>), String> {
+    let mut labels = HashMap::from([
+        ("io.kubernetes.pod.name".to_string(), pod.to_string()),
+        ("io.kubernetes.pod.namespace".to_string(), ns.to_string()),
+    ]);
+    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+        labels.insert("io.kubernetes.pod.uid".into(), uid.clone());
+    }
+    let filter = cri::PodSandboxFilter {
+        label_selector: labels,
+        state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+        ..Default::default()
+    };
+    let sandbox = ctx
+        .cri
+        .rt()
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .items
+        .into_iter()
+        .max_by_key(|s| s.created_at)
+        .ok_or_else(|| format!("pod {ns}/{pod} is not running on this node"))?;
+    let Some(name) = container else { return Ok((sandbox.id, None)) };
+    let filter = cri::ContainerFilter {
+        pod_sandbox_id: sandbox.id.clone(),
+        state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+        ..Default::default()
+    };
+    let c = ctx
+        .cri
+        .rt()
+        .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .containers
+        .into_iter()
+        .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
+        .ok_or_else(|| format!("container {name} is not running in pod {pod}"))?;
+    Ok((sandbox.id, Some(c.id)))
+}
+
+/// exec, attach and port-forward: ask the runtime for a streaming URL, send the
+/// client's upgrade request there, and pipe the bytes after the upgrade both ways.
+async fn stream<B>(
+    ctx: &NodeCtx,
+    kind: &str,
+    ns: &str,
+    pod: &str,
+    container: Option<&str>,
+    q: &[(String, String)],
+    req: Request<B>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let meta_name = crate::server::apiserver::tunnel::UPGRADE_META;
+    let meta: serde_json::Value = req
+        .headers()
+        .get(meta_name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let get = |k: &str| q.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+    let flag = |k: &str| get(k).is_some_and(|v| v == "true" || v == "1");
+    let uid = get("podUID");
+    let (sandbox, cid) = match find(ctx, ns, pod, uid.as_ref(), container).await {
+        Ok(x) => x,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let cid = cid.unwrap_or_default();
+    let url = match kind {
+        "exec" => ctx
+            .cri
+            .rt()
+            .exec(cri::ExecRequest {
+                container_id: cid,
+                cmd: q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect(),
+                tty: flag("tty"),
+                stdin: flag("stdin"),
+                stdout: flag("stdout"),
+                stderr: flag("stderr"),
+            })
+            .await
+            .map(|r| r.into_inner().url),
+        "attach" => ctx
+            .cri
+            .rt()
+            .attach(cri::AttachRequest { container_id: cid, stdin: flag("stdin"), tty: flag("tty"), stdout: flag("stdout"), stderr: flag("stderr") })
+            .await
+            .map(|r| r.into_inner().url),
+        _ => ctx.cri.rt().port_forward(cri::PortForwardRequest { pod_sandbox_id: sandbox, port: vec![] }).await.map(|r| r.into_inner().url),
+    };
+    let url: http::Uri = match url.map(|u| u.parse()) {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("the runtime gave a bad stream URL: {e}")),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
+    };
+    let authority = url.authority().map(|a| a.to_string()).unwrap_or_default();
+    let mut tcp = match tokio::net::TcpStream::connect(authority.as_str()).await {
+        Ok(t) => t,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("connecting to the runtime's stream server: {e}")),
+    };
+    let method = meta["method"].as_str().unwrap_or("GET");
+    let mut head = format!("{method} {} HTTP/1.1\r\nHost: {authority}\r\n", url.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    for h in meta["headers"].as_array().into_iter().flatten() {
+        if let (Some(k), Some(v)) = (h[0].as_str(), h[1].as_str()) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    if method == "POST" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    if let Err(e) = tcp.write_all(head.as_bytes()).await {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("writing to the runtime's stream server: {e}"));
+    }
+    // The answer's head, read by hand: what follows it is the stream itself.
+    let mut buf = Vec::new();
+    let end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return text(StatusCode::BAD_GATEWAY, "the runtime's stream server closed the connection"),
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 << 10 {
+            return text(StatusCode::BAD_GATEWAY, "the runtime's stream server sent an oversized answer");
+        }
+    };
+    let head_text = String::from_utf8_lossy(&buf[..end]).to_string();
+    let rest = buf[end..].to_vec();
+    let mut lines = head_text.split("\r\n");
+    let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(502);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+        .collect();
+    let answer = serde_json::json!({"status": status, "headers": headers}).to_string();
+    let (rd, mut wr) = tcp.into_split();
+    if status == 101 {
+        let mut body = req.into_body();
+        tokio::spawn(async move {
+            while let Some(f) = body.frame().await {
+                let Ok(f) = f else { break };
+                if let Ok(d) = f.into_data()
+                    && wr.write_all(&d).await.is_err()
+                {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+    }
+    let first = futures::stream::iter((!rest.is_empty()).then(|| Ok(hyper::body::Frame::data(Bytes::from(rest)))));
+    let limit = if status == 101 { u64::MAX } else { 1 << 20 };
+    let more = futures::stream::unfold((rd, limit), |(mut rd, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut b = vec![0u8; 32 << 10];
+        match rd.read(&mut b).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                b.truncate(n);
+                Some((Ok(hyper::body::Frame::data(Bytes::from(b))), (rd, left.saturating_sub(n as u64))))
+            }
+        }
+    });
+    let mut r = Response::new(StreamBody::new(first.chain(more)).boxed_unsync());
+    if let Ok(v) = http::HeaderValue::from_str(&answer) {
+        r.headers_mut().insert(meta_name, v);
+    }
+    r
 }
 
 /// One line of a CRI log file: `<RFC3339Nano> <stdout|stderr> <P|F> <message>`.
