@@ -55,6 +55,14 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: web}
+spec:
+  nodeName: worker
+  containers:
+  - {name: httpd, image: busybox:1.35, command: ["httpd", "-f", "-p", "8080", "-h", "/etc"]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: crash}
 spec:
   nodeName: server
@@ -166,6 +174,39 @@ fn real_pods_on_two_nodes() {
     let ip = jsonpath(&lab, &["get", "pod", "hello"], "{.status.podIP}");
     assert!(ip.starts_with("10.42."), "pod IP {ip:?} from the node's podCIDR");
 
+    // exec (exit code, stdin), cp both ways, port-forward: through the worker's tunnel.
+    let out = lab.kubectl(&["exec", "hello", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    let out = lab.kubectl_stdin(&["exec", "-i", "hello", "--", "cat"], Some("ping\n"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ping\n", "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(lab.path("up.txt"), "copied up\n").unwrap();
+    let up = lab.path("up.txt");
+    lab.kubectl_ok(&["cp", up.to_str().unwrap(), "hello:/tmp/up.txt"]);
+    assert_eq!(lab.kubectl_ok(&["exec", "hello", "--", "cat", "/tmp/up.txt"]), "copied up\n");
+    let down = lab.path("down.txt");
+    lab.kubectl_ok(&["cp", "hello:/tmp/up.txt", down.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&down).unwrap(), "copied up\n");
+    wait_for("web Running", 60, || jsonpath(&lab, &["get", "pod", "web"], "{.status.phase}") == "Running");
+    let mut pf = lab
+        .cmd(0, "kubectl")
+        .args(["port-forward", "pod/web", "18080:8080"])
+        .env("KUBECONFIG", lab.path("kubeconfig.yaml"))
+        .env("KUBECACHEDIR", lab.path("kubecache"))
+        .env("HOME", lab.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    wait_for("httpd through port-forward", 30, || {
+        let out = lab.cmd(0, "/bin/busybox").args(["wget", "-q", "-O", "-", "http://127.0.0.1:18080/hostname"]).output().unwrap();
+        body = String::from_utf8_lossy(&out.stdout).to_string();
+        body == "web\n"
+    });
+    let _ = pf.kill();
+    let _ = pf.wait();
+
     // A crashing container backs off as Kubernetes does: restart 1 at once, then 10 s.
     wait_for("crash in CrashLoopBackOff", 60, || {
         let st = jsonpath(&lab, &["get", "pod", "crash"], "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].restartCount}");
@@ -240,6 +281,7 @@ fn real_pods_on_two_nodes() {
     lab.kubectl_ok(&["delete", "pod", "vols", "--wait=true", "--timeout=60s"]);
     let took = t0.elapsed();
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "vols took {took:?}");
+    lab.kubectl_ok(&["delete", "pod", "web", "--wait=true", "--timeout=60s"]);
     wait_for("the worker to clean up its pods", 30, || {
         std::fs::read_dir(worker_dir.join("agent/pods")).map(|d| d.count() == 0).unwrap_or(true)
     });
