@@ -106,6 +106,21 @@ async fn joins_fail_closed() {
     let e = failed_join(&s, secret, &sim);
     assert!(e.contains("--ca-file"), "{e}");
 
+    // A node name belongs to the host that joined with it first (its node password).
+    let first = tempfile::tempdir().unwrap();
+    let child = agent(&s, first.path(), &token, &sim).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = KillOnDrop(child);
+    for _ in 0..200 {
+        if first.path().join("agent/kubeconfig.yaml").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(child);
+    assert!(first.path().join("agent/node-password").exists());
+    let e = failed_join(&s, &token, &sim);
+    assert!(e.contains("belongs to another host"), "another host taking the name: {e}");
+
     let e = failed_join(&s, &token, &["--node-taint", "dedicated=gpu"]);
     assert!(e.contains("--node-taint") && e.contains("key=value:Effect"), "a bad taint is a one-line error: {e}");
 }

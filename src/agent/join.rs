@@ -162,12 +162,20 @@ pub async fn join(
     {
         bail!("the server's CA does not match the hash in the token: not joining {server}");
     }
-    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"nodeName": node_name}))?);
+    let password = node_password(data_dir)?;
+    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"nodeName": node_name, "nodePassword": password}))?);
     let (code, resp) =
         https(trusting(&ca_pem)?, &url, http::Method::POST, "/v1-rk/node-credentials", Some(token), body).await?;
     match code {
         200 => {}
         401 => bail!("the server refused the token"),
+        403 => {
+            let msg = serde_json::from_slice::<serde_json::Value>(&resp)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&resp).to_string());
+            bail!("the server refused node name {node_name:?}: {msg}")
+        }
         c => bail!("getting node credentials from {server}: HTTP {c}: {}", String::from_utf8_lossy(&resp)),
     }
     let v: serde_json::Value = serde_json::from_slice(&resp).context("decoding node credentials")?;
@@ -183,6 +191,27 @@ pub async fn join(
     tls::write_kubeconfig(&path, &kubeconfig, 0o600).context("writing the agent kubeconfig")?;
     tracing::info!(server, node = node_name, "joined the cluster");
     Ok(kubeconfig)
+}
+
+/// This host's node password (`<data-dir>/agent/node-password`, made at first join):
+/// it proves to the server that a node name is still this host's.
+fn node_password(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("agent").join("node-password");
+    if let Ok(p) = std::fs::read_to_string(&path)
+        && !p.trim().is_empty()
+    {
+        return Ok(p.trim().to_string());
+    }
+    let p: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    tls::write_private(&path, &p, 0o600).context("writing the node password")?;
+    Ok(p)
 }
 
 /// A client from a kubeconfig's text.

@@ -208,7 +208,7 @@ impl ApiServer {
                     Ok(b) => b,
                     Err(e) => return request::error(&e),
                 };
-                self.node_credentials(&parts.method, &parts.headers, &body)
+                self.node_credentials(&parts.method, &parts.headers, &body).await
             }
             Route::Health(which) => Ok(self.health(which, &query)),
             Route::Api => Ok(match discovery::aggregated_version(&parts.headers) {

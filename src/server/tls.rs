@@ -107,7 +107,8 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+/// Writes a file only its owner can read (mode `mode`), atomically.
+pub fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {

@@ -133,9 +133,7 @@ impl Worker {
             action,
             secondary: None,
         };
-        if let Err(e) = self.ctx.recorder.publish(&ev, &r).await {
-            tracing::debug!(error = %e, reason, "recording an event failed");
-        }
+        emit(&self.ctx.recorder, ev, r);
     }
 
     /// The pod's sandboxes, newest first. An error means the runtime could not
@@ -783,7 +781,7 @@ impl Worker {
                             Err(msg) => {
                                 st.start_fails += 1;
                                 let ev = format!("Startup probe failed: {msg}");
-                                self.ctx.recorder.publish(&warn_ev("Unhealthy", &ev), &container_ref(pod, &c.name)).await.ok();
+                                emit(&self.ctx.recorder, warn_ev("Unhealthy", &ev), container_ref(pod, &c.name));
                                 if st.start_fails >= p.failure_threshold.unwrap_or(3) {
                                     kill = Some(format!("Container {} failed startup probe, will be restarted", c.name));
                                 }
@@ -804,7 +802,7 @@ impl Worker {
                             Err(msg) => {
                                 st.live_fails += 1;
                                 let ev = format!("Liveness probe failed: {msg}");
-                                self.ctx.recorder.publish(&warn_ev("Unhealthy", &ev), &container_ref(pod, &c.name)).await.ok();
+                                emit(&self.ctx.recorder, warn_ev("Unhealthy", &ev), container_ref(pod, &c.name));
                                 if st.live_fails >= p.failure_threshold.unwrap_or(3) {
                                     kill = Some(format!("Container {} failed liveness probe, will be restarted", c.name));
                                 }
@@ -831,7 +829,7 @@ impl Worker {
                                 st.ready_succ = 0;
                                 st.ready_fails += 1;
                                 let ev = format!("Readiness probe failed: {msg}");
-                                self.ctx.recorder.publish(&warn_ev("Unhealthy", &ev), &container_ref(pod, &c.name)).await.ok();
+                                emit(&self.ctx.recorder, warn_ev("Unhealthy", &ev), container_ref(pod, &c.name));
                                 if st.ready_fails >= p.failure_threshold.unwrap_or(3) {
                                     st.ready = false;
                                 }
@@ -977,6 +975,17 @@ pub async fn remove_pod(ctx: &NodeCtx, uid: &str) {
 
 fn grace(pod: &Pod) -> i64 {
     pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30)
+}
+
+/// Records an event without holding up the pod (the kubelet's recorder is
+/// asynchronous too); failures are logged.
+fn emit(recorder: &Recorder, ev: Event, r: k8s_openapi::api::core::v1::ObjectReference) {
+    let recorder = recorder.clone();
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&ev, &r).await {
+            tracing::debug!(error = %e, reason = %ev.reason, "recording an event failed");
+        }
+    });
 }
 
 fn warn_ev(reason: &str, note: &str) -> Event {
