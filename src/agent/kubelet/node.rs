@@ -71,7 +71,7 @@ fn read_trim(path: &str) -> String {
 pub fn capacity(data_dir: &std::path::Path) -> BTreeMap<String, String> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let disk = nix::sys::statvfs::statvfs(data_dir)
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks() * s.fragment_size())
         .unwrap_or(0);
     BTreeMap::from([
         ("cpu".to_string(), cpus.to_string()),

@@ -770,26 +770,26 @@ impl Worker {
             };
             let period = |p: &Probe| Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
             let mut kill: Option<String> = None;
-            if !st.started {
-                if let Some(p) = &c.startup_probe {
-                    let at = due(p, st.next_start);
-                    if at <= now {
-                        let r = run_probe(&self.ctx.cri, &cur.id, p, c, pod_ip).await;
-                        st.next_start = Some(now + period(p));
-                        match r {
-                            Ok(()) => st.started = true,
-                            Err(msg) => {
-                                st.start_fails += 1;
-                                let ev = format!("Startup probe failed: {msg}");
-                                emit(&self.ctx.recorder, warn_ev("Unhealthy", &ev), container_ref(pod, &c.name));
-                                if st.start_fails >= p.failure_threshold.unwrap_or(3) {
-                                    kill = Some(format!("Container {} failed startup probe, will be restarted", c.name));
-                                }
+            if !st.started
+                && let Some(p) = &c.startup_probe
+            {
+                let at = due(p, st.next_start);
+                if at <= now {
+                    let r = run_probe(&self.ctx.cri, &cur.id, p, c, pod_ip).await;
+                    st.next_start = Some(now + period(p));
+                    match r {
+                        Ok(()) => st.started = true,
+                        Err(msg) => {
+                            st.start_fails += 1;
+                            let ev = format!("Startup probe failed: {msg}");
+                            emit(&self.ctx.recorder, warn_ev("Unhealthy", &ev), container_ref(pod, &c.name));
+                            if st.start_fails >= p.failure_threshold.unwrap_or(3) {
+                                kill = Some(format!("Container {} failed startup probe, will be restarted", c.name));
                             }
                         }
                     }
-                    next = Some(next.map_or(st.next_start.unwrap_or(at), |n| n.min(st.next_start.unwrap_or(at))));
                 }
+                next = Some(next.map_or(st.next_start.unwrap_or(at), |n| n.min(st.next_start.unwrap_or(at))));
             }
             if st.started && kill.is_none() {
                 if let Some(p) = &c.liveness_probe {
