@@ -137,6 +137,14 @@ fn real_pods_on_two_nodes() {
     for host in ["server", "worker"] {
         lab::busybox_image(&lab.path(host).join("agent/images/busybox.tar"));
     }
+    // A static pod on the server's node.
+    let manifests = lab.path("server/agent/pod-manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("static-web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web, namespace: kube-system}\nspec:\n  containers:\n  - {name: httpd, image: busybox:1.35, command: [httpd, -f, -p, '8081']}\n",
+    )
+    .unwrap();
     let server_dir = lab.path("server");
     let kubeconfig = lab.path("kubeconfig.yaml");
     let server_args = [
@@ -162,6 +170,13 @@ fn real_pods_on_two_nodes() {
     let wide = lab.kubectl_ok(&["get", "nodes", "-o", "wide"]);
     assert!(wide.contains("containerd://") && wide.contains(HOST_IPS[1]), "{wide}");
     assert!(wide.contains("control-plane"), "{wide}");
+
+    // The static pod runs, mirrored as <name>-<node> and owned by the Node.
+    wait_for("the static pod Running", 60, || {
+        jsonpath(&lab, &["get", "pod", "-n", "kube-system", "static-web-server"], "{.status.phase}") == "Running"
+    });
+    let owner = jsonpath(&lab, &["get", "pod", "-n", "kube-system", "static-web-server"], "{.metadata.ownerReferences[0].kind} {.metadata.annotations.kubernetes\\.io/config\\.source}");
+    assert_eq!(owner, "Node file");
 
     let out = lab.kubectl_stdin(&["apply", "-f", "-"], Some(PODS));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

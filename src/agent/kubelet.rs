@@ -7,6 +7,7 @@ pub mod cni;
 pub mod env;
 pub mod node;
 pub mod pod_worker;
+pub mod static_pods;
 pub mod status;
 pub mod volumes;
 
@@ -155,9 +156,11 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
         }
     };
     let tunnel = crate::agent::tunnel::run(cfg.kubeconfig.clone(), ctx.clone(), shutdown.clone());
+    let statics = static_pods::run(client.clone(), ncfg.name.clone(), agent_dir.join("pod-manifests"));
     crate::notify_ready();
     tokio::select! {
         _ = tunnel => {}
+        _ = statics => {}
         _ = shutdown.cancelled() => {}
         _ = async { network.await; std::future::pending::<()>().await } => {}
         _ = heartbeat => {}
