@@ -186,6 +186,12 @@ fn real_pods_on_two_nodes() {
     wait_for("hello's log", 20, || {
         String::from_utf8_lossy(&lab.kubectl(&["logs", "hello"]).stdout).contains("hello from hello on worker")
     });
+    // The worker's Summary API, through nodes/proxy.
+    let summary = lab.kubectl_ok(&["get", "--raw", "/api/v1/nodes/worker/proxy/stats/summary"]);
+    let v: serde_json::Value = serde_json::from_str(&summary).expect("summary is JSON");
+    assert_eq!(v["node"]["nodeName"], "worker");
+    let pod = v["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "hello").cloned().unwrap_or_default();
+    assert!(pod["containers"][0]["memory"]["workingSetBytes"].as_u64().is_some_and(|b| b > 0), "{summary}");
     let ip = jsonpath(&lab, &["get", "pod", "hello"], "{.status.podIP}");
     assert!(ip.starts_with("10.42."), "pod IP {ip:?} from the node's podCIDR");
 

@@ -90,6 +90,9 @@ impl ResourceDef {
         if self.has_scale() {
             s.push("scale");
         }
+        if self.group.is_empty() && self.plural == "nodes" {
+            s.push("proxy");
+        }
         if self.group.is_empty() && self.plural == "pods" {
             s.extend(["binding", "eviction", "log", "exec", "attach", "portforward"]);
         }

@@ -183,6 +183,17 @@ impl ApiServer {
             return self.accept_tunnel(&mut req, user);
         }
         if user.is_some()
+            && let Some(rest) = req.uri().path().strip_prefix("/api/v1/nodes/")
+            && let Some((node, path)) = rest.split_once("/proxy")
+        {
+            let (node, path) = (node.to_string(), format!("/{}", path.trim_start_matches('/')));
+            let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            if req.method() != Method::GET {
+                return request::error(&ApiError::method_not_allowed(req.method().as_str(), "nodes/proxy"));
+            }
+            return self.node_proxy(&node, &format!("{path}{q}")).await.unwrap_or_else(|e| request::error(&e));
+        }
+        if user.is_some()
             && let Some((ns, name, sub)) = stream_target(req.uri().path())
         {
             return self.pod_stream(&mut req, &sub, &ns, &name).await.unwrap_or_else(|e| request::error(&e));

@@ -50,8 +50,103 @@ where
             stream(&ctx, "portForward", &ns, &pod, None, &pairs, req).await
         }
         ["healthz"] => text(StatusCode::OK, "ok"),
+        ["stats", "summary"] => summary(&ctx).await,
         _ => text(StatusCode::NOT_FOUND, format!("404 page not found: {path}")),
     })
+}
+
+/// CPU time the node has used (ns), from /proc/stat.
+fn node_cpu_ns() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else { return 0 };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = v.iter().enumerate().filter(|(i, _)| !matches!(i, 3 | 4) && *i < 8).map(|(_, x)| *x).sum();
+    busy * (1_000_000_000 / 100)
+}
+
+/// The node's CPU rate in nanocores since the previous call (or over 100 ms).
+async fn node_nano_cores() -> (u64, u64) {
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
+    let prev = *LAST.lock().expect("cpu sample");
+    let (t0, c0) = match prev {
+        Some(p) if p.0.elapsed() < Duration::from_secs(300) => p,
+        _ => {
+            let p = (std::time::Instant::now(), node_cpu_ns());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            p
+        }
+    };
+    let c1 = node_cpu_ns();
+    let t1 = std::time::Instant::now();
+    *LAST.lock().expect("cpu sample") = Some((t1, c1));
+    let dt = t1.duration_since(t0).as_nanos().max(1) as f64;
+    (((c1.saturating_sub(c0)) as f64 / dt * 1e9) as u64, c1)
+}
+
+/// `/stats/summary`: the kubelet's Summary API (node and per pod and container CPU,
+/// memory and writable-layer use), from containerd's CRI stats and /proc.
+async fn summary(ctx: &NodeCtx) -> Response<Body> {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let stats = match ctx.cri.rt().list_container_stats(cri::ListContainerStatsRequest { filter: None }).await {
+        Ok(r) => r.into_inner().stats,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("reading container stats: {}", e.message())),
+    };
+    let val = |v: &Option<cri::UInt64Value>| v.as_ref().map(|v| v.value).unwrap_or(0);
+    let mut pods: std::collections::BTreeMap<(String, String, String), Vec<serde_json::Value>> = Default::default();
+    for st in stats {
+        let Some(attr) = st.attributes else { continue };
+        let l = &attr.labels;
+        let key = (
+            l.get("io.kubernetes.pod.namespace").cloned().unwrap_or_default(),
+            l.get("io.kubernetes.pod.name").cloned().unwrap_or_default(),
+            l.get("io.kubernetes.pod.uid").cloned().unwrap_or_default(),
+        );
+        if key.2.is_empty() {
+            continue;
+        }
+        let cpu = st.cpu.as_ref();
+        let mem = st.memory.as_ref();
+        pods.entry(key).or_default().push(serde_json::json!({
+            "name": attr.metadata.map(|m| m.name).unwrap_or_default(),
+            "cpu": {"time": now, "usageNanoCores": cpu.map(|c| val(&c.usage_nano_cores)).unwrap_or(0),
+                    "usageCoreNanoSeconds": cpu.map(|c| val(&c.usage_core_nano_seconds)).unwrap_or(0)},
+            "memory": {"time": now, "workingSetBytes": mem.map(|m| val(&m.working_set_bytes)).unwrap_or(0),
+                       "usageBytes": mem.map(|m| val(&m.usage_bytes)).unwrap_or(0),
+                       "rssBytes": mem.map(|m| val(&m.rss_bytes)).unwrap_or(0)},
+            "rootfs": {"time": now, "usedBytes": st.writable_layer.as_ref().map(|w| val(&w.used_bytes)).unwrap_or(0)},
+        }));
+    }
+    let pods: Vec<serde_json::Value> = pods
+        .into_iter()
+        .map(|((ns, name, uid), containers)| {
+            let sum = |f: &dyn Fn(&serde_json::Value) -> u64| containers.iter().map(f).sum::<u64>();
+            serde_json::json!({
+                "podRef": {"name": name, "namespace": ns, "uid": uid},
+                "containers": containers,
+                "cpu": {"time": now, "usageNanoCores": sum(&|c| c["cpu"]["usageNanoCores"].as_u64().unwrap_or(0)),
+                        "usageCoreNanoSeconds": sum(&|c| c["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0))},
+                "memory": {"time": now, "workingSetBytes": sum(&|c| c["memory"]["workingSetBytes"].as_u64().unwrap_or(0))},
+            })
+        })
+        .collect();
+    let (nano, total) = node_nano_cores().await;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = |k: &str| -> u64 {
+        meminfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0) * 1024
+    };
+    let (total_mem, avail) = (kb("MemTotal:"), kb("MemAvailable:"));
+    let body = serde_json::json!({
+        "node": {
+            "nodeName": ctx.node,
+            "cpu": {"time": now, "usageNanoCores": nano, "usageCoreNanoSeconds": total},
+            "memory": {"time": now, "availableBytes": avail, "usageBytes": total_mem - avail, "workingSetBytes": total_mem - avail},
+        },
+        "pods": pods,
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|n: Infallible| match n {}).boxed_unsync());
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
 }
 
 /// The pod's ready sandbox and, if `container` is given, that container's running run.

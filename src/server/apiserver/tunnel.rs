@@ -129,6 +129,16 @@ impl ApiServer {
         Ok(out)
     }
 
+    /// GET `nodes/<name>/proxy/<path>`: the node's kubelet API (`/stats/summary`, ...).
+    pub(super) async fn node_proxy(&self, node: &str, path_and_query: &str) -> Result<Resp, ApiError> {
+        let def = self.reg.get("", "v1", "nodes").ok_or_else(ApiError::no_route)?;
+        let exists = self.store.get(&def.key(None, node)).await.map_err(|e| ApiError::internal(e.to_string()))?.is_some();
+        if !exists {
+            return Err(ApiError::not_found(Target { group: "", resource: "nodes", name: node }));
+        }
+        self.kubelet_get(node, path_and_query).await
+    }
+
     /// Sends a request to a node's kubelet API.
     async fn kubelet_send(
         &self,
