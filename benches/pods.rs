@@ -4,10 +4,10 @@
 //! of the same image on the same containerd, measured in the same run. Also the idle
 //! agent's RSS (containerd not counted). Needs root; `RK_BENCH_QUICK=1` runs fewer pods.
 
+mod common;
 #[path = "../tests/common/lab.rs"]
 #[allow(dead_code)]
 mod lab;
-mod common;
 
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,10 @@ async fn start_pods(api: &Api<Pod>, names: &[String]) -> Vec<f64> {
         let Some(Ok(p)) = stream.next().await else { continue };
         let n = p.metadata.name.clone().unwrap_or_default();
         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-        if running && let Some(t) = started.get(&n) && seen.insert(n.clone()) {
+        if running
+            && let Some(t) = started.get(&n)
+            && seen.insert(n.clone())
+        {
             out.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
@@ -75,7 +78,14 @@ fn main() {
     let kubeconfig = lab.path("kubeconfig.yaml");
     lab.spawn_rk(
         0,
-        &["server", "--disable-agent", "--data-dir", server_dir.to_str().unwrap(), "--write-kubeconfig", kubeconfig.to_str().unwrap()],
+        &[
+            "server",
+            "--disable-agent",
+            "--data-dir",
+            server_dir.to_str().unwrap(),
+            "--write-kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
         "server.log",
     );
     let t0 = Instant::now();
@@ -88,7 +98,17 @@ fn main() {
     let spawned = Instant::now();
     let agent = lab.spawn_rk(
         1,
-        &["agent", "--join", &url, "--token", &token, "--node-name", "worker", "--data-dir", worker_dir.to_str().unwrap()],
+        &[
+            "agent",
+            "--join",
+            &url,
+            "--token",
+            &token,
+            "--node-name",
+            "worker",
+            "--data-dir",
+            worker_dir.to_str().unwrap(),
+        ],
         "worker.log",
     );
     // This process joins host 0's network namespace (threads made after this inherit it).
@@ -101,9 +121,13 @@ fn main() {
         let client = kube::Client::try_from(cfg).unwrap();
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
         loop {
-            let ready = nodes.get_opt("worker").await.ok().flatten().and_then(|n| n.status?.conditions).is_some_and(|c| {
-                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            });
+            let ready = nodes
+                .get_opt("worker")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|n| n.status?.conditions)
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             if ready || spawned.elapsed() > Duration::from_secs(60) {
                 break;
             }
@@ -121,7 +145,19 @@ fn main() {
             let id = format!("bench-ctr-{i}");
             let t = Instant::now();
             let out = std::process::Command::new("ctr")
-                .args(["-a", &sock, "-n", "k8s.io", "run", "-d", "--null-io", "docker.io/library/busybox:1.35", &id, "sleep", "3600"])
+                .args([
+                    "-a",
+                    &sock,
+                    "-n",
+                    "k8s.io",
+                    "run",
+                    "-d",
+                    "--null-io",
+                    "docker.io/library/busybox:1.35",
+                    &id,
+                    "sleep",
+                    "3600",
+                ])
                 .output()
                 .unwrap();
             assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
@@ -129,10 +165,15 @@ fn main() {
         }
         for i in 0..burst {
             let id = format!("bench-ctr-{i}");
-            let _ = std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "task", "kill", "-s", "KILL", &id]).output();
+            let _ = std::process::Command::new("ctr")
+                .args(["-a", &sock, "-n", "k8s.io", "task", "kill", "-s", "KILL", &id])
+                .output();
             std::thread::sleep(Duration::from_millis(50));
-            let _ = std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "task", "delete", &id]).output();
-            let _ = std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "container", "delete", &id]).output();
+            let _ =
+                std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "task", "delete", &id]).output();
+            let _ = std::process::Command::new("ctr")
+                .args(["-a", &sock, "-n", "k8s.io", "container", "delete", &id])
+                .output();
         }
 
         // The same, all at once: the baseline for pods created at once.
@@ -140,7 +181,19 @@ fn main() {
         let mut children: Vec<_> = (0..burst)
             .map(|i| {
                 std::process::Command::new("ctr")
-                    .args(["-a", &sock, "-n", "k8s.io", "run", "-d", "--null-io", "docker.io/library/busybox:1.35", &format!("bench-ctrb-{i}"), "sleep", "3600"])
+                    .args([
+                        "-a",
+                        &sock,
+                        "-n",
+                        "k8s.io",
+                        "run",
+                        "-d",
+                        "--null-io",
+                        "docker.io/library/busybox:1.35",
+                        &format!("bench-ctrb-{i}"),
+                        "sleep",
+                        "3600",
+                    ])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
@@ -161,19 +214,31 @@ fn main() {
         }
         for i in 0..burst {
             let id = format!("bench-ctrb-{i}");
-            let _ = std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "task", "kill", "-s", "KILL", &id]).output();
+            let _ = std::process::Command::new("ctr")
+                .args(["-a", &sock, "-n", "k8s.io", "task", "kill", "-s", "KILL", &id])
+                .output();
             std::thread::sleep(Duration::from_millis(50));
-            let _ = std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "task", "delete", &id]).output();
-            let _ = std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "container", "delete", &id]).output();
+            let _ =
+                std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "task", "delete", &id]).output();
+            let _ = std::process::Command::new("ctr")
+                .args(["-a", &sock, "-n", "k8s.io", "container", "delete", &id])
+                .output();
         }
 
         let api: Api<Pod> = Api::namespaced(client.clone(), "default");
         // One at a time, each deleted once Running, so every pod starts on the same
         // (near-empty) node as the ctr baseline's containers.
         let gone = |api: Api<Pod>| async move {
-            let _ = api.delete_collection(&DeleteParams::default(), &kube::api::ListParams::default().labels("bench=pods")).await;
+            let _ = api
+                .delete_collection(&DeleteParams::default(), &kube::api::ListParams::default().labels("bench=pods"))
+                .await;
             for _ in 0..600 {
-                if api.list(&kube::api::ListParams::default().labels("bench=pods")).await.map(|l| l.items.is_empty()).unwrap_or(false) {
+                if api
+                    .list(&kube::api::ListParams::default().labels("bench=pods"))
+                    .await
+                    .map(|l| l.items.is_empty())
+                    .unwrap_or(false)
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -204,9 +269,22 @@ fn main() {
         println!("| case | pods | p50 | p99 | p50 / ctr | p99 / ctr p99 |");
         println!("|---|---|---|---|---|---|");
         println!("| `ctr run -d` (baseline, same containerd) | {burst} | {c50:.0} | {c99:.0} | 1.00x | 1.00x |");
-        println!("| rk, one at a time | {} | {s50:.0} | {s99:.0} | {:.2}x | {:.2}x |", one_by_one.len(), s50 / c50, s99 / c99);
+        println!(
+            "| rk, one at a time | {} | {s50:.0} | {s99:.0} | {:.2}x | {:.2}x |",
+            one_by_one.len(),
+            s50 / c50,
+            s99 / c99
+        );
         println!("| `ctr run -d`, {burst} at once (baseline) | {burst} | {cb50:.0} | {cb99:.0} | 1.00x | 1.00x |");
-        println!("| rk, {burst} created at once | {} | {b50:.0} | {b99:.0} | {:.2}x | {:.2}x |", at_once.len(), b50 / cb50, b99 / cb99);
-        println!("\nagent join → node Ready: {:.2} s; idle `rk agent` RSS: {idle_rss:.1} MiB (containerd not counted)", join_to_ready.as_secs_f64());
+        println!(
+            "| rk, {burst} created at once | {} | {b50:.0} | {b99:.0} | {:.2}x | {:.2}x |",
+            at_once.len(),
+            b50 / cb50,
+            b99 / cb99
+        );
+        println!(
+            "\nagent join → node Ready: {:.2} s; idle `rk agent` RSS: {idle_rss:.1} MiB (containerd not counted)",
+            join_to_ready.as_secs_f64()
+        );
     });
 }

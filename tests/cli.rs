@@ -132,7 +132,16 @@ fn server_writes_identity_files_with_private_modes() {
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("rk.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rk"))
-        .args(["server", "--config", "/dev/null", "--bind-address", "127.0.0.1", "--https-listen-port", "0", "--disable-agent"])
+        .args([
+            "server",
+            "--config",
+            "/dev/null",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            "0",
+            "--disable-agent",
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--write-kubeconfig")

@@ -148,8 +148,15 @@ fn real_pods_on_two_nodes() {
     let server_dir = lab.path("server");
     let kubeconfig = lab.path("kubeconfig.yaml");
     let server_args = [
-        "server", "--data-dir", server_dir.to_str().unwrap(), "--write-kubeconfig", kubeconfig.to_str().unwrap(),
-        "--node-name", "server", "--node-ip", HOST_IPS[0],
+        "server",
+        "--data-dir",
+        server_dir.to_str().unwrap(),
+        "--write-kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "server",
+        "--node-ip",
+        HOST_IPS[0],
     ];
     let mut server = lab.spawn_rk(0, &server_args, "server.log");
     wait_for("the server's kubeconfig", 30, || kubeconfig.exists());
@@ -160,11 +167,25 @@ fn real_pods_on_two_nodes() {
     let worker_dir = lab.path("worker");
     lab.spawn_rk(
         1,
-        &["agent", "--join", &url, "--token", &token, "--node-name", "worker", "--data-dir", worker_dir.to_str().unwrap()],
+        &[
+            "agent",
+            "--join",
+            &url,
+            "--token",
+            &token,
+            "--node-name",
+            "worker",
+            "--data-dir",
+            worker_dir.to_str().unwrap(),
+        ],
         "worker.log",
     );
     wait_for("both nodes Ready", 60, || {
-        let s = jsonpath(&lab, &["get", "nodes"], "{range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}");
+        let s = jsonpath(
+            &lab,
+            &["get", "nodes"],
+            "{range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}",
+        );
         s.contains("server=True") && s.contains("worker=True")
     });
     let wide = lab.kubectl_ok(&["get", "nodes", "-o", "wide"]);
@@ -175,7 +196,11 @@ fn real_pods_on_two_nodes() {
     wait_for("the static pod Running", 60, || {
         jsonpath(&lab, &["get", "pod", "-n", "kube-system", "static-web-server"], "{.status.phase}") == "Running"
     });
-    let owner = jsonpath(&lab, &["get", "pod", "-n", "kube-system", "static-web-server"], "{.metadata.ownerReferences[0].kind} {.metadata.annotations.kubernetes\\.io/config\\.source}");
+    let owner = jsonpath(
+        &lab,
+        &["get", "pod", "-n", "kube-system", "static-web-server"],
+        "{.metadata.ownerReferences[0].kind} {.metadata.annotations.kubernetes\\.io/config\\.source}",
+    );
     assert_eq!(owner, "Node file");
 
     let out = lab.kubectl_stdin(&["apply", "-f", "-"], Some(PODS));
@@ -190,7 +215,8 @@ fn real_pods_on_two_nodes() {
     let summary = lab.kubectl_ok(&["get", "--raw", "/api/v1/nodes/worker/proxy/stats/summary"]);
     let v: serde_json::Value = serde_json::from_str(&summary).expect("summary is JSON");
     assert_eq!(v["node"]["nodeName"], "worker");
-    let pod = v["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "hello").cloned().unwrap_or_default();
+    let pod =
+        v["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "hello").cloned().unwrap_or_default();
     assert!(pod["containers"][0]["memory"]["workingSetBytes"].as_u64().is_some_and(|b| b > 0), "{summary}");
     let ip = jsonpath(&lab, &["get", "pod", "hello"], "{.status.podIP}");
     assert!(ip.starts_with("10.42."), "pod IP {ip:?} from the node's podCIDR");
@@ -221,7 +247,11 @@ fn real_pods_on_two_nodes() {
         .unwrap();
     let mut body = String::new();
     wait_for("httpd through port-forward", 30, || {
-        let out = lab.cmd(0, "/bin/busybox").args(["wget", "-q", "-O", "-", "http://127.0.0.1:18080/hostname"]).output().unwrap();
+        let out = lab
+            .cmd(0, "/bin/busybox")
+            .args(["wget", "-q", "-O", "-", "http://127.0.0.1:18080/hostname"])
+            .output()
+            .unwrap();
         body = String::from_utf8_lossy(&out.stdout).to_string();
         body == "web\n"
     });
@@ -230,8 +260,13 @@ fn real_pods_on_two_nodes() {
 
     // A crashing container backs off as Kubernetes does: restart 1 at once, then 10 s.
     wait_for("crash in CrashLoopBackOff", 60, || {
-        let st = jsonpath(&lab, &["get", "pod", "crash"], "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].restartCount}");
-        st.starts_with("CrashLoopBackOff") && st.split(' ').nth(1).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1)
+        let st = jsonpath(
+            &lab,
+            &["get", "pod", "crash"],
+            "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].restartCount}",
+        );
+        st.starts_with("CrashLoopBackOff")
+            && st.split(' ').nth(1).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1)
     });
     let prev = lab.kubectl_ok(&["logs", "crash", "--previous"]);
     assert!(prev.contains("dying"), "{prev}");
@@ -244,7 +279,11 @@ fn real_pods_on_two_nodes() {
             .parse::<u32>()
             .is_ok_and(|n| n >= 1)
     });
-    let st = jsonpath(&lab, &["get", "pod", "probes"], "{.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.status.containerStatuses[?(@.name==\"unready\")].ready}");
+    let st = jsonpath(
+        &lab,
+        &["get", "pod", "probes"],
+        "{.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.status.containerStatuses[?(@.name==\"unready\")].ready}",
+    );
     assert_eq!(st, "Running False false", "{}", logs(&lab));
     let ev = lab.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=probes"]);
     assert!(ev.contains("Liveness probe failed") && ev.contains("Readiness probe failed"), "{ev}");
@@ -255,7 +294,8 @@ fn real_pods_on_two_nodes() {
     wait_for("the configMap volume to update", 60, || {
         let f = worker_dir.join("agent/pods");
         std::fs::read_dir(&f).into_iter().flatten().flatten().any(|e| {
-            std::fs::read_to_string(e.path().join("volumes/kubernetes.io~configmap/conf/greeting")).is_ok_and(|s| s == "two")
+            std::fs::read_to_string(e.path().join("volumes/kubernetes.io~configmap/conf/greeting"))
+                .is_ok_and(|s| s == "two")
         })
     });
 
@@ -272,7 +312,8 @@ fn real_pods_on_two_nodes() {
     assert_eq!(jsonpath(&lab, &["get", "pod", "bad-volume"], "{.status.phase}"), "Pending");
 
     // kill -9 rk: containers keep running; after a restart the pods are unchanged.
-    let before = jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID}");
+    let before =
+        jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID}");
     assert!(before.starts_with("containerd://"), "{before:?}");
     lab.signal(server, Signal::SIGKILL);
     lab.reap(server);
@@ -282,15 +323,25 @@ fn real_pods_on_two_nodes() {
         jsonpath(&lab, &["get", "node", "server"], "{.status.conditions[?(@.type==\"Ready\")].status}") == "True"
     });
     std::thread::sleep(Duration::from_secs(3));
-    let after = jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID} {.status.containerStatuses[?(@.name==\"unready\")].restartCount}");
+    let after = jsonpath(
+        &lab,
+        &["get", "pod", "probes"],
+        "{.status.containerStatuses[?(@.name==\"unready\")].containerID} {.status.containerStatuses[?(@.name==\"unready\")].restartCount}",
+    );
     assert_eq!(after, format!("{before} 0"), "{}", logs(&lab));
 
     // Killing containerd: rk starts it again and the pods stay as they were.
     let containerd = children(server).into_iter().find(|p| comm(*p) == "containerd").expect("rk's containerd");
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(containerd), Signal::SIGKILL);
-    wait_for("a new containerd", 30, || children(server).into_iter().any(|p| comm(p) == "containerd" && p != containerd));
+    wait_for("a new containerd", 30, || {
+        children(server).into_iter().any(|p| comm(p) == "containerd" && p != containerd)
+    });
     std::thread::sleep(Duration::from_secs(3));
-    let again = jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID} {.status.containerStatuses[?(@.name==\"unready\")].restartCount}");
+    let again = jsonpath(
+        &lab,
+        &["get", "pod", "probes"],
+        "{.status.containerStatuses[?(@.name==\"unready\")].containerID} {.status.containerStatuses[?(@.name==\"unready\")].restartCount}",
+    );
     assert_eq!(again, after);
 
     // Deleting a pod sends SIGTERM (the container's trap runs) and finishes at once;

@@ -80,7 +80,12 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
     let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
 
     let ncfg = cfg.node.clone();
-    let st = node::status(&ncfg, &cfg.data_dir, &runtime_version, (false, "container runtime network not ready: cni config uninitialized"));
+    let st = node::status(
+        &ncfg,
+        &cfg.data_dir,
+        &runtime_version,
+        (false, "container runtime network not ready: cni config uninitialized"),
+    );
     node::register(&client, &ncfg, st).await?;
     let host_ip = node::node_ip(ncfg.ip).to_string();
     tracing::info!(node = %ncfg.name, ip = %host_ip, runtime = %runtime_version, socket = %socket.display(), "node registered");
@@ -105,19 +110,28 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
         logs_root,
         cluster_dns: cfg.cluster_dns.clone(),
         cluster_domain: cfg.cluster_domain.clone(),
-        recorder: Recorder::new(client.clone(), Reporter { controller: "kubelet".into(), instance: Some(ncfg.name.clone()) }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: "kubelet".into(), instance: Some(ncfg.name.clone()) },
+        ),
         node_alloc: alloc,
         cgroup_root: "/rk".into(),
         network_ready: net_rx,
     });
 
     let network = {
-        let (client, ncfg, paths, data_dir, rv) = (client.clone(), ncfg.clone(), paths.clone(), cfg.data_dir.clone(), runtime_version.clone());
+        let (client, ncfg, paths, data_dir, rv) =
+            (client.clone(), ncfg.clone(), paths.clone(), cfg.data_dir.clone(), runtime_version.clone());
         async move {
             let api: Api<Node> = Api::all(client.clone());
             let ipam_dir = paths.state.join("cni-ipam");
             loop {
-                let cidr = api.get(&ncfg.name).await.ok().and_then(|n| n.spec?.pod_cidr).and_then(|c| c.parse::<ipnet::Ipv4Net>().ok());
+                let cidr = api
+                    .get(&ncfg.name)
+                    .await
+                    .ok()
+                    .and_then(|n| n.spec?.pod_cidr)
+                    .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok());
                 if let Some(cidr) = cidr {
                     match cni::write(&paths.cni_conf_dir, &cidr, &ipam_dir) {
                         Ok(()) => {
@@ -135,7 +149,8 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
         }
     };
     let heartbeat = {
-        let (client, ncfg, data_dir, rv, ready) = (client.clone(), ncfg.clone(), cfg.data_dir.clone(), runtime_version.clone(), ctx.network_ready.clone());
+        let (client, ncfg, data_dir, rv, ready) =
+            (client.clone(), ncfg.clone(), cfg.data_dir.clone(), runtime_version.clone(), ctx.network_ready.clone());
         async move {
             let mut lease = tokio::time::interval(LEASE_EVERY);
             let mut status = tokio::time::interval(STATUS_EVERY);

@@ -43,9 +43,9 @@ pub async fn channel(path: &Path) -> Result<Channel, RuntimeError> {
 
 /// Connects and checks that CRI answers (`Version`).
 pub async fn connect_cri(path: &Path) -> Result<Cri, RuntimeError> {
-    let ch = tokio::time::timeout(Duration::from_secs(2), channel(path))
-        .await
-        .unwrap_or_else(|_| Err(RuntimeError::Cri { path: path.into(), source: tonic::Status::deadline_exceeded("connect") }))?;
+    let ch = tokio::time::timeout(Duration::from_secs(2), channel(path)).await.unwrap_or_else(|_| {
+        Err(RuntimeError::Cri { path: path.into(), source: tonic::Status::deadline_exceeded("connect") })
+    })?;
     let cri = Cri::new(ch);
     cri.rt()
         .version(k8s_cri::v1::VersionRequest { version: "v1".into() })

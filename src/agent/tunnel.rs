@@ -30,7 +30,9 @@ fn from_kubeconfig(kubeconfig: &str) -> anyhow::Result<(http::Uri, rustls::Clien
         }
         cur.as_str().map(String::from).with_context(|| format!("{} is not a string", path.join(".")))
     };
-    let b64 = |s: String| base64::engine::general_purpose::STANDARD.decode(s.trim()).context("base64 in the agent kubeconfig");
+    let b64 = |s: String| {
+        base64::engine::general_purpose::STANDARD.decode(s.trim()).context("base64 in the agent kubeconfig")
+    };
     let server: http::Uri = field(&["clusters", "0", "cluster", "server"])?.parse()?;
     let ca = b64(field(&["clusters", "0", "cluster", "certificate-authority-data"])?)?;
     let cert = b64(field(&["users", "0", "user", "client-certificate-data"])?)?;
@@ -82,7 +84,9 @@ pub async fn run(kubeconfig: String, ctx: Arc<NodeCtx>, shutdown: CancellationTo
 async fn dial(server: &http::Uri, tls: Arc<rustls::ClientConfig>, ctx: Arc<NodeCtx>) -> anyhow::Result<()> {
     let host = server.host().context("the server URL has no host")?.trim_matches(['[', ']']).to_string();
     let port = server.port_u16().unwrap_or(6443);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {server}"))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
     let _ = tcp.set_nodelay(true);
     let stream = tokio_rustls::TlsConnector::from(tls).connect(ServerName::try_from(host.clone())?, tcp).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;

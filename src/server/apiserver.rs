@@ -272,7 +272,9 @@ impl ApiServer {
                 self.scale(&method, &call, body).await
             }
             (&Method::GET, Some(_)) if call.sub.as_deref() == Some("log") => self.pod_log(&call).await,
-            (_, Some(_)) if call.sub.as_deref() == Some("log") => Err(ApiError::method_not_allowed(method.as_str(), &what)),
+            (_, Some(_)) if call.sub.as_deref() == Some("log") => {
+                Err(ApiError::method_not_allowed(method.as_str(), &what))
+            }
             (&Method::POST, Some(_)) if call.sub.as_deref() == Some("binding") => self.bind(&call, body).await,
             (&Method::POST, Some(_)) if call.sub.as_deref() == Some("eviction") => self.evict(&call, body).await,
             (_, Some(_)) if matches!(call.sub.as_deref(), Some("binding" | "eviction")) => {

@@ -47,7 +47,20 @@ impl Lab {
             ip(&["netns", "add", h]);
             ip(&["-n", h, "link", "set", "lo", "up"]);
         }
-        ip(&["link", "add", &format!("{tag}a"), "netns", &hosts[0], "type", "veth", "peer", "name", &format!("{tag}b"), "netns", &hosts[1]]);
+        ip(&[
+            "link",
+            "add",
+            &format!("{tag}a"),
+            "netns",
+            &hosts[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{tag}b"),
+            "netns",
+            &hosts[1],
+        ]);
         for (i, h) in hosts.iter().enumerate() {
             let dev = format!("{tag}{}", if i == 0 { "a" } else { "b" });
             ip(&["-n", h, "addr", "add", &format!("{}/24", HOST_IPS[i]), "dev", &dev]);
@@ -152,7 +165,9 @@ impl Lab {
         out
     }
 
-    /// The UIDs of the pods the lab's kubelets ran (their volume dirs).
+    /// The UIDs of the pods the lab's kubelets ran: their volume dirs, and their log
+    /// dirs (`<ns>_<name>_<uid>`, made before each sandbox, also for pods that never
+    /// got a container).
     fn pod_uids(&self) -> Vec<String> {
         let mut uids = vec![];
         for host in ["server", "worker"] {
@@ -160,7 +175,15 @@ impl Lab {
             for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
                 uids.push(e.file_name().to_string_lossy().to_string());
             }
+            let d = self.path(host).join("agent").join("pod-logs");
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if let Some(uid) = e.file_name().to_string_lossy().rsplit('_').next() {
+                    uids.push(uid.to_string());
+                }
+            }
         }
+        uids.sort();
+        uids.dedup();
         uids
     }
 
@@ -248,7 +271,11 @@ pub fn busybox_image(out: &Path) {
         FileEntry::dir("var", 0o755),
         FileEntry::dir("var/www", 0o755),
         FileEntry::file("bin/busybox", 0o755, bb),
-        FileEntry::file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n".to_vec()),
+        FileEntry::file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n".to_vec(),
+        ),
         FileEntry::file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n".to_vec()),
     ];
     for a in String::from_utf8_lossy(&list.stdout).split_whitespace().filter(|a| *a != "busybox") {

@@ -35,7 +35,8 @@ where
     B::Error: std::fmt::Display + Send + Sync + 'static,
 {
     let path = req.uri().path().to_string();
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let q: HashMap<String, String> = pairs.iter().cloned().collect();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     Ok(match segs.as_slice() {
@@ -133,7 +134,13 @@ async fn summary(ctx: &NodeCtx) -> Response<Body> {
     let (nano, total) = node_nano_cores().await;
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kb = |k: &str| -> u64 {
-        meminfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0) * 1024
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            * 1024
     };
     let (total_mem, avail) = (kb("MemTotal:"), kb("MemAvailable:"));
     let body = serde_json::json!({
@@ -144,13 +151,20 @@ async fn summary(ctx: &NodeCtx) -> Response<Body> {
         },
         "pods": pods,
     });
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|n: Infallible| match n {}).boxed_unsync());
+    let mut r =
+        Response::new(Full::new(Bytes::from(body.to_string())).map_err(|n: Infallible| match n {}).boxed_unsync());
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
 }
 
 /// The pod's ready sandbox and, if `container` is given, that container's running run.
-async fn find(ctx: &NodeCtx, ns: &str, pod: &str, uid: Option<&String>, container: Option<&str>) -> Result<(String, Option<String>), String> {
+async fn find(
+    ctx: &NodeCtx,
+    ns: &str,
+    pod: &str,
+    uid: Option<&String>,
+    container: Option<&str>,
+) -> Result<(String, Option<String>), String> {
     let mut labels = HashMap::from([
         ("io.kubernetes.pod.name".to_string(), pod.to_string()),
         ("io.kubernetes.pod.namespace".to_string(), ns.to_string()),
@@ -242,23 +256,41 @@ where
         "attach" => ctx
             .cri
             .rt()
-            .attach(cri::AttachRequest { container_id: cid, stdin: flag("stdin"), tty: flag("tty"), stdout: flag("stdout"), stderr: flag("stderr") })
+            .attach(cri::AttachRequest {
+                container_id: cid,
+                stdin: flag("stdin"),
+                tty: flag("tty"),
+                stdout: flag("stdout"),
+                stderr: flag("stderr"),
+            })
             .await
             .map(|r| r.into_inner().url),
-        _ => ctx.cri.rt().port_forward(cri::PortForwardRequest { pod_sandbox_id: sandbox, port: vec![] }).await.map(|r| r.into_inner().url),
+        _ => ctx
+            .cri
+            .rt()
+            .port_forward(cri::PortForwardRequest { pod_sandbox_id: sandbox, port: vec![] })
+            .await
+            .map(|r| r.into_inner().url),
     };
     let url: http::Uri = match url.map(|u| u.parse()) {
         Ok(Ok(u)) => u,
-        Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("the runtime gave a bad stream URL: {e}")),
+        Ok(Err(e)) => {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, format!("the runtime gave a bad stream URL: {e}"));
+        }
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
     };
     let authority = url.authority().map(|a| a.to_string()).unwrap_or_default();
     let mut tcp = match tokio::net::TcpStream::connect(authority.as_str()).await {
         Ok(t) => t,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("connecting to the runtime's stream server: {e}")),
+        Err(e) => {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, format!("connecting to the runtime's stream server: {e}"));
+        }
     };
     let method = meta["method"].as_str().unwrap_or("GET");
-    let mut head = format!("{method} {} HTTP/1.1\r\nHost: {authority}\r\n", url.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\nHost: {authority}\r\n",
+        url.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
     for h in meta["headers"].as_array().into_iter().flatten() {
         if let (Some(k), Some(v)) = (h[0].as_str(), h[1].as_str()) {
             head.push_str(&format!("{k}: {v}\r\n"));
@@ -276,7 +308,9 @@ where
     let end = loop {
         let mut chunk = [0u8; 4096];
         let n = match tcp.read(&mut chunk).await {
-            Ok(0) | Err(_) => return text(StatusCode::BAD_GATEWAY, "the runtime's stream server closed the connection"),
+            Ok(0) | Err(_) => {
+                return text(StatusCode::BAD_GATEWAY, "the runtime's stream server closed the connection");
+            }
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
@@ -380,7 +414,13 @@ fn render(lines: &[&str], o: &Opts, carry: &mut String) -> Vec<String> {
     out
 }
 
-async fn container_logs(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, q: &HashMap<String, String>) -> Response<Body> {
+async fn container_logs(
+    ctx: &NodeCtx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &HashMap<String, String>,
+) -> Response<Body> {
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
     let mut labels = HashMap::from([
         ("io.kubernetes.pod.name".to_string(), pod.to_string()),
@@ -392,14 +432,22 @@ async fn container_logs(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, q: 
     let sandboxes = ctx
         .cri
         .rt()
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(cri::PodSandboxFilter { label_selector: labels, ..Default::default() }) })
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter { label_selector: labels, ..Default::default() }),
+        })
         .await
         .map(|r| r.into_inner().items)
         .unwrap_or_default();
     let mut runs = Vec::new();
     for s in sandboxes {
         let filter = cri::ContainerFilter { pod_sandbox_id: s.id.clone(), ..Default::default() };
-        let list = ctx.cri.rt().list_containers(cri::ListContainersRequest { filter: Some(filter) }).await.map(|r| r.into_inner().containers).unwrap_or_default();
+        let list = ctx
+            .cri
+            .rt()
+            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+            .await
+            .map(|r| r.into_inner().containers)
+            .unwrap_or_default();
         runs.extend(list.into_iter().filter(|c| c.metadata.as_ref().is_some_and(|m| m.name == container)));
     }
     runs.sort_by_key(|c| std::cmp::Reverse((c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0), c.created_at)));
@@ -408,7 +456,12 @@ async fn container_logs(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, q: 
         let what = if previous { "previous terminated container" } else { "container" };
         return text(StatusCode::NOT_FOUND, format!("{what} \"{container}\" in pod \"{pod}\" not found"));
     };
-    let Ok(status) = ctx.cri.rt().container_status(cri::ContainerStatusRequest { container_id: run.id.clone(), verbose: false }).await else {
+    let Ok(status) = ctx
+        .cri
+        .rt()
+        .container_status(cri::ContainerStatusRequest { container_id: run.id.clone(), verbose: false })
+        .await
+    else {
         return text(StatusCode::NOT_FOUND, format!("container \"{container}\" in pod \"{pod}\" not found"));
     };
     let log_path = status.into_inner().status.map(|s| s.log_path).unwrap_or_default();
@@ -416,7 +469,11 @@ async fn container_logs(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, q: 
         .get("sinceTime")
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
-        .or_else(|| q.get("sinceSeconds").and_then(|s| s.parse::<i64>().ok()).map(|s| chrono::Utc::now() - chrono::Duration::seconds(s)));
+        .or_else(|| {
+            q.get("sinceSeconds")
+                .and_then(|s| s.parse::<i64>().ok())
+                .map(|s| chrono::Utc::now() - chrono::Duration::seconds(s))
+        });
     let opts = Opts {
         timestamps: flag("timestamps"),
         since,
@@ -497,7 +554,11 @@ async fn container_logs(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, q: 
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(hyper::body::Frame::data(b)), rx)) });
+    let stream =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|b| (Ok(hyper::body::Frame::data(b)), rx)) },
+        );
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
     r
@@ -518,7 +579,12 @@ mod tests {
         let o = Opts { timestamps: false, since: None, tail: None, limit: None };
         let mut carry = String::new();
         assert_eq!(render(&lines, &o, &mut carry), vec!["hello\n", "partial\n", "\n"]);
-        let o = Opts { timestamps: true, since: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:02Z").ok().map(|t| t.into()), tail: None, limit: None };
+        let o = Opts {
+            timestamps: true,
+            since: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:02Z").ok().map(|t| t.into()),
+            tail: None,
+            limit: None,
+        };
         assert_eq!(render(&lines, &o, &mut carry), vec!["2026-01-01T00:00:02Z partial\n", "2026-01-01T00:00:03Z \n"]);
     }
 }

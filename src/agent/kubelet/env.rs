@@ -28,7 +28,9 @@ pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
                 i += 2;
                 continue;
             }
-            if b[i + 1] == b'(' && let Some(end) = s[i + 2..].find(')') {
+            if b[i + 1] == b'('
+                && let Some(end) = s[i + 2..].find(')')
+            {
                 let name = &s[i + 2..i + 2 + end];
                 match vars.get(name) {
                     Some(v) => out.push_str(v),
@@ -49,7 +51,8 @@ pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
 pub fn pod_field(pod: &Pod, path: &str, node_name: &str, host_ip: &str) -> Option<String> {
     let st = pod.status.as_ref();
     let spec = pod.spec.as_ref();
-    let from_map = |m: Option<&BTreeMap<String, String>>, key: &str| m.and_then(|m| m.get(key)).cloned().or(Some(String::new()));
+    let from_map =
+        |m: Option<&BTreeMap<String, String>>, key: &str| m.and_then(|m| m.get(key)).cloned().or(Some(String::new()));
     if let Some(rest) = path.strip_prefix("metadata.labels['").and_then(|r| r.strip_suffix("']")) {
         return from_map(pod.metadata.labels.as_ref(), rest);
     }
@@ -65,13 +68,21 @@ pub fn pod_field(pod: &Pod, path: &str, node_name: &str, host_ip: &str) -> Optio
         "status.hostIP" => host_ip.to_string(),
         "status.hostIPs" => host_ip.to_string(),
         "status.podIP" => st.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-        "status.podIPs" => st.and_then(|s| s.pod_ips.as_ref()).map(|v| v.iter().map(|p| p.ip.clone()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+        "status.podIPs" => st
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|v| v.iter().map(|p| p.ip.clone()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
         _ => return None,
     })
 }
 
 /// The value of a resource field (`resourceFieldRef`), in the divisor's unit, rounded up.
-fn resource_field(c: &Container, resource: &str, divisor: Option<&str>, node_alloc: &BTreeMap<String, f64>) -> Option<String> {
+fn resource_field(
+    c: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    node_alloc: &BTreeMap<String, f64>,
+) -> Option<String> {
     let res = c.resources.as_ref();
     let (kind, name) = resource.split_once('.')?;
     let map = match kind {
@@ -143,18 +154,28 @@ pub async fn container_env(
                     })?)
                 } else if let Some(r) = &vf.resource_field_ref {
                     let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
-                        Some(n) => pod.spec.as_ref().and_then(|s| s.containers.iter().find(|x| x.name == n)).unwrap_or(c),
+                        Some(n) => {
+                            pod.spec.as_ref().and_then(|s| s.containers.iter().find(|x| x.name == n)).unwrap_or(c)
+                        }
                         None => c,
                     };
-                    Some(resource_field(target, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), node_alloc).ok_or_else(|| {
-                        ConfigError(format!("unsupported resource {:?} for env {}", r.resource, e.name))
-                    })?)
+                    Some(
+                        resource_field(target, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), node_alloc)
+                            .ok_or_else(|| {
+                                ConfigError(format!("unsupported resource {:?} for env {}", r.resource, e.name))
+                            })?,
+                    )
                 } else if let Some(r) = &vf.config_map_key_ref {
                     match cms.get_opt(&r.name).await {
                         Ok(Some(cm)) => match cm.data.and_then(|d| d.get(&r.key).cloned()) {
                             Some(v) => Some(v),
                             None if r.optional == Some(true) => None,
-                            None => return Err(ConfigError(format!("couldn't find key {} in ConfigMap {}/{}", r.key, ns, r.name))),
+                            None => {
+                                return Err(ConfigError(format!(
+                                    "couldn't find key {} in ConfigMap {}/{}",
+                                    r.key, ns, r.name
+                                )));
+                            }
                         },
                         Ok(None) if r.optional == Some(true) => None,
                         Ok(None) => return Err(ConfigError(format!("configmap \"{}\" not found", r.name))),
@@ -165,7 +186,12 @@ pub async fn container_env(
                         Ok(Some(s)) => match s.data.and_then(|d| d.get(&r.key).cloned()) {
                             Some(v) => Some(String::from_utf8_lossy(&v.0).to_string()),
                             None if r.optional == Some(true) => None,
-                            None => return Err(ConfigError(format!("couldn't find key {} in Secret {}/{}", r.key, ns, r.name))),
+                            None => {
+                                return Err(ConfigError(format!(
+                                    "couldn't find key {} in Secret {}/{}",
+                                    r.key, ns, r.name
+                                )));
+                            }
                         },
                         Ok(None) if r.optional == Some(true) => None,
                         Ok(None) => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),

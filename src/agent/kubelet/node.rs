@@ -42,7 +42,9 @@ pub fn node_ip(given: Option<IpAddr>) -> IpAddr {
     if let Some(ip) = given {
         return ip;
     }
-    let skip = |name: &str| name == "rk0" || name.starts_with("veth") || name.starts_with("cni") || name.starts_with("flannel");
+    let skip = |name: &str| {
+        name == "rk0" || name.starts_with("veth") || name.starts_with("cni") || name.starts_with("flannel")
+    };
     nix::ifaddrs::getifaddrs()
         .ok()
         .and_then(|mut it| {
@@ -70,9 +72,7 @@ fn read_trim(path: &str) -> String {
 /// The node's capacity (allocatable is the same: rk reserves nothing, as k3s).
 pub fn capacity(data_dir: &std::path::Path) -> BTreeMap<String, String> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let disk = nix::sys::statvfs::statvfs(data_dir)
-        .map(|s| s.blocks() * s.fragment_size())
-        .unwrap_or(0);
+    let disk = nix::sys::statvfs::statvfs(data_dir).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0);
     BTreeMap::from([
         ("cpu".to_string(), cpus.to_string()),
         ("memory".to_string(), format!("{}Ki", memory_capacity() / 1024)),
@@ -93,9 +93,7 @@ fn arch() -> &'static str {
 pub fn status(cfg: &NodeConfig, data_dir: &std::path::Path, runtime_version: &str, ready: (bool, &str)) -> Value {
     let cap = capacity(data_dir);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let cond = |t: &str, s: &str, reason: &str, msg: &str| {
-        json!({"type": t, "status": s, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now})
-    };
+    let cond = |t: &str, s: &str, reason: &str, msg: &str| json!({"type": t, "status": s, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now});
     let uname = nix::sys::utsname::uname().ok();
     let kernel = uname.map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default();
     let ip = node_ip(cfg.ip);
@@ -146,7 +144,8 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig, status: Value) ->
     match api.create(&PostParams::default(), &want).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            api.patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": labels}}))).await?;
+            api.patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": labels}})))
+                .await?;
         }
         Err(e) => return Err(e),
     }

@@ -76,8 +76,14 @@ struct ProbeState {
 }
 
 /// Runs the worker of one pod until the pod is gone (its `rx` carries `None`) or shutdown.
-pub async fn run(ctx: Arc<NodeCtx>, uid: String, mut rx: watch::Receiver<Option<Arc<Pod>>>, shutdown: CancellationToken) {
-    let mut w = Worker { ctx, backoff: HashMap::new(), probes: HashMap::new(), last_status: None, pulled: HashMap::new() };
+pub async fn run(
+    ctx: Arc<NodeCtx>,
+    uid: String,
+    mut rx: watch::Receiver<Option<Arc<Pod>>>,
+    shutdown: CancellationToken,
+) {
+    let mut w =
+        Worker { ctx, backoff: HashMap::new(), probes: HashMap::new(), last_status: None, pulled: HashMap::new() };
     loop {
         let pod = rx.borrow_and_update().clone();
         let next = match pod {
@@ -143,7 +149,14 @@ impl Worker {
             label_selector: HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())]),
             ..Default::default()
         };
-        let mut list = self.ctx.cri.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await?.into_inner().items;
+        let mut list = self
+            .ctx
+            .cri
+            .rt()
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
+            .await?
+            .into_inner()
+            .items;
         list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         Ok(list)
     }
@@ -151,10 +164,23 @@ impl Worker {
     /// The containers of a sandbox, newest run first; an error as for `sandboxes`.
     async fn containers(&self, sandbox_id: &str) -> Result<Vec<Observed>, tonic::Status> {
         let filter = cri::ContainerFilter { pod_sandbox_id: sandbox_id.into(), ..Default::default() };
-        let list = self.ctx.cri.rt().list_containers(cri::ListContainersRequest { filter: Some(filter) }).await?.into_inner().containers;
+        let list = self
+            .ctx
+            .cri
+            .rt()
+            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+            .await?
+            .into_inner()
+            .containers;
         let mut out = Vec::new();
         for c in list {
-            let st = match self.ctx.cri.rt().container_status(cri::ContainerStatusRequest { container_id: c.id.clone(), verbose: false }).await {
+            let st = match self
+                .ctx
+                .cri
+                .rt()
+                .container_status(cri::ContainerStatusRequest { container_id: c.id.clone(), verbose: false })
+                .await
+            {
                 Ok(st) => st,
                 // Removed since it was listed.
                 Err(e) if e.code() == tonic::Code::NotFound => continue,
@@ -199,7 +225,12 @@ impl Worker {
         if matches!(phase.as_str(), "Succeeded" | "Failed") {
             // A finished pod keeps its containers (for logs) but not its sandbox.
             for s in sandboxes.iter().filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
-                let _ = self.ctx.cri.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+                let _ = self
+                    .ctx
+                    .cri
+                    .rt()
+                    .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() })
+                    .await;
             }
             return Duration::from_secs(60);
         }
@@ -225,16 +256,34 @@ impl Worker {
                     }
                 }
                 for s in &sandboxes {
-                    let _ = self.ctx.cri.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+                    let _ = self
+                        .ctx
+                        .cri
+                        .rt()
+                        .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() })
+                        .await;
                 }
                 let cfg = self.sandbox_config(pod, attempt);
                 if let Err(e) = std::fs::create_dir_all(&cfg.log_directory) {
                     tracing::warn!(error = %e, "creating the pod log directory failed");
                 }
-                match self.ctx.cri.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() }).await {
+                match self
+                    .ctx
+                    .cri
+                    .rt()
+                    .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() })
+                    .await
+                {
                     Ok(r) => r.into_inner().pod_sandbox_id,
                     Err(e) => {
-                        self.event(pod, None, true, "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {}", e.message())).await;
+                        self.event(
+                            pod,
+                            None,
+                            true,
+                            "FailedCreatePodSandBox",
+                            format!("Failed to create pod sandbox: {}", e.message()),
+                        )
+                        .await;
                         self.report(pod, &obs).await;
                         return Duration::from_secs(10);
                     }
@@ -242,7 +291,13 @@ impl Worker {
             }
         };
         obs.sandbox_ready = true;
-        if let Ok(st) = self.ctx.cri.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.clone(), verbose: false }).await {
+        if let Ok(st) = self
+            .ctx
+            .cri
+            .rt()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.clone(), verbose: false })
+            .await
+        {
             obs.pod_ip = st.into_inner().status.and_then(|s| s.network).map(|n| n.ip).filter(|ip| !ip.is_empty());
         }
         let pod_ip = obs.pod_ip.clone().unwrap_or_else(|| self.ctx.host_ip.clone());
@@ -253,7 +308,12 @@ impl Worker {
             st.pod_ip = Some(pod_ip.clone());
             st.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP { ip: pod_ip.clone() }]);
         }
-        let vctx = super::volumes::VolumeCtx { client: &self.ctx.client, root: &self.ctx.pods_root, node: &self.ctx.node, host_ip: &self.ctx.host_ip };
+        let vctx = super::volumes::VolumeCtx {
+            client: &self.ctx.client,
+            root: &self.ctx.pods_root,
+            node: &self.ctx.node,
+            host_ip: &self.ctx.host_ip,
+        };
         let volumes = match super::volumes::setup(&vctx, &seen).await {
             Ok(v) => v,
             Err(e) => {
@@ -283,7 +343,9 @@ impl Worker {
                 }
                 _ => {
                     let cur = cur.cloned();
-                    if let Some(wait) = self.start_or_backoff(pod, &seen, c, cur.as_ref(), &sandbox_id, &volumes, &mut obs).await {
+                    if let Some(wait) =
+                        self.start_or_backoff(pod, &seen, c, cur.as_ref(), &sandbox_id, &volumes, &mut obs).await
+                    {
                         next = next.min(wait);
                     }
                     inits_done = false;
@@ -302,13 +364,21 @@ impl Worker {
                     Some((CState::Created, _)) => {
                         // Created but never started (rk stopped in between): start it.
                         if let Some(id) = cur.as_ref().map(|c| c.id.clone()) {
-                            let _ = self.ctx.cri.rt().start_container(cri::StartContainerRequest { container_id: id }).await;
+                            let _ = self
+                                .ctx
+                                .cri
+                                .rt()
+                                .start_container(cri::StartContainerRequest { container_id: id })
+                                .await;
                         }
                         false
                     }
                     _ => false,
                 };
-                if start && let Some(wait) = self.start_or_backoff(pod, &seen, c, cur.as_ref(), &sandbox_id, &volumes, &mut obs).await {
+                if start
+                    && let Some(wait) =
+                        self.start_or_backoff(pod, &seen, c, cur.as_ref(), &sandbox_id, &volumes, &mut obs).await
+                {
                     next = next.min(wait);
                 }
             }
@@ -399,7 +469,12 @@ impl Worker {
         let psc = spec.security_context.clone().unwrap_or_default();
         let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
         cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: name.clone(), uid: uid.clone(), namespace: ns.clone(), attempt }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.clone(),
+                uid: uid.clone(),
+                namespace: ns.clone(),
+                attempt,
+            }),
             hostname: if host_network { String::new() } else { hostname },
             log_directory: self.ctx.logs_root.join(format!("{ns}_{name}_{uid}")).display().to_string(),
             dns_config: dns,
@@ -447,11 +522,19 @@ impl Worker {
                 if since == prev.finished_at || waited < delay {
                     let left = delay.saturating_sub(waited);
                     if !left.is_zero() {
-                        let msg = format!("back-off {}s restarting failed container={} pod={key}", delay.as_secs(), c.name);
+                        let msg =
+                            format!("back-off {}s restarting failed container={} pod={key}", delay.as_secs(), c.name);
                         if obs.waiting.insert(c.name.clone(), ("CrashLoopBackOff".into(), msg.clone())).is_none()
                             && !self.last_waiting_was(&c.name, "CrashLoopBackOff")
                         {
-                            self.event(pod, Some(&c.name), true, "BackOff", format!("Back-off restarting failed container {} in pod {key}", c.name)).await;
+                            self.event(
+                                pod,
+                                Some(&c.name),
+                                true,
+                                "BackOff",
+                                format!("Back-off restarting failed container {} in pod {key}", c.name),
+                            )
+                            .await;
                         }
                         return Some(left.min(RESYNC));
                     }
@@ -497,7 +580,8 @@ impl Worker {
             }
         };
         self.event(pod, Some(&c.name), false, "Created", format!("Created container {}", c.name)).await;
-        if let Err(e) = self.ctx.cri.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await {
+        if let Err(e) = self.ctx.cri.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await
+        {
             let msg = e.message().to_string();
             self.event(pod, Some(&c.name), true, "Failed", format!("Error: {msg}")).await;
             return Some(Duration::from_secs(1));
@@ -506,14 +590,27 @@ impl Worker {
         if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
             && let Some(cmd) = h.exec.as_ref().and_then(|e| e.command.clone())
         {
-            let r = self.ctx.cri.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd, timeout: 30 }).await;
+            let r =
+                self.ctx.cri.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd, timeout: 30 }).await;
             let failed = match r {
                 Ok(r) => r.into_inner().exit_code != 0,
                 Err(_) => true,
             };
             if failed {
-                self.event(pod, Some(&c.name), true, "FailedPostStartHook", format!("PostStartHook failed for container {}", c.name)).await;
-                let _ = self.ctx.cri.rt().stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: grace(pod) }).await;
+                self.event(
+                    pod,
+                    Some(&c.name),
+                    true,
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed for container {}", c.name),
+                )
+                .await;
+                let _ = self
+                    .ctx
+                    .cri
+                    .rt()
+                    .stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: grace(pod) })
+                    .await;
             }
         }
         None
@@ -549,7 +646,10 @@ impl Worker {
             let last = image.rsplit('/').next().unwrap_or(&image);
             !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"))
         };
-        let policy = c.image_pull_policy.clone().unwrap_or_else(|| if tag_latest { "Always".into() } else { "IfNotPresent".into() });
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| if tag_latest { "Always".into() } else { "IfNotPresent".into() });
         let pull = match policy.as_str() {
             "Never" if !present => {
                 let msg = format!("Container image \"{image}\" is not present with pull policy of Never");
@@ -563,7 +663,14 @@ impl Worker {
         };
         if !pull {
             if self.pulled.insert(image.clone(), true).is_none() {
-                self.event(pod, Some(&c.name), false, "Pulled", format!("Container image \"{image}\" already present on machine")).await;
+                self.event(
+                    pod,
+                    Some(&c.name),
+                    false,
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                )
+                .await;
             }
             return Ok(());
         }
@@ -575,10 +682,23 @@ impl Worker {
         }
         self.event(pod, Some(&c.name), false, "Pulling", format!("Pulling image \"{image}\"")).await;
         let t0 = std::time::Instant::now();
-        match self.ctx.cri.img().pull_image(cri::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None }).await {
+        match self
+            .ctx
+            .cri
+            .img()
+            .pull_image(cri::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None })
+            .await
+        {
             Ok(_) => {
                 self.backoff.remove(&key);
-                self.event(pod, Some(&c.name), false, "Pulled", format!("Successfully pulled image \"{image}\" in {:.3}s", t0.elapsed().as_secs_f64())).await;
+                self.event(
+                    pod,
+                    Some(&c.name),
+                    false,
+                    "Pulled",
+                    format!("Successfully pulled image \"{image}\" in {:.3}s", t0.elapsed().as_secs_f64()),
+                )
+                .await;
                 Ok(())
             }
             Err(e) => {
@@ -598,9 +718,16 @@ impl Worker {
         attempt: u32,
         volumes: &BTreeMap<String, PathBuf>,
     ) -> Result<cri::ContainerConfig, String> {
-        let env = super::env::container_env(&self.ctx.client, pod, c, &self.ctx.node, &self.ctx.host_ip, &self.ctx.node_alloc)
-            .await
-            .map_err(|e| e.0)?;
+        let env = super::env::container_env(
+            &self.ctx.client,
+            pod,
+            c,
+            &self.ctx.node,
+            &self.ctx.host_ip,
+            &self.ctx.node_alloc,
+        )
+        .await
+        .map_err(|e| e.0)?;
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();
         let spec = pod.spec.clone().unwrap_or_default();
         let mut mounts = Vec::new();
@@ -608,7 +735,11 @@ impl Worker {
             let Some(host) = volumes.get(&m.name) else {
                 return Err(format!("cannot find volume \"{}\" to mount into container \"{}\"", m.name, c.name));
             };
-            let sub = m.sub_path.clone().filter(|s| !s.is_empty()).or_else(|| m.sub_path_expr.as_ref().map(|e| super::env::expand(e, &vars)));
+            let sub = m
+                .sub_path
+                .clone()
+                .filter(|s| !s.is_empty())
+                .or_else(|| m.sub_path_expr.as_ref().map(|e| super::env::expand(e, &vars)));
             let host = match sub {
                 Some(s) if s.starts_with('/') || s.split('/').any(|p| p == "..") => {
                     return Err(format!("invalid subPath {s:?} of volume \"{}\"", m.name));
@@ -636,7 +767,11 @@ impl Worker {
         let _ = std::fs::write(&term_file, b"");
         let term_path = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
         if !mounts.iter().any(|m| m.container_path == term_path) {
-            mounts.push(cri::Mount { container_path: term_path, host_path: term_file.display().to_string(), ..Default::default() });
+            mounts.push(cri::Mount {
+                container_path: term_path,
+                host_path: term_file.display().to_string(),
+                ..Default::default()
+            });
         }
         let sc = c.security_context.clone().unwrap_or_default();
         let psc = spec.security_context.clone().unwrap_or_default();
@@ -654,7 +789,10 @@ impl Worker {
                         .cri
                         .img()
                         .image_status(cri::ImageStatusRequest {
-                            image: Some(cri::ImageSpec { image: c.image.clone().unwrap_or_default(), ..Default::default() }),
+                            image: Some(cri::ImageSpec {
+                                image: c.image.clone().unwrap_or_default(),
+                                ..Default::default()
+                            }),
                             verbose: false,
                         })
                         .await
@@ -691,8 +829,16 @@ impl Worker {
         } else {
             (
                 [
-                    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-                    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                    "/proc/asound",
+                    "/proc/acpi",
+                    "/proc/kcore",
+                    "/proc/keys",
+                    "/proc/latency_stats",
+                    "/proc/timer_list",
+                    "/proc/timer_stats",
+                    "/proc/sched_debug",
+                    "/proc/scsi",
+                    "/sys/firmware",
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -750,7 +896,13 @@ impl Worker {
     }
 
     /// Runs the probes that are due; returns when the next one is.
-    async fn probe_all(&mut self, pod: &Pod, containers: &[Container], obs: &mut PodObservation, pod_ip: &str) -> Option<Duration> {
+    async fn probe_all(
+        &mut self,
+        pod: &Pod,
+        containers: &[Container],
+        obs: &mut PodObservation,
+        pod_ip: &str,
+    ) -> Option<Duration> {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut live_ids = Vec::new();
@@ -758,8 +910,7 @@ impl Worker {
             let (cur, _) = obs.runs(&c.name);
             let Some(cur) = cur.filter(|r| r.state == CState::Running).cloned() else { continue };
             live_ids.push(cur.id.clone());
-            let started_at = Instant::now()
-                - Duration::from_nanos((now_ns() - cur.started_at).max(0) as u64);
+            let started_at = Instant::now() - Duration::from_nanos((now_ns() - cur.started_at).max(0) as u64);
             let st = self.probes.entry(cur.id.clone()).or_insert_with(|| ProbeState {
                 started: c.startup_probe.is_none(),
                 ready: c.readiness_probe.is_none(),
@@ -804,7 +955,8 @@ impl Worker {
                                 let ev = format!("Liveness probe failed: {msg}");
                                 emit(&self.ctx.recorder, warn_ev("Unhealthy", &ev), container_ref(pod, &c.name));
                                 if st.live_fails >= p.failure_threshold.unwrap_or(3) {
-                                    kill = Some(format!("Container {} failed liveness probe, will be restarted", c.name));
+                                    kill =
+                                        Some(format!("Container {} failed liveness probe, will be restarted", c.name));
                                 }
                             }
                         }
@@ -844,7 +996,12 @@ impl Worker {
             obs.ready.insert(c.name.clone(), st.ready && st.started);
             if let Some(msg) = kill {
                 self.event(pod, Some(&c.name), false, "Killing", msg).await;
-                let _ = self.ctx.cri.rt().stop_container(cri::StopContainerRequest { container_id: cur.id.clone(), timeout: grace(pod) }).await;
+                let _ = self
+                    .ctx
+                    .cri
+                    .rt()
+                    .stop_container(cri::StopContainerRequest { container_id: cur.id.clone(), timeout: grace(pod) })
+                    .await;
                 obs.ready.insert(c.name.clone(), false);
             }
         }
@@ -860,7 +1017,12 @@ impl Worker {
             let n = seen.entry(r.name.as_str()).or_default();
             *n += 1;
             if *n > 2 && r.state == CState::Exited {
-                let _ = self.ctx.cri.rt().remove_container(cri::RemoveContainerRequest { container_id: r.id.clone() }).await;
+                let _ = self
+                    .ctx
+                    .cri
+                    .rt()
+                    .remove_container(cri::RemoveContainerRequest { container_id: r.id.clone() })
+                    .await;
             }
         }
     }
@@ -870,7 +1032,13 @@ impl Worker {
         let mut obs = obs.clone();
         // Termination messages written by the containers.
         for c in obs.containers.iter_mut().filter(|c| c.state == CState::Exited && c.message.is_empty()) {
-            let f = self.ctx.pods_root.join(pod.uid().unwrap_or_default()).join("containers").join(&c.name).join(format!("termination-{}", c.attempt));
+            let f = self
+                .ctx
+                .pods_root
+                .join(pod.uid().unwrap_or_default())
+                .join("containers")
+                .join(&c.name)
+                .join(format!("termination-{}", c.attempt));
             if let Ok(m) = std::fs::read_to_string(f) {
                 c.message = m.chars().take(4096).collect();
             }
@@ -914,26 +1082,36 @@ impl Worker {
             let spec = pod.spec.clone().unwrap_or_default();
             let stops = running.iter().map(|r| {
                 let cri = self.ctx.cri.clone();
-                let pre = spec.containers.iter().find(|c| c.name == r.name).and_then(|c| c.lifecycle.as_ref()?.pre_stop.as_ref()?.exec.as_ref()?.command.clone());
+                let pre = spec
+                    .containers
+                    .iter()
+                    .find(|c| c.name == r.name)
+                    .and_then(|c| c.lifecycle.as_ref()?.pre_stop.as_ref()?.exec.as_ref()?.command.clone());
                 let id = r.id.clone();
                 async move {
                     let t0 = std::time::Instant::now();
                     if let Some(cmd) = pre {
                         let _ = tokio::time::timeout(
                             Duration::from_secs(grace.max(1) as u64),
-                            cri.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd, timeout: grace.max(1) }),
+                            cri.rt().exec_sync(cri::ExecSyncRequest {
+                                container_id: id.clone(),
+                                cmd,
+                                timeout: grace.max(1),
+                            }),
                         )
                         .await;
                     }
                     let left = (grace - t0.elapsed().as_secs() as i64).max(0);
-                    let _ = cri.rt().stop_container(cri::StopContainerRequest { container_id: id, timeout: left }).await;
+                    let _ =
+                        cri.rt().stop_container(cri::StopContainerRequest { container_id: id, timeout: left }).await;
                 }
             });
             for r in &running {
                 self.event(pod, Some(&r.name), false, "Killing", format!("Stopping container {}", r.name)).await;
             }
             futures::future::join_all(stops).await;
-            let _ = self.ctx.cri.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+            let _ =
+                self.ctx.cri.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
             if obs.containers.is_empty() {
                 let Ok(runs) = self.containers(&s.id).await else { return };
                 obs.containers = runs;
@@ -960,10 +1138,18 @@ pub async fn remove_pod(ctx: &NodeCtx, uid: &str) {
         label_selector: HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())]),
         ..Default::default()
     };
-    let list = ctx.cri.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await.map(|r| r.into_inner().items).unwrap_or_default();
+    let list = ctx
+        .cri
+        .rt()
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
+        .await
+        .map(|r| r.into_inner().items)
+        .unwrap_or_default();
     for s in list {
         let _ = ctx.cri.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
-        if let Err(e) = ctx.cri.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: s.id.clone() }).await {
+        if let Err(e) =
+            ctx.cri.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: s.id.clone() }).await
+        {
             tracing::warn!(pod = uid, error = %e, "removing a sandbox failed");
         }
         if let Some(md) = s.metadata {
@@ -989,7 +1175,13 @@ fn emit(recorder: &Recorder, ev: Event, r: k8s_openapi::api::core::v1::ObjectRef
 }
 
 fn warn_ev(reason: &str, note: &str) -> Event {
-    Event { type_: EventType::Warning, reason: reason.into(), note: Some(note.into()), action: note.chars().take(128).collect(), secondary: None }
+    Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: note.chars().take(128).collect(),
+        secondary: None,
+    }
 }
 
 fn container_ref(pod: &Pod, c: &str) -> k8s_openapi::api::core::v1::ObjectReference {
@@ -1076,8 +1268,12 @@ async fn run_probe(cri_: &Cri, id: &str, p: &Probe, c: &Container, pod_ip: &str)
         let url = format!("http://{host}:{port}{path}");
         let fut = async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
-            let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("Get \"{url}\": {e}"))?;
+            let mut req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+            );
             for hd in h.http_headers.iter().flatten() {
                 req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
             }
@@ -1086,12 +1282,16 @@ async fn run_probe(cri_: &Cri, id: &str, p: &Probe, c: &Container, pod_ip: &str)
             let mut buf = vec![0u8; 1024];
             let n = s.read(&mut buf).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
             let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string();
-            let code: u16 = line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("Get \"{url}\": malformed HTTP response"))?;
+            let code: u16 = line
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("Get \"{url}\": malformed HTTP response"))?;
             if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
         };
-        return tokio::time::timeout(timeout, fut)
-            .await
-            .unwrap_or_else(|_| Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")));
+        return tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| {
+            Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"))
+        });
     }
     if let Some(t) = &p.tcp_socket {
         let port = port_of(&t.port)?;
@@ -1118,15 +1318,27 @@ async fn grpc_probe(host: &str, port: u16, service: String, timeout: Duration) -
     // grpc.health.v1.Health/Check, encoded by hand: HealthCheckRequest{service=1}.
     let fut = async {
         let ep = tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}")).map_err(|e| e.to_string())?;
-        let ch = ep.connect().await.map_err(|e| format!("failed to connect service \"{host}:{port}\" within {}s: {e}", timeout.as_secs()))?;
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| format!("failed to connect service \"{host}:{port}\" within {}s: {e}", timeout.as_secs()))?;
         let mut grpc = tonic::client::Grpc::new(ch);
         grpc.ready().await.map_err(|e| e.to_string())?;
         let path = http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
         let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
-        let r = grpc.unary(tonic::Request::new(HealthCheckRequest { service }), path, codec).await.map_err(|e| e.message().to_string())?;
-        if r.into_inner().status == 1 { Ok(()) } else { Err("service unhealthy (responded with \"NOT_SERVING\")".to_string()) }
+        let r = grpc
+            .unary(tonic::Request::new(HealthCheckRequest { service }), path, codec)
+            .await
+            .map_err(|e| e.message().to_string())?;
+        if r.into_inner().status == 1 {
+            Ok(())
+        } else {
+            Err("service unhealthy (responded with \"NOT_SERVING\")".to_string())
+        }
     };
-    tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| Err(format!("timeout: health rpc did not complete within {}s", timeout.as_secs())))
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("timeout: health rpc did not complete within {}s", timeout.as_secs())))
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

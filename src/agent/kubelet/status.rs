@@ -157,7 +157,8 @@ fn phase(pod: &Pod, obs: &PodObservation, statuses: &[Value], init_statuses: &[V
             } else if policy == "Never" {
                 return "Failed";
             }
-        } else if s["state"].get("waiting").is_some() && s["lastState"].get("terminated").is_some() && policy == "Never" {
+        } else if s["state"].get("waiting").is_some() && s["lastState"].get("terminated").is_some() && policy == "Never"
+        {
             return "Failed";
         }
     }
@@ -265,7 +266,11 @@ pub fn pod_status(pod: &Pod, obs: &PodObservation, host_ip: &str, now: &str) -> 
     let ready = all_ready && !finished;
     let conditions = vec![
         cond("PodReadyToStartContainers", obs.sandbox_ready, None),
-        cond("Initialized", inits_ok || finished, if inits_ok || finished { None } else { Some("ContainersNotInitialized") }),
+        cond(
+            "Initialized",
+            inits_ok || finished,
+            if inits_ok || finished { None } else { Some("ContainersNotInitialized") },
+        ),
         cond("Ready", ready, if ready { None } else { not_ready_reason }),
         cond("ContainersReady", ready, if ready { None } else { not_ready_reason }),
         cond("PodScheduled", true, None),
@@ -334,7 +339,10 @@ mod tests {
     fn crash_loop_shows_last_state_and_stays_running() {
         let p = pod("Always", &["a"]);
         let mut o = obs(vec![run("a", 2, CState::Exited, 1), run("a", 1, CState::Exited, 1)]);
-        o.waiting.insert("a".into(), ("CrashLoopBackOff".into(), "back-off 20s restarting failed container=a pod=p_default(u)".into()));
+        o.waiting.insert(
+            "a".into(),
+            ("CrashLoopBackOff".into(), "back-off 20s restarting failed container=a pod=p_default(u)".into()),
+        );
         let s = pod_status(&p, &o, "10.0.0.1", "now");
         assert_eq!(s["phase"], "Running");
         let c = &s["containerStatuses"][0];

@@ -33,7 +33,13 @@ fn plugin_dir(pod_dir: &Path, plugin: &str, name: &str) -> PathBuf {
 /// Files to write: relative path → (content, mode).
 type Files = BTreeMap<String, (Vec<u8>, u32)>;
 
-fn items(data: BTreeMap<String, Vec<u8>>, items: Option<&Vec<KeyToPath>>, mode: u32, what: &str, optional: bool) -> Result<Files, MountError> {
+fn items(
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    mode: u32,
+    what: &str,
+    optional: bool,
+) -> Result<Files, MountError> {
     let mut out = Files::new();
     match items {
         None => {
@@ -87,7 +93,8 @@ fn atomic_write(dir: &Path, files: &Files) -> Result<bool, MountError> {
     std::os::unix::fs::symlink(&stamp, &tmp).map_err(io)?;
     std::fs::rename(&tmp, &data).map_err(io)?;
     // The user-visible names: one link per top-level entry, through ..data.
-    let tops: std::collections::BTreeSet<String> = files.keys().map(|p| p.split('/').next().unwrap_or(p).to_string()).collect();
+    let tops: std::collections::BTreeSet<String> =
+        files.keys().map(|p| p.split('/').next().unwrap_or(p).to_string()).collect();
     for top in &tops {
         let link = dir.join(top);
         if std::fs::symlink_metadata(&link).is_err() {
@@ -110,12 +117,16 @@ fn atomic_write(dir: &Path, files: &Files) -> Result<bool, MountError> {
 
 fn count_files(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.flatten()
-        .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
-        .sum()
+    rd.flatten().map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()
 }
 
-fn downward_files(pod: &Pod, list: &[DownwardAPIVolumeFile], mode: u32, node: &str, host_ip: &str) -> Result<Files, MountError> {
+fn downward_files(
+    pod: &Pod,
+    list: &[DownwardAPIVolumeFile],
+    mode: u32,
+    node: &str,
+    host_ip: &str,
+) -> Result<Files, MountError> {
     let mut out = Files::new();
     for f in list {
         let value = if let Some(r) = &f.field_ref {
@@ -127,7 +138,10 @@ fn downward_files(pod: &Pod, list: &[DownwardAPIVolumeFile], mode: u32, node: &s
             }
         } else if let Some(r) = &f.resource_field_ref {
             // Resource values for files: the container's value, else the node's.
-            let c = pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| Some(&c.name) == r.container_name.as_ref()));
+            let c = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| Some(&c.name) == r.container_name.as_ref()));
             let res = c.and_then(|c| c.resources.as_ref());
             let (kind, name) = r.resource.split_once('.').unwrap_or(("", ""));
             let q = match kind {
@@ -135,7 +149,12 @@ fn downward_files(pod: &Pod, list: &[DownwardAPIVolumeFile], mode: u32, node: &s
                 _ => res.and_then(|x| x.requests.as_ref()).and_then(|m| m.get(name)),
             };
             let v = q.and_then(|q| crate::server::scheduler::parse_quantity(&q.0)).unwrap_or(0.0);
-            let div = r.divisor.as_ref().and_then(|d| crate::server::scheduler::parse_quantity(&d.0)).filter(|d| *d > 0.0).unwrap_or(1.0);
+            let div = r
+                .divisor
+                .as_ref()
+                .and_then(|d| crate::server::scheduler::parse_quantity(&d.0))
+                .filter(|d| *d > 0.0)
+                .unwrap_or(1.0);
             format!("{}", (v / div).ceil() as i64)
         } else {
             continue;
@@ -150,7 +169,8 @@ fn kv_lines(m: Option<&BTreeMap<String, String>>) -> String {
 }
 
 fn cm_data(cm: ConfigMap) -> BTreeMap<String, Vec<u8>> {
-    let mut d: BTreeMap<String, Vec<u8>> = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    let mut d: BTreeMap<String, Vec<u8>> =
+        cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
     for (k, v) in cm.binary_data.unwrap_or_default() {
         d.insert(k, v.0);
     }
@@ -230,7 +250,10 @@ pub async fn setup(ctx: &VolumeCtx<'_>, pod: &Pod) -> Result<BTreeMap<String, Pa
         } else if let Some(src) = &v.downward_api {
             let p = plugin_dir(&dir, "downward-api", &v.name);
             let mode = src.default_mode.map(|m| m as u32).unwrap_or(0o644);
-            atomic_write(&p, &downward_files(pod, src.items.as_deref().unwrap_or_default(), mode, ctx.node, ctx.host_ip)?)?;
+            atomic_write(
+                &p,
+                &downward_files(pod, src.items.as_deref().unwrap_or_default(), mode, ctx.node, ctx.host_ip)?,
+            )?;
             p
         } else if let Some(src) = &v.projected {
             let p = plugin_dir(&dir, "projected", &v.name);
@@ -260,7 +283,13 @@ pub async fn setup(ctx: &VolumeCtx<'_>, pod: &Pod) -> Result<BTreeMap<String, Pa
                     files.extend(items(data, c.items.as_ref(), mode, &format!("secret {}", c.name), optional)?);
                 }
                 if let Some(d) = &s.downward_api {
-                    files.extend(downward_files(pod, d.items.as_deref().unwrap_or_default(), mode, ctx.node, ctx.host_ip)?);
+                    files.extend(downward_files(
+                        pod,
+                        d.items.as_deref().unwrap_or_default(),
+                        mode,
+                        ctx.node,
+                        ctx.host_ip,
+                    )?);
                 }
                 // serviceAccountToken sources wait for the TokenRequest API (security issue).
             }

@@ -62,9 +62,7 @@ pub fn has_cap_sys_resource() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
@@ -157,7 +155,11 @@ fn which(name: &str) -> Option<PathBuf> {
 
 /// Starts containerd (unless one already serves our socket), keeps it running until
 /// `shutdown`, and returns when it answers CRI.
-pub async fn start(p: &ContainerdPaths, sandbox_image: &str, shutdown: CancellationToken) -> Result<Supervised, SupervisorError> {
+pub async fn start(
+    p: &ContainerdPaths,
+    sandbox_image: &str,
+    shutdown: CancellationToken,
+) -> Result<Supervised, SupervisorError> {
     let prep = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SupervisorError::Prepare { path, source }
@@ -217,7 +219,10 @@ fn supervise(bin: PathBuf, config: PathBuf, log: PathBuf, pid: Arc<AtomicI32>, s
             Ok(mut child) => {
                 pid.store(child.id() as i32, Ordering::SeqCst);
                 if shutdown.is_cancelled() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(child.id() as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
                 }
                 let status = child.wait();
                 pid.store(0, Ordering::SeqCst);
@@ -241,7 +246,12 @@ fn spawn_child(bin: &Path, config: &Path, log: &Path) -> std::io::Result<std::pr
     use std::os::unix::process::CommandExt;
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = std::process::Command::new(bin);
-    cmd.arg("--config").arg(config).env_remove("NOTIFY_SOCKET").stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    cmd.arg("--config")
+        .arg(config)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     // SAFETY: between fork and exec only async-signal-safe calls are allowed;
     // prctl(PR_SET_PDEATHSIG) is one. It makes containerd die with rk (kill -9
     // included), so a restarted rk never finds a containerd it does not supervise;

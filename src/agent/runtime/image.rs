@@ -284,7 +284,8 @@ impl Archive {
     }
 
     fn read(&self, member: &str) -> Result<Vec<u8>, ImageError> {
-        let &(offset, size) = self.members.get(member).ok_or_else(|| self.bad(format!("no {member} in the archive")))?;
+        let &(offset, size) =
+            self.members.get(member).ok_or_else(|| self.bad(format!("no {member} in the archive")))?;
         if size > 64 << 20 {
             return Err(self.bad(format!("{member} is too large for metadata")));
         }
@@ -367,7 +368,9 @@ impl Archive {
             .find(|m| {
                 m["platform"]["os"] == "linux"
                     && m["platform"]["architecture"] == arch
-                    && self.members.contains_key(&format!("blobs/{}", m["digest"].as_str().unwrap_or("").replacen(':', "/", 1)))
+                    && self
+                        .members
+                        .contains_key(&format!("blobs/{}", m["digest"].as_str().unwrap_or("").replacen(':', "/", 1)))
             })
             .cloned()
             .ok_or_else(|| self.bad(format!("no linux/{arch} image in the archive")))
@@ -377,9 +380,14 @@ impl Archive {
         let config = self.blob(&mbody["config"])?;
         let cbody: Value = serde_json::from_slice(&self.source_bytes(&config)?)
             .map_err(|e| self.bad(format!("image config {}: {e}", config.digest)))?;
-        let layers = mbody["layers"].as_array().into_iter().flatten().map(|l| self.blob(l)).collect::<Result<Vec<_>, _>>()?;
-        let diff_ids: Vec<String> =
-            cbody["rootfs"]["diff_ids"].as_array().into_iter().flatten().filter_map(|d| d.as_str().map(String::from)).collect();
+        let layers =
+            mbody["layers"].as_array().into_iter().flatten().map(|l| self.blob(l)).collect::<Result<Vec<_>, _>>()?;
+        let diff_ids: Vec<String> = cbody["rootfs"]["diff_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(String::from))
+            .collect();
         if diff_ids.len() != layers.len() {
             return Err(self.bad(format!("{name}: {} layers but {} diff_ids", layers.len(), diff_ids.len())));
         }
@@ -428,7 +436,8 @@ impl Archive {
     /// A member as a blob, its digest computed (docker archives name files by path).
     fn hashed(&self, member: &str, media_type: &str) -> Result<Blob, ImageError> {
         let member = clean(member);
-        let &(offset, size) = self.members.get(&member).ok_or_else(|| self.bad(format!("no {member} in the archive")))?;
+        let &(offset, size) =
+            self.members.get(&member).ok_or_else(|| self.bad(format!("no {member} in the archive")))?;
         let io = |source| ImageError::Io { path: self.path.clone(), source };
         let mut f = &self.file;
         f.seek(SeekFrom::Start(offset)).map_err(io)?;
@@ -572,10 +581,14 @@ impl Importer {
         // until the image record refers to them.
         let lease_id = format!("rk-import-{}", uuid::Uuid::new_v4());
         let mut leases = LeasesClient::new(self.channel.clone());
-        let expire = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let expire =
+            (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         leases
             .create(req(
-                LeaseCreate { id: lease_id.clone(), labels: HashMap::from([("containerd.io/gc.expire".into(), expire)]) },
+                LeaseCreate {
+                    id: lease_id.clone(),
+                    labels: HashMap::from([("containerd.io/gc.expire".into(), expire)]),
+                },
                 None,
             ))
             .await
@@ -595,7 +608,8 @@ impl Importer {
             config_labels.insert(format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"), top.clone());
         }
         self.write_blob(archive, &f.config, config_labels, lease).await?;
-        let mut manifest_labels = HashMap::from([("containerd.io/gc.ref.content.config".to_string(), f.config.digest.clone())]);
+        let mut manifest_labels =
+            HashMap::from([("containerd.io/gc.ref.content.config".to_string(), f.config.digest.clone())]);
         for (i, l) in f.layers.iter().enumerate() {
             manifest_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
         }
@@ -650,14 +664,23 @@ impl Importer {
                         }
                     }
                 };
-                let msg = WriteContentRequest { action: WriteAction::Write as i32, offset: offset as i64, data, ..base.clone() };
+                let msg = WriteContentRequest {
+                    action: WriteAction::Write as i32,
+                    offset: offset as i64,
+                    data,
+                    ..base.clone()
+                };
                 if tx.send(msg).await.is_err() {
                     return;
                 }
                 offset += n;
             }
-            let commit =
-                WriteContentRequest { action: WriteAction::Commit as i32, offset: offset as i64, labels, ..base.clone() };
+            let commit = WriteContentRequest {
+                action: WriteAction::Commit as i32,
+                offset: offset as i64,
+                labels,
+                ..base.clone()
+            };
             let _ = tx.send(commit).await;
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -718,11 +741,16 @@ impl Importer {
                 annotations: HashMap::new(),
             };
             let applied = diff
-                .apply(req(ApplyRequest { diff: Some(desc), mounts, payloads: HashMap::new(), sync_fs: false }, Some(lease)))
+                .apply(req(
+                    ApplyRequest { diff: Some(desc), mounts, payloads: HashMap::new(), sync_fs: false },
+                    Some(lease),
+                ))
                 .await;
             if let Err(e) = applied {
                 use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
-                let _ = snaps.remove(req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key }, Some(lease))).await;
+                let _ = snaps
+                    .remove(req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key }, Some(lease)))
+                    .await;
                 return Err(cd(format!("applying layer {}", layer.digest))(e));
             }
             let commit = snaps
@@ -759,9 +787,17 @@ impl Importer {
         let image = Image { name: f.name.clone(), labels: HashMap::new(), target: Some(target), ..Default::default() };
         let existing = images.get(req(GetImageRequest { name: f.name.clone() }, None)).await;
         match existing {
-            Ok(cur) if cur.get_ref().image.as_ref().and_then(|i| i.target.as_ref()).map(|t| &t.digest) == Some(&f.manifest.digest) => Ok(()),
+            Ok(cur)
+                if cur.get_ref().image.as_ref().and_then(|i| i.target.as_ref()).map(|t| &t.digest)
+                    == Some(&f.manifest.digest) =>
+            {
+                Ok(())
+            }
             Ok(_) => images
-                .update(req(UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None }, None))
+                .update(req(
+                    UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None },
+                    None,
+                ))
                 .await
                 .map(|_| ())
                 .map_err(cd(format!("updating image {}", f.name))),
@@ -817,7 +853,11 @@ mod tests {
     fn a_built_archive_reads_back() {
         let spec = ImageSpec {
             name: "rk.local/test:1".into(),
-            files: vec![FileEntry::dir("bin", 0o755), FileEntry::file("bin/x", 0o755, b"hi".to_vec()), FileEntry::symlink("bin/y", "x")],
+            files: vec![
+                FileEntry::dir("bin", 0o755),
+                FileEntry::file("bin/x", 0o755, b"hi".to_vec()),
+                FileEntry::symlink("bin/y", "x"),
+            ],
             entrypoint: vec!["/bin/x".into()],
             cmd: vec![],
             env: vec!["PATH=/bin".into()],

@@ -70,7 +70,11 @@ impl ApiServer {
         let hash = format!("{:x}", sha2::Sha256::digest(password.as_bytes()));
         let secret = format!("{node}.node-password.rk");
         let def = self.reg.get("", "v1", "secrets").ok_or_else(ApiError::no_route)?;
-        let existing = self.store.get(&def.key(Some("kube-system"), &secret)).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        let existing = self
+            .store
+            .get(&def.key(Some("kube-system"), &secret))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let b64 = base64::engine::general_purpose::STANDARD;
         match existing {
             Some(kv) => {

@@ -132,7 +132,8 @@ impl ApiServer {
     /// GET `nodes/<name>/proxy/<path>`: the node's kubelet API (`/stats/summary`, ...).
     pub(super) async fn node_proxy(&self, node: &str, path_and_query: &str) -> Result<Resp, ApiError> {
         let def = self.reg.get("", "v1", "nodes").ok_or_else(ApiError::no_route)?;
-        let exists = self.store.get(&def.key(None, node)).await.map_err(|e| ApiError::internal(e.to_string()))?.is_some();
+        let exists =
+            self.store.get(&def.key(None, node)).await.map_err(|e| ApiError::internal(e.to_string()))?.is_some();
         if !exists {
             return Err(ApiError::not_found(Target { group: "", resource: "nodes", name: node }));
         }
@@ -167,7 +168,13 @@ impl ApiServer {
     /// or SPDY on its fallback) is carried through the tunnel to the kubelet, which
     /// hands it to the runtime's streaming server; the bytes after the upgrade are
     /// piped both ways untouched, as kube-apiserver's upgrade-aware proxy does.
-    pub(super) async fn pod_stream<B>(&self, req: &mut Request<B>, sub: &str, ns: &str, name: &str) -> Result<Resp, ApiError> {
+    pub(super) async fn pod_stream<B>(
+        &self,
+        req: &mut Request<B>,
+        sub: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Resp, ApiError> {
         let def = self.reg.get("", "v1", "pods").ok_or_else(ApiError::no_route)?;
         let kv = self
             .store
@@ -181,9 +188,12 @@ impl ApiServer {
         };
         let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
         if matches!(phase, "Succeeded" | "Failed") {
-            return Err(ApiError::bad_request(format!("cannot exec into a container in a completed pod; current phase is {phase}")));
+            return Err(ApiError::bad_request(format!(
+                "cannot exec into a container in a completed pod; current phase is {phase}"
+            )));
         }
-        let query: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+        let query: Vec<(String, String)> =
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
         let path = if sub == "portforward" {
             format!("/portForward/{ns}/{name}")
@@ -223,12 +233,17 @@ impl ApiServer {
             .iter()
             .filter(|(k, _)| {
                 let k = k.as_str();
-                k == "connection" || k == "upgrade" || k.starts_with("sec-websocket") || k.starts_with("x-stream-protocol")
+                k == "connection"
+                    || k == "upgrade"
+                    || k.starts_with("sec-websocket")
+                    || k.starts_with("x-stream-protocol")
             })
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
             .collect();
-        let meta = serde_json::to_string(&serde_json::json!({"method": req.method().as_str(), "headers": fwd})).unwrap_or_default();
-        let header = http::HeaderValue::from_str(&meta).map_err(|_| ApiError::bad_request("invalid upgrade headers"))?;
+        let meta = serde_json::to_string(&serde_json::json!({"method": req.method().as_str(), "headers": fwd}))
+            .unwrap_or_default();
+        let header =
+            http::HeaderValue::from_str(&meta).map_err(|_| ApiError::bad_request("invalid upgrade headers"))?;
         let on_upgrade = hyper::upgrade::on(&mut *req);
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let up = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
@@ -236,7 +251,13 @@ impl ApiServer {
         }))
         .boxed_unsync();
         let resp = self
-            .kubelet_send(&node, http::Method::POST, &path, vec![(http::HeaderName::from_static(UPGRADE_META), header)], up)
+            .kubelet_send(
+                &node,
+                http::Method::POST,
+                &path,
+                vec![(http::HeaderName::from_static(UPGRADE_META), header)],
+                up,
+            )
             .await?;
         let answer: Value = resp
             .headers()
@@ -255,7 +276,11 @@ impl ApiServer {
         }
         if code != 101 {
             let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let ct = out_headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();
+            let ct = out_headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("text/plain")
+                .to_string();
             let mut r = request::bytes_response(code, &ct, body);
             for (k, v) in out_headers.iter().filter(|(k, _)| k.as_str().starts_with("x-")) {
                 r.headers_mut().append(k.clone(), v.clone());
@@ -319,14 +344,22 @@ impl ApiServer {
             .ok_or_else(|| ApiError::not_found(Target { group: "", resource: "pods", name: &name }))?;
         let pod: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
         let names = |key: &str| -> Vec<String> {
-            pod["spec"][key].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(String::from)).collect()
+            pod["spec"][key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str().map(String::from))
+                .collect()
         };
         let (containers, inits) = (names("containers"), names("initContainers"));
         let container = match call.query.get("container").filter(|c| !c.is_empty()) {
             Some(c) => c.to_string(),
             None if containers.len() == 1 => containers[0].clone(),
             None => {
-                let mut msg = format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" "));
+                let mut msg = format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                );
                 if !inits.is_empty() {
                     msg.push_str(&format!(" or one of the init containers: [{}]", inits.join(" ")));
                 }
@@ -350,15 +383,21 @@ impl ApiServer {
             .unwrap_or(Value::Null);
         if previous {
             if st["lastState"].get("terminated").is_none() {
-                return Err(ApiError::bad_request(format!("previous terminated container \"{container}\" in pod \"{name}\" not found")));
+                return Err(ApiError::bad_request(format!(
+                    "previous terminated container \"{container}\" in pod \"{name}\" not found"
+                )));
             }
         } else if let Some(w) = st["state"].get("waiting")
             && st["lastState"].get("terminated").is_none()
         {
             let reason = w["reason"].as_str().unwrap_or("ContainerCreating");
-            return Err(ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: {reason}")));
+            return Err(ApiError::bad_request(format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"
+            )));
         } else if st.is_null() {
-            return Err(ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating")));
+            return Err(ApiError::bad_request(format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+            )));
         }
         let query = {
             let mut q = form_urlencoded::Serializer::new(String::new());
