@@ -64,6 +64,20 @@ async fn start_pods(api: &Api<Pod>, names: &[String]) -> Vec<f64> {
     out
 }
 
+/// Kills and removes the containers `<prefix>-0..n` made with `ctr run`.
+fn ctr_remove(sock: &str, prefix: &str, n: usize) {
+    let ctr = |args: &[&str]| {
+        let _ = std::process::Command::new("ctr").args(["-a", sock, "-n", "k8s.io"]).args(args).output();
+    };
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        ctr(&["task", "kill", "-s", "KILL", &id]);
+        std::thread::sleep(Duration::from_millis(50));
+        ctr(&["task", "delete", &id]);
+        ctr(&["container", "delete", &id]);
+    }
+}
+
 fn main() {
     if let Some(why) = lab::unavailable() {
         eprintln!("pods bench skipped: {why}");
@@ -163,18 +177,7 @@ fn main() {
             assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
             ctr.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        for i in 0..burst {
-            let id = format!("bench-ctr-{i}");
-            let _ = std::process::Command::new("ctr")
-                .args(["-a", &sock, "-n", "k8s.io", "task", "kill", "-s", "KILL", &id])
-                .output();
-            std::thread::sleep(Duration::from_millis(50));
-            let _ =
-                std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "task", "delete", &id]).output();
-            let _ = std::process::Command::new("ctr")
-                .args(["-a", &sock, "-n", "k8s.io", "container", "delete", &id])
-                .output();
-        }
+        ctr_remove(&sock, "bench-ctr", burst);
 
         // The same, all at once: the baseline for pods created at once.
         let t = Instant::now();
@@ -212,18 +215,7 @@ fn main() {
             });
             std::thread::sleep(Duration::from_millis(2));
         }
-        for i in 0..burst {
-            let id = format!("bench-ctrb-{i}");
-            let _ = std::process::Command::new("ctr")
-                .args(["-a", &sock, "-n", "k8s.io", "task", "kill", "-s", "KILL", &id])
-                .output();
-            std::thread::sleep(Duration::from_millis(50));
-            let _ =
-                std::process::Command::new("ctr").args(["-a", &sock, "-n", "k8s.io", "task", "delete", &id]).output();
-            let _ = std::process::Command::new("ctr")
-                .args(["-a", &sock, "-n", "k8s.io", "container", "delete", &id])
-                .output();
-        }
+        ctr_remove(&sock, "bench-ctrb", burst);
 
         let api: Api<Pod> = Api::namespaced(client.clone(), "default");
         // One at a time, each deleted once Running, so every pod starts on the same

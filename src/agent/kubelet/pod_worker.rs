@@ -454,18 +454,7 @@ impl Worker {
                 }
             }
         }
-        let ns_opts = cri::NamespaceOption {
-            network: if host_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32,
-            pid: if spec.host_pid == Some(true) {
-                cri::NamespaceMode::Node
-            } else if spec.share_process_namespace == Some(true) {
-                cri::NamespaceMode::Pod
-            } else {
-                cri::NamespaceMode::Container
-            } as i32,
-            ipc: if spec.host_ipc == Some(true) { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32,
-            ..Default::default()
-        };
+        let ns_opts = namespace_options(&spec);
         let psc = spec.security_context.clone().unwrap_or_default();
         let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
         cri::PodSandboxConfig {
@@ -811,19 +800,7 @@ impl Worker {
             return Err("cannot set allowPrivilegeEscalation to false and privileged to true".into());
         }
         let caps = sc.capabilities.clone().unwrap_or_default();
-        let host_network = spec.host_network == Some(true);
-        let ns_opts = cri::NamespaceOption {
-            network: if host_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32,
-            pid: if spec.host_pid == Some(true) {
-                cri::NamespaceMode::Node
-            } else if spec.share_process_namespace == Some(true) {
-                cri::NamespaceMode::Pod
-            } else {
-                cri::NamespaceMode::Container
-            } as i32,
-            ipc: if spec.host_ipc == Some(true) { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32,
-            ..Default::default()
-        };
+        let ns_opts = namespace_options(&spec);
         let (masked, readonly) = if privileged {
             (vec![], vec![])
         } else {
@@ -1157,6 +1134,24 @@ pub async fn remove_pod(ctx: &NodeCtx, uid: &str) {
         }
     }
     super::volumes::teardown(&ctx.pods_root, uid);
+}
+
+/// The namespaces a pod's sandbox and containers share with the node or each other.
+fn namespace_options(spec: &k8s_openapi::api::core::v1::PodSpec) -> cri::NamespaceOption {
+    let node_or = |on: Option<bool>, otherwise: cri::NamespaceMode| {
+        if on == Some(true) { cri::NamespaceMode::Node } else { otherwise }
+    };
+    let pid = if spec.share_process_namespace == Some(true) {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Container
+    };
+    cri::NamespaceOption {
+        network: node_or(spec.host_network, cri::NamespaceMode::Pod) as i32,
+        pid: node_or(spec.host_pid, pid) as i32,
+        ipc: node_or(spec.host_ipc, cri::NamespaceMode::Pod) as i32,
+        ..Default::default()
+    }
 }
 
 fn grace(pod: &Pod) -> i64 {
