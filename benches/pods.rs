@@ -64,6 +64,25 @@ async fn start_pods(api: &Api<Pod>, names: &[String]) -> Vec<f64> {
     out
 }
 
+/// `ctr run -d` of the bench image as container `id` on the agent's containerd.
+fn ctr_run(sock: &str, id: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("ctr");
+    c.args([
+        "-a",
+        sock,
+        "-n",
+        "k8s.io",
+        "run",
+        "-d",
+        "--null-io",
+        "docker.io/library/busybox:1.35",
+        id,
+        "sleep",
+        "3600",
+    ]);
+    c
+}
+
 /// Kills and removes the containers `<prefix>-0..n` made with `ctr run`.
 fn ctr_remove(sock: &str, prefix: &str, n: usize) {
     let ctr = |args: &[&str]| {
@@ -102,29 +121,10 @@ fn main() {
         ],
         "server.log",
     );
-    let t0 = Instant::now();
-    while !kubeconfig.exists() && t0.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let token = std::fs::read_to_string(server_dir.join("server/token")).unwrap().trim().to_string();
+    let token = lab.server_token();
     let worker_dir = lab.path("worker");
-    let url = format!("https://{}:6443", lab::HOST_IPS[0]);
     let spawned = Instant::now();
-    let agent = lab.spawn_rk(
-        1,
-        &[
-            "agent",
-            "--join",
-            &url,
-            "--token",
-            &token,
-            "--node-name",
-            "worker",
-            "--data-dir",
-            worker_dir.to_str().unwrap(),
-        ],
-        "worker.log",
-    );
+    let agent = lab.spawn_worker(&token);
     // This process joins host 0's network namespace (threads made after this inherit it).
     let ns = std::fs::File::open(format!("/var/run/netns/{}", lab.hosts[0])).unwrap();
     nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the lab namespace");
@@ -158,22 +158,7 @@ fn main() {
         for i in 0..burst {
             let id = format!("bench-ctr-{i}");
             let t = Instant::now();
-            let out = std::process::Command::new("ctr")
-                .args([
-                    "-a",
-                    &sock,
-                    "-n",
-                    "k8s.io",
-                    "run",
-                    "-d",
-                    "--null-io",
-                    "docker.io/library/busybox:1.35",
-                    &id,
-                    "sleep",
-                    "3600",
-                ])
-                .output()
-                .unwrap();
+            let out = ctr_run(&sock, &id).output().unwrap();
             assert!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
             ctr.push(t.elapsed().as_secs_f64() * 1000.0);
         }
@@ -183,20 +168,7 @@ fn main() {
         let t = Instant::now();
         let mut children: Vec<_> = (0..burst)
             .map(|i| {
-                std::process::Command::new("ctr")
-                    .args([
-                        "-a",
-                        &sock,
-                        "-n",
-                        "k8s.io",
-                        "run",
-                        "-d",
-                        "--null-io",
-                        "docker.io/library/busybox:1.35",
-                        &format!("bench-ctrb-{i}"),
-                        "sleep",
-                        "3600",
-                    ])
+                ctr_run(&sock, &format!("bench-ctrb-{i}"))
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()

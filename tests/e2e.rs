@@ -159,27 +159,11 @@ fn real_pods_on_two_nodes() {
         HOST_IPS[0],
     ];
     let mut server = lab.spawn_rk(0, &server_args, "server.log");
-    wait_for("the server's kubeconfig", 30, || kubeconfig.exists());
-    let token = std::fs::read_to_string(server_dir.join("server/token")).expect("token file").trim().to_string();
+    let token = lab.server_token();
 
     // A second node, joined with the token over the lab link.
-    let url = format!("https://{}:6443", HOST_IPS[0]);
     let worker_dir = lab.path("worker");
-    lab.spawn_rk(
-        1,
-        &[
-            "agent",
-            "--join",
-            &url,
-            "--token",
-            &token,
-            "--node-name",
-            "worker",
-            "--data-dir",
-            worker_dir.to_str().unwrap(),
-        ],
-        "worker.log",
-    );
+    lab.spawn_worker(&token);
     wait_for("both nodes Ready", 60, || {
         let s = jsonpath(
             &lab,

@@ -101,6 +101,29 @@ impl Lab {
         pid
     }
 
+    /// Waits (up to 30 s) for the server on host 0 to write `kubeconfig.yaml` into the
+    /// lab dir, then returns its join token (from `<lab>/server/server/token`).
+    pub fn server_token(&self) -> String {
+        let t0 = std::time::Instant::now();
+        while !self.path("kubeconfig.yaml").exists() && t0.elapsed() < std::time::Duration::from_secs(30) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::fs::read_to_string(self.path("server/server/token")).expect("the server's token file").trim().to_string()
+    }
+
+    /// Starts `rk agent` as node `worker` on host 1 (data in `<lab>/worker`), joining
+    /// the server on host 0 with `token`; returns its PID.
+    pub fn spawn_worker(&mut self, token: &str) -> u32 {
+        let url = format!("https://{}:6443", HOST_IPS[0]);
+        let dir = self.path("worker");
+        let dir = dir.to_str().unwrap().to_string();
+        self.spawn_rk(
+            1,
+            &["agent", "--join", &url, "--token", token, "--node-name", "worker", "--data-dir", &dir],
+            "worker.log",
+        )
+    }
+
     /// kubectl on host 0 with the lab's admin kubeconfig.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
         self.kubectl_stdin(args, None)

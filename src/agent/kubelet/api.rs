@@ -157,6 +157,19 @@ async fn summary(ctx: &NodeCtx) -> Response<Body> {
     r
 }
 
+/// The sandbox labels that pick pod `ns/pod` (and, when known, that pod UID: a pod
+/// of the same name may have come before).
+fn pod_labels(ns: &str, pod: &str, uid: Option<&String>) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        ("io.kubernetes.pod.name".to_string(), pod.to_string()),
+        ("io.kubernetes.pod.namespace".to_string(), ns.to_string()),
+    ]);
+    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+        labels.insert("io.kubernetes.pod.uid".into(), uid.clone());
+    }
+    labels
+}
+
 /// The pod's ready sandbox and, if `container` is given, that container's running run.
 async fn find(
     ctx: &NodeCtx,
@@ -165,15 +178,8 @@ async fn find(
     uid: Option<&String>,
     container: Option<&str>,
 ) -> Result<(String, Option<String>), String> {
-    let mut labels = HashMap::from([
-        ("io.kubernetes.pod.name".to_string(), pod.to_string()),
-        ("io.kubernetes.pod.namespace".to_string(), ns.to_string()),
-    ]);
-    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
-        labels.insert("io.kubernetes.pod.uid".into(), uid.clone());
-    }
     let filter = cri::PodSandboxFilter {
-        label_selector: labels,
+        label_selector: pod_labels(ns, pod, uid),
         state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
         ..Default::default()
     };
@@ -422,13 +428,7 @@ async fn container_logs(
     q: &HashMap<String, String>,
 ) -> Response<Body> {
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
-    let mut labels = HashMap::from([
-        ("io.kubernetes.pod.name".to_string(), pod.to_string()),
-        ("io.kubernetes.pod.namespace".to_string(), ns.to_string()),
-    ]);
-    if let Some(uid) = q.get("podUID").filter(|u| !u.is_empty()) {
-        labels.insert("io.kubernetes.pod.uid".into(), uid.clone());
-    }
+    let labels = pod_labels(ns, pod, q.get("podUID"));
     let sandboxes = ctx
         .cri
         .rt()

@@ -98,6 +98,20 @@ fn resource_field(
     Some(format!("{}", (value / div).ceil() as i64))
 }
 
+/// A ConfigMap or Secret by name: `Ok(None)` when it does not exist and the reference
+/// is optional, else the kubelet's message (`configmap "x" not found`).
+pub async fn fetch<K>(api: &Api<K>, what: &str, name: &str, optional: bool) -> Result<Option<K>, String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(Some(o)) => Ok(Some(o)),
+        Ok(None) if optional => Ok(None),
+        Ok(None) => Err(format!("{what} \"{name}\" not found")),
+        Err(e) => Err(format!("reading {what} \"{name}\": {e}")),
+    }
+}
+
 /// The environment of `c` in `pod`, in order, with values resolved.
 pub async fn container_env(
     client: &kube::Client,
@@ -120,27 +134,15 @@ pub async fn container_env(
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
-            match cms.get_opt(&r.name).await {
-                Ok(Some(cm)) => {
-                    for (k, v) in cm.data.unwrap_or_default() {
-                        set(&mut out, &mut vars, format!("{prefix}{k}"), v);
-                    }
-                }
-                Ok(None) if r.optional == Some(true) => {}
-                Ok(None) => return Err(ConfigError(format!("configmap \"{}\" not found", r.name))),
-                Err(e) => return Err(ConfigError(format!("reading configmap \"{}\": {e}", r.name))),
+            let cm = fetch(&cms, "configmap", &r.name, r.optional == Some(true)).await.map_err(ConfigError)?;
+            for (k, v) in cm.and_then(|cm| cm.data).unwrap_or_default() {
+                set(&mut out, &mut vars, format!("{prefix}{k}"), v);
             }
         }
         if let Some(r) = &from.secret_ref {
-            match secrets.get_opt(&r.name).await {
-                Ok(Some(s)) => {
-                    for (k, v) in s.data.unwrap_or_default() {
-                        set(&mut out, &mut vars, format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).to_string());
-                    }
-                }
-                Ok(None) if r.optional == Some(true) => {}
-                Ok(None) => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),
-                Err(e) => return Err(ConfigError(format!("reading secret \"{}\": {e}", r.name))),
+            let secret = fetch(&secrets, "secret", &r.name, r.optional == Some(true)).await.map_err(ConfigError)?;
+            for (k, v) in secret.and_then(|s| s.data).unwrap_or_default() {
+                set(&mut out, &mut vars, format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).to_string());
             }
         }
     }
@@ -166,36 +168,30 @@ pub async fn container_env(
                             })?,
                     )
                 } else if let Some(r) = &vf.config_map_key_ref {
-                    match cms.get_opt(&r.name).await {
-                        Ok(Some(cm)) => match cm.data.and_then(|d| d.get(&r.key).cloned()) {
+                    let optional = r.optional == Some(true);
+                    match fetch(&cms, "configmap", &r.name, optional).await.map_err(ConfigError)? {
+                        None => None,
+                        Some(cm) => match cm.data.and_then(|d| d.get(&r.key).cloned()) {
                             Some(v) => Some(v),
-                            None if r.optional == Some(true) => None,
+                            None if optional => None,
                             None => {
-                                return Err(ConfigError(format!(
-                                    "couldn't find key {} in ConfigMap {}/{}",
-                                    r.key, ns, r.name
-                                )));
+                                let msg = format!("couldn't find key {} in ConfigMap {}/{}", r.key, ns, r.name);
+                                return Err(ConfigError(msg));
                             }
                         },
-                        Ok(None) if r.optional == Some(true) => None,
-                        Ok(None) => return Err(ConfigError(format!("configmap \"{}\" not found", r.name))),
-                        Err(err) => return Err(ConfigError(format!("reading configmap \"{}\": {err}", r.name))),
                     }
                 } else if let Some(r) = &vf.secret_key_ref {
-                    match secrets.get_opt(&r.name).await {
-                        Ok(Some(s)) => match s.data.and_then(|d| d.get(&r.key).cloned()) {
+                    let optional = r.optional == Some(true);
+                    match fetch(&secrets, "secret", &r.name, optional).await.map_err(ConfigError)? {
+                        None => None,
+                        Some(s) => match s.data.and_then(|d| d.get(&r.key).cloned()) {
                             Some(v) => Some(String::from_utf8_lossy(&v.0).to_string()),
-                            None if r.optional == Some(true) => None,
+                            None if optional => None,
                             None => {
-                                return Err(ConfigError(format!(
-                                    "couldn't find key {} in Secret {}/{}",
-                                    r.key, ns, r.name
-                                )));
+                                let msg = format!("couldn't find key {} in Secret {}/{}", r.key, ns, r.name);
+                                return Err(ConfigError(msg));
                             }
                         },
-                        Ok(None) if r.optional == Some(true) => None,
-                        Ok(None) => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),
-                        Err(err) => return Err(ConfigError(format!("reading secret \"{}\": {err}", r.name))),
                     }
                 } else {
                     None

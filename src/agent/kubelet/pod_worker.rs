@@ -126,7 +126,7 @@ fn now_str() -> String {
 }
 
 impl Worker {
-    async fn event(&self, pod: &Pod, container: Option<&str>, warning: bool, reason: &str, note: String) {
+    fn event(&self, pod: &Pod, container: Option<&str>, warning: bool, reason: &str, note: String) {
         let mut r = kube::Resource::object_ref(pod, &());
         if let Some(c) = container {
             r.field_path = Some(format!("spec.containers{{{c}}}"));
@@ -145,20 +145,7 @@ impl Worker {
     /// The pod's sandboxes, newest first. An error means the runtime could not
     /// answer (containerd restarting): the caller must not act on "none".
     async fn sandboxes(&self, uid: &str) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
-        let filter = cri::PodSandboxFilter {
-            label_selector: HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())]),
-            ..Default::default()
-        };
-        let mut list = self
-            .ctx
-            .cri
-            .rt()
-            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
-            .await?
-            .into_inner()
-            .items;
-        list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        Ok(list)
+        pod_sandboxes(&self.ctx.cri, uid).await
     }
 
     /// The containers of a sandbox, newest run first; an error as for `sandboxes`.
@@ -282,8 +269,7 @@ impl Worker {
                             true,
                             "FailedCreatePodSandBox",
                             format!("Failed to create pod sandbox: {}", e.message()),
-                        )
-                        .await;
+                        );
                         self.report(pod, &obs).await;
                         return Duration::from_secs(10);
                     }
@@ -317,7 +303,7 @@ impl Worker {
         let volumes = match super::volumes::setup(&vctx, &seen).await {
             Ok(v) => v,
             Err(e) => {
-                self.event(pod, None, true, "FailedMount", format!("MountVolume.SetUp failed: {e}")).await;
+                self.event(pod, None, true, "FailedMount", format!("MountVolume.SetUp failed: {e}"));
                 self.report(pod, &obs).await;
                 return Duration::from_secs(10);
             }
@@ -522,8 +508,7 @@ impl Worker {
                                 true,
                                 "BackOff",
                                 format!("Back-off restarting failed container {} in pod {key}", c.name),
-                            )
-                            .await;
+                            );
                         }
                         return Some(left.min(RESYNC));
                     }
@@ -542,7 +527,7 @@ impl Worker {
             Ok(cfg) => cfg,
             Err(msg) => {
                 if !self.last_waiting_was(&c.name, "CreateContainerConfigError") {
-                    self.event(pod, Some(&c.name), true, "Failed", format!("Error: {msg}")).await;
+                    self.event(pod, Some(&c.name), true, "Failed", format!("Error: {msg}"));
                 }
                 obs.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), msg));
                 return Some(Duration::from_secs(10));
@@ -563,19 +548,19 @@ impl Worker {
             Ok(r) => r.into_inner().container_id,
             Err(e) => {
                 let msg = e.message().to_string();
-                self.event(pod, Some(&c.name), true, "Failed", format!("Error: {msg}")).await;
+                self.event(pod, Some(&c.name), true, "Failed", format!("Error: {msg}"));
                 obs.waiting.insert(c.name.clone(), ("CreateContainerError".into(), msg));
                 return Some(Duration::from_secs(10));
             }
         };
-        self.event(pod, Some(&c.name), false, "Created", format!("Created container {}", c.name)).await;
+        self.event(pod, Some(&c.name), false, "Created", format!("Created container {}", c.name));
         if let Err(e) = self.ctx.cri.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await
         {
             let msg = e.message().to_string();
-            self.event(pod, Some(&c.name), true, "Failed", format!("Error: {msg}")).await;
+            self.event(pod, Some(&c.name), true, "Failed", format!("Error: {msg}"));
             return Some(Duration::from_secs(1));
         }
-        self.event(pod, Some(&c.name), false, "Started", format!("Started container {}", c.name)).await;
+        self.event(pod, Some(&c.name), false, "Started", format!("Started container {}", c.name));
         if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
             && let Some(cmd) = h.exec.as_ref().and_then(|e| e.command.clone())
         {
@@ -592,8 +577,7 @@ impl Worker {
                     true,
                     "FailedPostStartHook",
                     format!("PostStartHook failed for container {}", c.name),
-                )
-                .await;
+                );
                 let _ = self
                     .ctx
                     .cri
@@ -643,7 +627,7 @@ impl Worker {
             "Never" if !present => {
                 let msg = format!("Container image \"{image}\" is not present with pull policy of Never");
                 if !self.last_waiting_was(&c.name, "ErrImageNeverPull") {
-                    self.event(pod, Some(&c.name), true, "ErrImageNeverPull", msg.clone()).await;
+                    self.event(pod, Some(&c.name), true, "ErrImageNeverPull", msg.clone());
                 }
                 return Err(("ErrImageNeverPull".into(), msg));
             }
@@ -658,8 +642,7 @@ impl Worker {
                     false,
                     "Pulled",
                     format!("Container image \"{image}\" already present on machine"),
-                )
-                .await;
+                );
             }
             return Ok(());
         }
@@ -669,7 +652,7 @@ impl Worker {
         {
             return Err(("ImagePullBackOff".into(), format!("Back-off pulling image \"{image}\"")));
         }
-        self.event(pod, Some(&c.name), false, "Pulling", format!("Pulling image \"{image}\"")).await;
+        self.event(pod, Some(&c.name), false, "Pulling", format!("Pulling image \"{image}\""));
         let t0 = std::time::Instant::now();
         match self
             .ctx
@@ -686,15 +669,14 @@ impl Worker {
                     false,
                     "Pulled",
                     format!("Successfully pulled image \"{image}\" in {:.3}s", t0.elapsed().as_secs_f64()),
-                )
-                .await;
+                );
                 Ok(())
             }
             Err(e) => {
                 let delay = self.backoff.get(&key).map(|(d, _)| (*d * 2).min(BACKOFF_MAX)).unwrap_or(BACKOFF_START);
                 self.backoff.insert(key, (delay, now_ns()));
                 let msg = format!("Failed to pull image \"{image}\": {}", e.message());
-                self.event(pod, Some(&c.name), true, "Failed", msg.clone()).await;
+                self.event(pod, Some(&c.name), true, "Failed", msg.clone());
                 Err(("ErrImagePull".into(), msg))
             }
         }
@@ -972,7 +954,7 @@ impl Worker {
             obs.started.insert(c.name.clone(), st.started);
             obs.ready.insert(c.name.clone(), st.ready && st.started);
             if let Some(msg) = kill {
-                self.event(pod, Some(&c.name), false, "Killing", msg).await;
+                self.event(pod, Some(&c.name), false, "Killing", msg);
                 let _ = self
                     .ctx
                     .cri
@@ -1084,7 +1066,7 @@ impl Worker {
                 }
             });
             for r in &running {
-                self.event(pod, Some(&r.name), false, "Killing", format!("Stopping container {}", r.name)).await;
+                self.event(pod, Some(&r.name), false, "Killing", format!("Stopping container {}", r.name));
             }
             futures::future::join_all(stops).await;
             let _ =
@@ -1109,19 +1091,21 @@ impl Worker {
     }
 }
 
-/// Stops and removes a pod's sandboxes (and so its containers), volumes and logs.
-pub async fn remove_pod(ctx: &NodeCtx, uid: &str) {
+/// The sandboxes of the pod with `uid`, newest first.
+async fn pod_sandboxes(cri_: &Cri, uid: &str) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
     let filter = cri::PodSandboxFilter {
         label_selector: HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())]),
         ..Default::default()
     };
-    let list = ctx
-        .cri
-        .rt()
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
-        .await
-        .map(|r| r.into_inner().items)
-        .unwrap_or_default();
+    let mut list =
+        cri_.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await?.into_inner().items;
+    list.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    Ok(list)
+}
+
+/// Stops and removes a pod's sandboxes (and so its containers), volumes and logs.
+pub async fn remove_pod(ctx: &NodeCtx, uid: &str) {
+    let list = pod_sandboxes(&ctx.cri, uid).await.unwrap_or_default();
     for s in list {
         let _ = ctx.cri.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
         if let Err(e) =

@@ -222,30 +222,14 @@ pub async fn setup(ctx: &VolumeCtx<'_>, pod: &Pod) -> Result<BTreeMap<String, Pa
             p
         } else if let Some(src) = &v.config_map {
             let p = plugin_dir(&dir, "configmap", &v.name);
-            let optional = src.optional == Some(true);
-            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-            let data = match api.get_opt(&src.name).await {
-                Ok(Some(cm)) => cm_data(cm),
-                Ok(None) if optional => BTreeMap::new(),
-                Ok(None) => return Err(MountError(format!("configmap \"{}\" not found", src.name))),
-                Err(e) => return Err(MountError(format!("reading configmap \"{}\": {e}", src.name))),
-            };
             let mode = src.default_mode.map(|m| m as u32).unwrap_or(0o644);
-            atomic_write(&p, &items(data, src.items.as_ref(), mode, &format!("configmap {}", src.name), optional)?)?;
+            atomic_write(&p, &configmap_files(ctx, &ns, &src.name, src.optional, src.items.as_ref(), mode).await?)?;
             p
         } else if let Some(src) = &v.secret {
             let p = plugin_dir(&dir, "secret", &v.name);
             let name = src.secret_name.clone().unwrap_or_default();
-            let optional = src.optional == Some(true);
-            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-            let data = match api.get_opt(&name).await {
-                Ok(Some(s)) => secret_data(s),
-                Ok(None) if optional => BTreeMap::new(),
-                Ok(None) => return Err(MountError(format!("secret \"{name}\" not found"))),
-                Err(e) => return Err(MountError(format!("reading secret \"{name}\": {e}"))),
-            };
             let mode = src.default_mode.map(|m| m as u32).unwrap_or(0o644);
-            atomic_write(&p, &items(data, src.items.as_ref(), mode, &format!("secret {name}"), optional)?)?;
+            atomic_write(&p, &secret_files(ctx, &ns, &name, src.optional, src.items.as_ref(), mode).await?)?;
             p
         } else if let Some(src) = &v.downward_api {
             let p = plugin_dir(&dir, "downward-api", &v.name);
@@ -261,26 +245,10 @@ pub async fn setup(ctx: &VolumeCtx<'_>, pod: &Pod) -> Result<BTreeMap<String, Pa
             let mut files = Files::new();
             for s in src.sources.iter().flatten() {
                 if let Some(c) = &s.config_map {
-                    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-                    let optional = c.optional == Some(true);
-                    let data = match api.get_opt(&c.name).await {
-                        Ok(Some(cm)) => cm_data(cm),
-                        Ok(None) if optional => BTreeMap::new(),
-                        Ok(None) => return Err(MountError(format!("configmap \"{}\" not found", c.name))),
-                        Err(e) => return Err(MountError(format!("reading configmap \"{}\": {e}", c.name))),
-                    };
-                    files.extend(items(data, c.items.as_ref(), mode, &format!("configmap {}", c.name), optional)?);
+                    files.extend(configmap_files(ctx, &ns, &c.name, c.optional, c.items.as_ref(), mode).await?);
                 }
                 if let Some(c) = &s.secret {
-                    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-                    let optional = c.optional == Some(true);
-                    let data = match api.get_opt(&c.name).await {
-                        Ok(Some(s)) => secret_data(s),
-                        Ok(None) if optional => BTreeMap::new(),
-                        Ok(None) => return Err(MountError(format!("secret \"{}\" not found", c.name))),
-                        Err(e) => return Err(MountError(format!("reading secret \"{}\": {e}", c.name))),
-                    };
-                    files.extend(items(data, c.items.as_ref(), mode, &format!("secret {}", c.name), optional)?);
+                    files.extend(secret_files(ctx, &ns, &c.name, c.optional, c.items.as_ref(), mode).await?);
                 }
                 if let Some(d) = &s.downward_api {
                     files.extend(downward_files(
@@ -304,6 +272,44 @@ pub async fn setup(ctx: &VolumeCtx<'_>, pod: &Pod) -> Result<BTreeMap<String, Pa
         out.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+/// The files a configMap volume (or projected source) holds.
+async fn configmap_files(
+    ctx: &VolumeCtx<'_>,
+    ns: &str,
+    name: &str,
+    optional: Option<bool>,
+    list: Option<&Vec<KeyToPath>>,
+    mode: u32,
+) -> Result<Files, MountError> {
+    let optional = optional == Some(true);
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let data = super::env::fetch(&api, "configmap", name, optional)
+        .await
+        .map_err(MountError)?
+        .map(cm_data)
+        .unwrap_or_default();
+    items(data, list, mode, &format!("configmap {name}"), optional)
+}
+
+/// The files a secret volume (or projected source) holds.
+async fn secret_files(
+    ctx: &VolumeCtx<'_>,
+    ns: &str,
+    name: &str,
+    optional: Option<bool>,
+    list: Option<&Vec<KeyToPath>>,
+    mode: u32,
+) -> Result<Files, MountError> {
+    let optional = optional == Some(true);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let data = super::env::fetch(&api, "secret", name, optional)
+        .await
+        .map_err(MountError)?
+        .map(secret_data)
+        .unwrap_or_default();
+    items(data, list, mode, &format!("secret {name}"), optional)
 }
 
 async fn pvc_path(ctx: &VolumeCtx<'_>, ns: &str, claim: &str) -> Result<PathBuf, MountError> {
