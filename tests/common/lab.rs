@@ -241,6 +241,14 @@ fn remove_cgroup_tree(p: &Path) {
 impl Drop for Lab {
     fn drop(&mut self) {
         use nix::sys::signal::{Signal, kill};
+        if std::thread::panicking() {
+            // What rk said, for a failure seen only in CI.
+            for f in ["server.log", "worker.log"] {
+                let text = std::fs::read_to_string(self.path(f)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("== last lines of {f}\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+            }
+        }
         use nix::unistd::Pid;
         for c in &mut self.procs {
             let _ = c.kill();
