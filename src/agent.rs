@@ -5,6 +5,7 @@
 
 pub mod join;
 pub mod kubelet;
+pub mod net;
 pub mod runtime;
 pub mod simulate;
 pub mod tunnel;
@@ -74,7 +75,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             runtime_endpoint: cfg.runtime_endpoint.clone(),
             kubeconfig: kubeconfig.clone(),
         };
-        return kubelet::run(client, kcfg, shutdown).await;
+        let ncfg = net::NetConfig {
+            node: cfg.node_name.clone(),
+            cluster_cidr: cfg.cluster_cidr,
+            dns_ip: cfg
+                .cluster_dns
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--cluster-dns {:?} is not an IPv4 address", cfg.cluster_dns))?,
+            domain: cfg.cluster_domain.clone(),
+        };
+        return tokio::select! {
+            r = kubelet::run(client.clone(), kcfg, shutdown.clone()) => r,
+            () = net::run(client, ncfg, shutdown) => Ok(()),
+        };
     }
     let sim = simulate::SimConfig {
         count: cfg.simulate,

@@ -213,7 +213,16 @@ pub async fn start(
     tracker.spawn(api.clone().serve(listener, tls_cfg, certs, shutdown.clone(), tracker.clone()));
     tracing::info!(%addr, "API server listening");
 
-    api.bootstrap(&cfg.service_ip().to_string(), addr.port()).await?;
+    api.bootstrap(&cfg.service_ip().to_string(), &cfg.dns_ip().to_string(), addr.port()).await?;
+    let advertise = match (cfg.node_ip, cfg.bind_address) {
+        (Some(ip), _) => ip,
+        (None, b) if !b.is_unspecified() && !b.is_loopback() => b,
+        _ => crate::agent::kubelet::node::node_ip(None),
+    };
+    let publisher = client::in_process(api.clone(), "system:apiserver", &["system:masters"]);
+    if let Err(e) = controllers::endpoints::publish_apiserver(&publisher, advertise, addr.port()).await {
+        tracing::warn!(error = %e, "publishing the kubernetes Service's endpoints failed");
+    }
     let host = if cfg.bind_address.is_unspecified() || cfg.bind_address.is_loopback() {
         "127.0.0.1".to_string()
     } else {

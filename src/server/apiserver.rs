@@ -343,9 +343,11 @@ impl ApiServer {
         }
     }
 
-    /// Creates what every cluster has: the four namespaces and the `kubernetes`
-    /// Service; resumes the cleanup of namespaces left terminating.
-    pub async fn bootstrap(self: &Arc<Self>, service_ip: &str, https_port: u16) -> Result<(), ApiError> {
+    /// Creates what every cluster has: the four namespaces, the `kubernetes` Service
+    /// and the cluster DNS Service `kube-system/kube-dns` (answered on every node by
+    /// the agent, so it has no selector); resumes the cleanup of namespaces left
+    /// terminating.
+    pub async fn bootstrap(self: &Arc<Self>, service_ip: &str, dns_ip: &str, https_port: u16) -> Result<(), ApiError> {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             self.ensure("", "namespaces", None, json!({"metadata": {"name": ns}})).await?;
         }
@@ -359,6 +361,23 @@ impl ApiServer {
                             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": https_port}]}}),
         )
         .await?;
+        if let Err(e) = self
+            .ensure(
+                "",
+                "services",
+                Some("kube-system"),
+                json!({"metadata": {"name": "kube-dns",
+                                "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                                           "kubernetes.io/name": "rk-dns"}},
+                   "spec": {"type": "ClusterIP", "clusterIP": dns_ip, "clusterIPs": [dns_ip],
+                            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                            "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                                      {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}}),
+            )
+            .await
+        {
+            tracing::warn!(error = %e.message, "creating the kube-dns Service failed");
+        }
         let page = self.store.list("/registry/namespaces/", None, 0, 0).await.map_err(ApiError::internal)?;
         for kv in &page.kvs {
             let obj = handlers::decode_kv(kv)?;

@@ -1,6 +1,9 @@
-//! The pod network on one node: a CNI `bridge` (rk0) with `host-local` IPAM on the
+//! The pod network on one node: CNI `ptp` (a veth pair per pod, routed by the node,
+//! so every packet between pods, same node or not, crosses the node's netfilter and
+//! the service proxy sees it without `br_netfilter`) with `host-local` IPAM on the
 //! node's podCIDR, plus `portmap` for hostPort, written where rk's containerd reads
-//! its CNI config. containerd picks up the file on its own.
+//! its CNI config. containerd picks up the file on its own. Masquerade is the service
+//! proxy's (`agent::net::proxy`), not the plugin's.
 
 use std::path::Path;
 
@@ -12,7 +15,7 @@ pub fn conflist(cidr: &ipnet::Ipv4Net, ipam_dir: &Path) -> String {
         "cniVersion": "1.0.0",
         "name": "rk-pod-network",
         "plugins": [
-            {"type": "bridge", "bridge": "rk0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+            {"type": "ptp", "ipMasq": false,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": cidr.to_string()}]],
                       "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam_dir.display().to_string()}},
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},

@@ -43,7 +43,7 @@ pub fn node_ip(given: Option<IpAddr>) -> IpAddr {
         return ip;
     }
     let skip = |name: &str| {
-        name == "rk0" || name.starts_with("veth") || name.starts_with("cni") || name.starts_with("flannel")
+        name.starts_with("rk") || name.starts_with("veth") || name.starts_with("cni") || name.starts_with("flannel")
     };
     nix::ifaddrs::getifaddrs()
         .ok()

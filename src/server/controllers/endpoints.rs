@@ -115,6 +115,7 @@ struct Member {
     ready: bool,
     terminating: bool,
     node: Option<String>,
+    hostname: Option<String>,
     target: ObjectReference,
 }
 
@@ -153,6 +154,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
             ready: (pod_ready(p) || publish_not_ready) && !terminating,
             terminating,
             node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            // A pod with a hostname in a subdomain named like this Service gets a DNS
+            // name of its own (`<hostname>.<service>.<ns>.svc`).
+            hostname: p
+                .spec
+                .as_ref()
+                .filter(|s| s.subdomain.as_deref() == Some(name.as_str()))
+                .and_then(|s| s.hostname.clone()),
             target: ObjectReference {
                 kind: Some("Pod".into()),
                 namespace: Some(ns.clone()),
@@ -174,7 +182,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
                 ip: m.ip.clone(),
                 node_name: m.node.clone(),
                 target_ref: Some(m.target.clone()),
-                hostname: None,
+                hostname: m.hostname.clone(),
             };
             let ready: Vec<EndpointAddress> = members.iter().filter(|m| !m.terminating && m.ready).map(addr).collect();
             let not_ready: Vec<EndpointAddress> =
@@ -250,6 +258,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
                             terminating: Some(m.terminating),
                         }),
                         node_name: m.node.clone(),
+                        hostname: m.hostname.clone(),
                         target_ref: Some(m.target.clone()),
                         ..Default::default()
                     })
@@ -308,4 +317,68 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
         let _ = slices.delete(&s.name_any(), &DeleteParams::default()).await;
     }
     Ok(Action::await_change())
+}
+
+/// Points the `kubernetes` Service at this API server (`ip:port`): its Endpoints and
+/// EndpointSlice, as kube-apiserver's endpoint reconciler keeps them.
+pub async fn publish_apiserver(client: &kube::Client, ip: std::net::IpAddr, port: u16) -> Result<(), kube::Error> {
+    let ns = "default";
+    let labels: BTreeMap<String, String> =
+        [("endpointslice.kubernetes.io/skip-mirror".to_string(), "true".to_string())].into();
+    let want = Endpoints {
+        metadata: ObjectMeta { name: Some("kubernetes".into()), labels: Some(labels), ..Default::default() },
+        subsets: Some(vec![EndpointSubset {
+            addresses: Some(vec![EndpointAddress { ip: ip.to_string(), ..Default::default() }]),
+            not_ready_addresses: None,
+            ports: Some(vec![EndpointPort {
+                name: Some("https".into()),
+                port: port.into(),
+                protocol: Some("TCP".into()),
+                app_protocol: None,
+            }]),
+        }]),
+    };
+    let eps: Api<Endpoints> = Api::namespaced(client.clone(), ns);
+    match eps.get_opt("kubernetes").await? {
+        None => {
+            eps.create(&PostParams::default(), &want).await?;
+        }
+        Some(cur) if cur.subsets != want.subsets => {
+            let mut next = want.clone();
+            next.metadata.resource_version = cur.metadata.resource_version.clone();
+            eps.replace("kubernetes", &PostParams::default(), &next).await?;
+        }
+        Some(_) => {}
+    }
+    let slice_labels: BTreeMap<String, String> =
+        [(SERVICE_NAME.to_string(), "kubernetes".to_string()), (MANAGED_BY.to_string(), "rk-apiserver".to_string())]
+            .into();
+    let want = EndpointSlice {
+        metadata: ObjectMeta { name: Some("kubernetes".into()), labels: Some(slice_labels), ..Default::default() },
+        address_type: if ip.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
+        endpoints: vec![Endpoint {
+            addresses: vec![ip.to_string()],
+            conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
+            ..Default::default()
+        }],
+        ports: Some(vec![SlicePort {
+            name: Some("https".into()),
+            port: Some(port.into()),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    };
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    match slices.get_opt("kubernetes").await? {
+        None => {
+            slices.create(&PostParams::default(), &want).await?;
+        }
+        Some(cur) if cur.endpoints != want.endpoints || cur.ports != want.ports => {
+            let mut next = want.clone();
+            next.metadata.resource_version = cur.metadata.resource_version.clone();
+            slices.replace("kubernetes", &PostParams::default(), &next).await?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }

@@ -1,0 +1,161 @@
+//! Node networking beyond one pod: routes to other nodes' pods (`routes`), the
+//! service proxy in nftables (`proxy`) and the node-local cluster DNS (`dns`), all fed
+//! by one watch of Nodes, Services and EndpointSlices per node.
+
+pub mod dns;
+pub mod proxy;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the node's network components need.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// This node.
+    pub node: String,
+    /// The cluster's pod network.
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The cluster DNS address every node answers on.
+    pub dns_ip: std::net::Ipv4Addr,
+    /// The cluster domain.
+    pub domain: String,
+}
+
+/// A cache of one kind of object, and a counter that moves on every change.
+pub struct Cache<K: kube::Resource + Clone + 'static>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    pub store: Store<K>,
+    pub changed: watch::Receiver<u64>,
+}
+
+fn cache<K>(client: &kube::Client) -> (Cache<K>, impl std::future::Future<Output = ()> + Send + 'static)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+{
+    let (store, writer) = reflector::store();
+    let (tx, rx) = watch::channel(0u64);
+    let api: Api<K> = Api::all(client.clone());
+    let run = async move {
+        let mut s = reflector(writer, watcher(api, watcher::Config::default())).default_backoff().boxed();
+        while let Some(ev) = s.next().await {
+            match ev {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => tx.send_modify(|n| *n += 1),
+                Err(e) => tracing::debug!(error = %e, "network watch error"),
+            }
+        }
+    };
+    (Cache { store, changed: rx }, run)
+}
+
+/// Waits for a change, then a short quiet spell so bursts coalesce.
+async fn next_change(rx: &mut [&mut watch::Receiver<u64>]) -> bool {
+    let futs: Vec<_> = rx.iter_mut().map(|r| Box::pin(r.changed())).collect();
+    let (r, _, _) = futures::future::select_all(futs).await;
+    if r.is_err() {
+        return false;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for r in rx.iter_mut() {
+        r.mark_unchanged();
+    }
+    true
+}
+
+/// Runs routes, proxy and DNS for this node until `shutdown`. The rules and routes
+/// stay when rk stops, so running pods keep their network across a restart (the
+/// killall script removes them).
+pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationToken) {
+    routes::enable_forwarding();
+    let (nodes, nodes_run) = cache::<Node>(&client);
+    let (services, services_run) = cache::<Service>(&client);
+    let (slices, slices_run) = cache::<EndpointSlice>(&client);
+    let feeders = async {
+        tokio::join!(nodes_run, services_run, slices_run);
+    };
+
+    let route_loop = {
+        let mut changed = nodes.changed.clone();
+        let store = nodes.store.clone();
+        let me = cfg.node.clone();
+        async move {
+            if store.wait_until_ready().await.is_err() {
+                return;
+            }
+            loop {
+                routes::sync(&routes::desired(&me, &store.state())).await;
+                let mut rx = [&mut changed];
+                tokio::select! {
+                    ok = next_change(&mut rx) => if !ok { return },
+                    // Now and then, in case someone removed a route.
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            }
+        }
+    };
+
+    let pcfg =
+        proxy::ProxyConfig { node: cfg.node.clone(), cluster_cidr: cfg.cluster_cidr, skip_ips: vec![cfg.dns_ip] };
+    let proxy_loop = {
+        let (mut c1, mut c2) = (services.changed.clone(), slices.changed.clone());
+        let (sv, sl) = (services.store.clone(), slices.store.clone());
+        async move {
+            if sv.wait_until_ready().await.is_err() || sl.wait_until_ready().await.is_err() {
+                return;
+            }
+            let mut applied: Option<proxy::Ruleset> = None;
+            loop {
+                let want = proxy::Ruleset::build(&pcfg, &sv.state(), &sl.state());
+                let t0 = std::time::Instant::now();
+                let (script, full) = match &applied {
+                    Some(a) => (a.diff(&want), false),
+                    None => (want.full(&pcfg), true),
+                };
+                if script.is_empty() {
+                    // Nothing to do.
+                } else {
+                    match proxy::nft(&script).await {
+                        Ok(()) => {
+                            tracing::debug!(full, chains = want.chains.len(), took = ?t0.elapsed(), "service rules applied");
+                            applied = Some(want);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, full, "applying service rules failed; rebuilding the table");
+                            applied = None;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                }
+                if !next_change(&mut [&mut c1, &mut c2]).await {
+                    return;
+                }
+            }
+        }
+    };
+
+    let dns_loop = dns::run(
+        cfg.clone(),
+        Arc::new(dns::Sources { services: services.store.clone(), slices: slices.store.clone() }),
+    );
+
+    tokio::select! {
+        _ = feeders => {}
+        _ = route_loop => {}
+        _ = proxy_loop => {}
+        _ = dns_loop => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
