@@ -1,5 +1,5 @@
-//! End-to-end lab: "hosts" that are network namespaces this test creates, joined by a
-//! veth pair, with no route out (no default route; blackhole routes for the cluster
+//! End-to-end lab: "hosts" that are network namespaces this test creates, joined by
+//! veth pairs to a bridge in a "switch" namespace (one L2 segment), with no route out (no default route; blackhole routes for the cluster
 //! and service CIDRs). rk, its containerd and the pods run inside them. Dropping the
 //! lab ends every process it started (rk, containerd, shims, containers: found by
 //! PID, by the lab's own paths and by the pods' cgroups), unmounts what containerd
@@ -9,12 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// The lab hosts' addresses on the link between them.
-pub const HOST_IPS: [&str; 2] = ["192.168.250.1", "192.168.250.2"];
+/// The lab hosts' addresses on the segment between them.
+pub const HOST_IPS: [&str; 3] = ["192.168.250.1", "192.168.250.2", "192.168.250.3"];
 
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub hosts: Vec<String>,
+    switch: String,
     procs: Vec<Child>,
 }
 
@@ -28,7 +29,7 @@ pub fn unavailable() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("not root".into());
     }
-    for bin in ["containerd", "runc", "nsenter", "ip"] {
+    for bin in ["containerd", "runc", "nsenter", "ip", "nft"] {
         if !std::env::var("PATH").unwrap_or_default().split(':').any(|d| Path::new(d).join(bin).exists()) {
             return Some(format!("{bin} is not installed (scripts/deps.sh installs it)"));
         }
@@ -39,30 +40,27 @@ pub fn unavailable() -> Option<String> {
 impl Lab {
     /// Two hosts, `host0` (192.168.250.1) and `host1` (192.168.250.2).
     pub fn new() -> Lab {
+        Lab::with_hosts(2)
+    }
+
+    /// `n` hosts (at most 3), host `i` at `HOST_IPS[i]`, on one switch.
+    pub fn with_hosts(n: usize) -> Lab {
+        assert!(n <= HOST_IPS.len());
         let dir = tempfile::Builder::new().prefix("rk-e2e-").tempdir_in("/tmp").unwrap();
         let tag = format!("rke2e{}", std::process::id());
-        let hosts: Vec<String> = (0..2).map(|i| format!("{tag}-{i}")).collect();
-        let lab = Lab { dir, hosts: hosts.clone(), procs: vec![] };
-        for h in &hosts {
+        let hosts: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+        let switch = format!("{tag}-sw");
+        let lab = Lab { dir, hosts: hosts.clone(), switch: switch.clone(), procs: vec![] };
+        ip(&["netns", "add", &switch]);
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        for (i, h) in hosts.iter().enumerate() {
             ip(&["netns", "add", h]);
             ip(&["-n", h, "link", "set", "lo", "up"]);
-        }
-        ip(&[
-            "link",
-            "add",
-            &format!("{tag}a"),
-            "netns",
-            &hosts[0],
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{tag}b"),
-            "netns",
-            &hosts[1],
-        ]);
-        for (i, h) in hosts.iter().enumerate() {
-            let dev = format!("{tag}{}", if i == 0 { "a" } else { "b" });
+            let (dev, port) = (format!("{tag}h{i}"), format!("{tag}s{i}"));
+            ip(&["link", "add", &dev, "netns", h, "type", "veth", "peer", "name", &port, "netns", &switch]);
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &switch, "link", "set", &port, "up"]);
             ip(&["-n", h, "addr", "add", &format!("{}/24", HOST_IPS[i]), "dev", &dev]);
             ip(&["-n", h, "link", "set", &dev, "up"]);
             for cidr in ["10.42.0.0/16", "10.43.0.0/16"] {
@@ -114,14 +112,31 @@ impl Lab {
     /// Starts `rk agent` as node `worker` on host 1 (data in `<lab>/worker`), joining
     /// the server on host 0 with `token`; returns its PID.
     pub fn spawn_worker(&mut self, token: &str) -> u32 {
+        self.spawn_agent(1, "worker", token)
+    }
+
+    /// Starts `rk agent` as node `name` on host `h` (data in `<lab>/<name>`, log in
+    /// `<lab>/<name>.log`), joining the server on host 0 with `token`; returns its PID.
+    pub fn spawn_agent(&mut self, h: usize, name: &str, token: &str) -> u32 {
         let url = format!("https://{}:6443", HOST_IPS[0]);
-        let dir = self.path("worker");
+        let dir = self.path(name);
         let dir = dir.to_str().unwrap().to_string();
-        self.spawn_rk(
-            1,
-            &["agent", "--join", &url, "--token", token, "--node-name", "worker", "--data-dir", &dir],
-            "worker.log",
-        )
+        let args = ["agent", "--join", &url, "--token", token, "--node-name", name, "--data-dir", &dir];
+        self.spawn_rk(h, &args, &format!("{name}.log"))
+    }
+
+    /// The node dirs and logs the lab's rk processes use.
+    fn node_names(&self) -> Vec<String> {
+        let mut names = vec!["server".to_string()];
+        for e in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if let Some(stem) = n.strip_suffix(".log") {
+                if stem != "server" {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+        names
     }
 
     /// kubectl on host 0 with the lab's admin kubeconfig.
@@ -193,12 +208,12 @@ impl Lab {
     /// got a container).
     fn pod_uids(&self) -> Vec<String> {
         let mut uids = vec![];
-        for host in ["server", "worker"] {
-            let d = self.path(host).join("agent").join("pods");
+        for host in self.node_names() {
+            let d = self.path(&host).join("agent").join("pods");
             for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
                 uids.push(e.file_name().to_string_lossy().to_string());
             }
-            let d = self.path(host).join("agent").join("pod-logs");
+            let d = self.path(&host).join("agent").join("pod-logs");
             for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
                 if let Some(uid) = e.file_name().to_string_lossy().rsplit('_').next() {
                     uids.push(uid.to_string());
@@ -243,8 +258,9 @@ impl Drop for Lab {
         use nix::sys::signal::{Signal, kill};
         if std::thread::panicking() {
             // What rk said, for a failure seen only in CI.
-            for f in ["server.log", "worker.log"] {
-                let text = std::fs::read_to_string(self.path(f)).unwrap_or_default();
+            for name in self.node_names() {
+                let f = format!("{name}.log");
+                let text = std::fs::read_to_string(self.path(&f)).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
                 eprintln!("== last lines of {f}\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
             }
@@ -283,7 +299,7 @@ impl Drop for Lab {
         for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let _ = std::fs::remove_dir(e.path().join("rk"));
         }
-        for h in &self.hosts {
+        for h in self.hosts.iter().chain([&self.switch]) {
             let _ = Command::new("ip").args(["netns", "del", h]).output();
         }
     }

@@ -43,13 +43,18 @@ pub fn node_ip(given: Option<IpAddr>) -> IpAddr {
         return ip;
     }
     let skip = |name: &str| {
-        name.starts_with("rk") || name.starts_with("veth") || name.starts_with("cni") || name.starts_with("flannel")
+        name == "rk0"
+            || name.starts_with("rk-")
+            || name.starts_with("veth")
+            || name.starts_with("cni")
+            || name.starts_with("flannel")
     };
     nix::ifaddrs::getifaddrs()
         .ok()
         .and_then(|mut it| {
             it.find(|a| {
                 a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+                    && !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
                     && !skip(&a.interface_name)
                     && a.address.as_ref().and_then(|s| s.as_sockaddr_in()).is_some_and(|v4| !v4.ip().is_loopback())
             })

@@ -370,11 +370,16 @@ async fn ip(args: &[&str]) -> bool {
     tokio::process::Command::new("ip").args(args).output().await.map(|o| o.status.success()).unwrap_or(false)
 }
 
-/// Puts the cluster DNS address on the node (dummy link `rk-dns`).
+/// Puts the cluster DNS address on the node: on a dummy link `rk-dns`, or where the
+/// kernel has no dummy links, on `lo` (labelled `lo:rk-dns`).
 async fn ensure_address(dns_ip: Ipv4Addr) -> bool {
+    let addr = format!("{dns_ip}/32");
     let _ = ip(&["link", "add", DNS_LINK, "type", "dummy"]).await;
-    ip(&["addr", "replace", &format!("{dns_ip}/32"), "dev", DNS_LINK]).await
-        && ip(&["link", "set", DNS_LINK, "up"]).await
+    if ip(&["addr", "replace", &addr, "dev", DNS_LINK]).await {
+        return ip(&["link", "set", DNS_LINK, "up"]).await;
+    }
+    let label = format!("lo:{DNS_LINK}");
+    ip(&["addr", "replace", &addr, "dev", "lo", "label", &label]).await
 }
 
 /// Serves the cluster DNS at `cfg.dns_ip:53` (UDP and TCP) until the future is dropped.

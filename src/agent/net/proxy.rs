@@ -6,7 +6,7 @@
 //! - that chain picks an endpoint with `numgen random mod N` (even spreading), or the
 //!   endpoint a client was pinned to for `sessionAffinity: ClientIP`;
 //! - one chain per endpoint DNATs to it (and marks hairpin traffic for masquerade);
-//! - Service ports without endpoints are rejected in the filter hooks, so clients see
+//! - Service ports without endpoints are rejected (prerouting and output), so clients see
 //!   "connection refused" at once, as Kubernetes does;
 //! - traffic from pods to outside the cluster CIDR is masqueraded, as is NodePort,
 //!   external and hairpin traffic.
@@ -261,7 +261,7 @@ impl Ruleset {
         for (m, ty) in MAPS {
             let _ = writeln!(s, "add map ip {TABLE} {m} {{ type {ty} : verdict ; }}");
         }
-        let base: [(&str, &str, &[String]); 9] = [
+        let base: [(&str, &str, &[String]); 8] = [
             ("nat-prerouting", "type nat hook prerouting priority dstnat ; policy accept ;", &["jump services".into()]),
             ("nat-output", "type nat hook output priority -100 ; policy accept ;", &["jump services".into()]),
             (
@@ -275,13 +275,10 @@ impl Ruleset {
                 ],
             ),
             (
-                "filter-input",
-                "type filter hook input priority -110 ; policy accept ;",
-                &["ct state new jump endpoints-check".into()],
-            ),
-            (
-                "filter-forward",
-                "type filter hook forward priority -110 ; policy accept ;",
+                // Before routing, so a Service without endpoints is refused even where
+                // its address has no route; covers what the node receives and forwards.
+                "filter-prerouting",
+                "type filter hook prerouting priority -110 ; policy accept ;",
                 &["ct state new jump endpoints-check".into()],
             ),
             (

@@ -113,6 +113,7 @@ fn resolve(sp: &ServicePort, pod: &Pod) -> Option<(String, i32, String)> {
 struct Member {
     ip: String,
     ready: bool,
+    serving: bool,
     terminating: bool,
     node: Option<String>,
     hostname: Option<String>,
@@ -151,7 +152,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
         let terminating = p.metadata.deletion_timestamp.is_some();
         groups.entry(resolved).or_default().push(Member {
             ip,
-            ready: (pod_ready(p) || publish_not_ready) && !terminating,
+            ready: (pod_ready(p) || publish_not_ready) && (!terminating || publish_not_ready),
+            // As kube-controller-manager: a terminating pod still serves while it is ready.
+            serving: pod_ready(p) || publish_not_ready,
             terminating,
             node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
             // A pod with a hostname in a subdomain named like this Service gets a DNS
@@ -254,7 +257,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
                         addresses: vec![m.ip.clone()],
                         conditions: Some(EndpointConditions {
                             ready: Some(m.ready),
-                            serving: Some(m.ready || m.terminating),
+                            serving: Some(m.serving),
                             terminating: Some(m.terminating),
                         }),
                         node_name: m.node.clone(),

@@ -37,6 +37,15 @@ async fn reconcile(node: Arc<Node>, d: Arc<Data>) -> Result<Action, kube::Error>
     }
     let _g = d.lock.lock().await;
     let api = Api::<Node>::all(d.ctx.client.clone());
+    // The cache can lag behind the CIDR this controller just gave the node: a podCIDR,
+    // once set, is never changed, so look at the node itself.
+    match api.get_opt(&node.name_any()).await? {
+        Some(n) if n.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).is_some_and(|c| !c.is_empty()) => {
+            return Ok(Action::await_change());
+        }
+        None => return Ok(Action::await_change()),
+        Some(_) => {}
+    }
     let taken: HashSet<String> = api
         .list(&Default::default())
         .await?
