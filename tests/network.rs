@@ -73,6 +73,14 @@ spec:
   selector: {app: web}
   ports: [{name: http, port: 8080}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{name: http, port: 8088, targetPort: http}]
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: echo}
@@ -202,6 +210,32 @@ fn services_dns_and_pods_across_nodes() {
     }
     let (ok, out) = exec(&lab, "client-1", &format!("timeout 5 wget -qO- http://{}:30080/", HOST_IPS[2]));
     assert!(ok, "NodePort from a pod: {out}");
+
+    // LoadBalancer: every node carries it and answers on its address; a second one on
+    // the same port has nowhere to go and stays Pending, with an event.
+    wait_for("the load balancer's addresses", 30, || {
+        jsonpath(&lab, &["get", "svc", "web-lb"], "{.status.loadBalancer.ingress[*].ip}").split_whitespace().count()
+            == 3
+    });
+    let table = lab.kubectl_ok(&["get", "svc", "web-lb"]);
+    assert!(table.contains(&HOST_IPS.join(",")), "{table}");
+    for addr in HOST_IPS {
+        let out = lab
+            .cmd(1, "timeout")
+            .args(["5", "/bin/busybox", "wget", "-qO-", &format!("http://{addr}:8088/")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "LoadBalancer at {addr}:8088: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    lab.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Service\nmetadata: {name: web-lb2}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports: [{port: 8088, targetPort: 8080}]\n"),
+    );
+    wait_for("an event on the pending load balancer", 30, || {
+        lab.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=web-lb2"]).contains("Pending")
+    });
+    let table = lab.kubectl_ok(&["get", "svc", "web-lb2"]);
+    assert!(table.contains("<pending>"), "{table}");
 
     // Cluster DNS, node-local, from pods on two nodes.
     let (ok, rc) = exec(&lab, "client-1", "cat /etc/resolv.conf");

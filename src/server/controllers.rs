@@ -16,6 +16,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 
 use std::sync::Arc;
@@ -115,6 +116,7 @@ pub fn start(
     tracker.spawn(replicationcontroller::run(Ctx::new(client.clone(), "replication-controller"), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
+    tracker.spawn(servicelb::run(Ctx::new(client.clone(), "service-lb-controller"), shutdown.clone()));
 }
 
 /// Runs the usual controller shape: `K` reconciled on its own changes and on those of
