@@ -253,6 +253,11 @@ pub struct Handler {
 const CACHE_MAX: usize = 10_000;
 
 impl Handler {
+    /// A handler answering for `domain` from `sources`, forwarding the rest to `upstreams`.
+    pub fn new(sources: Arc<Sources>, domain: &str, upstreams: Vec<SocketAddr>) -> Handler {
+        Handler { sources, domain: domain.trim_end_matches('.').to_string(), upstreams, cache: Mutex::new(HashMap::new()) }
+    }
+
     async fn forward(&self, q: &Query) -> Option<Arc<Cached>> {
         let key = (q.name().to_ascii().to_ascii_lowercase(), q.query_type());
         if let Some(c) = self.cache.lock().ok()?.get(&key).filter(|c| c.until > Instant::now()) {
@@ -385,12 +390,7 @@ async fn ensure_address(dns_ip: Ipv4Addr) -> bool {
 /// Serves the cluster DNS at `cfg.dns_ip:53` (UDP and TCP) until the future is dropped.
 pub async fn run(cfg: NetConfig, sources: Arc<Sources>) {
     let upstreams = upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), cfg.dns_ip);
-    let handler = Handler {
-        sources,
-        domain: cfg.domain.trim_end_matches('.').to_string(),
-        upstreams,
-        cache: Mutex::new(HashMap::new()),
-    };
+    let handler = Handler::new(sources, &cfg.domain, upstreams);
     let addr = SocketAddr::from((cfg.dns_ip, 53));
     let (udp, tcp) = loop {
         if !ensure_address(cfg.dns_ip).await {
@@ -403,10 +403,15 @@ pub async fn run(cfg: NetConfig, sources: Arc<Sources>) {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     };
+    tracing::info!(%addr, "cluster DNS serving");
+    serve(handler, udp, tcp).await;
+}
+
+/// Serves DNS with `handler` on these sockets until the future is dropped.
+pub async fn serve(handler: Handler, udp: tokio::net::UdpSocket, tcp: tokio::net::TcpListener) {
     let mut server = hickory_server::Server::new(handler);
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(10), 64 * 1024);
-    tracing::info!(%addr, "cluster DNS serving");
     let _ = server.block_until_done().await;
 }
 
