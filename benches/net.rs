@@ -93,7 +93,8 @@ fn world(extra_endpoint: bool) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
     let services: Vec<Arc<Service>> = (0..SERVICES).map(service).collect();
     let mut slices = vec![slice(0, &["10.42.2.2".to_string()], 8080)];
     for i in 1..SERVICES {
-        let mut ips: Vec<String> = (0..ENDPOINTS).map(|e| format!("10.42.{}.{}", 10 + i / 200, 1 + (i % 200) + e)).collect();
+        let mut ips: Vec<String> =
+            (0..ENDPOINTS).map(|e| format!("10.42.{}.{}", 10 + i / 200, 1 + (i % 200) + e)).collect();
         if extra_endpoint && i == SERVICES / 2 {
             ips.push("10.42.250.250".into());
         }
@@ -201,15 +202,44 @@ fn main() {
         ip(&["netns", "add", ns]);
         ip(&["-n", ns, "link", "set", "lo", "up"]);
     }
-    ip(&["link", "add", &format!("{tag}c"), "netns", &c, "type", "veth", "peer", "name", &format!("{tag}n1"), "netns", &n]);
-    ip(&["link", "add", &format!("{tag}p"), "netns", &p, "type", "veth", "peer", "name", &format!("{tag}n2"), "netns", &n]);
+    ip(&[
+        "link",
+        "add",
+        &format!("{tag}c"),
+        "netns",
+        &c,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{tag}n1"),
+        "netns",
+        &n,
+    ]);
+    ip(&[
+        "link",
+        "add",
+        &format!("{tag}p"),
+        "netns",
+        &p,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{tag}n2"),
+        "netns",
+        &n,
+    ]);
     let dev_c = format!("{tag}c");
     let dev_p = format!("{tag}p");
     let dev_n1 = format!("{tag}n1");
     let dev_n2 = format!("{tag}n2");
-    for (ns, dev, addr) in
-        [(&c, &dev_c, "10.42.1.2/24"), (&n, &dev_n1, "10.42.1.1/24"), (&n, &dev_n2, "10.42.2.1/24"), (&p, &dev_p, "10.42.2.2/24")]
-    {
+    for (ns, dev, addr) in [
+        (&c, &dev_c, "10.42.1.2/24"),
+        (&n, &dev_n1, "10.42.1.1/24"),
+        (&n, &dev_n2, "10.42.2.1/24"),
+        (&p, &dev_p, "10.42.2.2/24"),
+    ] {
         ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
         ip(&["-n", ns, "link", "set", dev, "up"]);
     }
@@ -241,7 +271,11 @@ fn main() {
         }
     });
 
-    let cfg = ProxyConfig { node: "n".into(), cluster_cidr: "10.42.0.0/16".parse().unwrap(), skip_ips: vec!["10.43.0.10".parse().unwrap()] };
+    let cfg = ProxyConfig {
+        node: "n".into(),
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+        skip_ips: vec!["10.43.0.10".parse().unwrap()],
+    };
     let (services, slices) = world(false);
     let base = Ruleset::build(&cfg, &services, &slices);
     let (services2, slices2) = world(true);
@@ -301,7 +335,9 @@ fn main() {
         d.push(requests(&c, direct, nreq / 3));
         s.push(requests(&c, cip, nreq / 3));
     }
-    let best = |v: &[(f64, f64, f64)]| v.iter().cloned().fold((0.0f64, f64::MAX, f64::MAX), |a, b| (a.0.max(b.0), a.1.min(b.1), a.2.min(b.2)));
+    let best = |v: &[(f64, f64, f64)]| {
+        v.iter().cloned().fold((0.0f64, f64::MAX, f64::MAX), |a, b| (a.0.max(b.0), a.1.min(b.1), a.2.min(b.2)))
+    };
     let (dr, dp50, dp99) = best(&d);
     let (sr, sp50, sp99) = best(&s);
     println!(
@@ -314,7 +350,10 @@ fn main() {
     let bd2 = bulk(&c, direct, mib);
     let bs2 = bulk(&c, cip, mib);
     let (bd, bs) = (bd.max(bd2), bs.max(bs2));
-    println!("bulk: through the ClusterIP {bs:.0} MiB/s; baseline direct {bd:.0} MiB/s: {:.1}% of direct", 100.0 * bs / bd);
+    println!(
+        "bulk: through the ClusterIP {bs:.0} MiB/s; baseline direct {bd:.0} MiB/s: {:.1}% of direct",
+        100.0 * bs / bd
+    );
 
     // 3. DNS: rk's handler at 10.43.0.10 in the node namespace (1,000 Services in its
     //    cache), and a UDP echo at 10.43.0.11 on the same path.
@@ -367,5 +406,8 @@ fn main() {
     }
     let dq = dq.into_iter().fold(0.0, f64::max);
     let eq = eq.into_iter().fold(0.0, f64::max);
-    println!("DNS: rk answered {dq:.0} queries/s (A of a Service, {SERVICES} Services cached, 32 in flight); baseline UDP echo on the same path {eq:.0}/s: {:.1}% of the transport's rate", 100.0 * dq / eq);
+    println!(
+        "DNS: rk answered {dq:.0} queries/s (A of a Service, {SERVICES} Services cached, 32 in flight); baseline UDP echo on the same path {eq:.0}/s: {:.1}% of the transport's rate",
+        100.0 * dq / eq
+    );
 }

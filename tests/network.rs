@@ -114,7 +114,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: client-1}
+metadata: {name: client-1, labels: {role: client}}
 spec:
   nodeName: worker
   containers: [{name: sh, image: busybox:1.35, command: ["sleep", "3600"]}]
@@ -264,6 +264,25 @@ fn services_dns_and_pods_across_nodes() {
     let dashed = pod_ips[0].1.replace('.', "-");
     let (ok, out) = exec(&lab, "client-1", &format!("nslookup {dashed}.default.pod.cluster.local"));
     assert!(ok && out.contains(&pod_ips[0].1), "pod record: {out}");
+
+    // NetworkPolicy: deny all ingress to the web pods, then allow role=client, then
+    // remove both; pods on other nodes and on the same node as a web pod.
+    let server_pod = pod_ips.iter().find(|(n, _)| n == "server").map(|(_, ip)| ip.clone()).unwrap();
+    let far_pod = pod_ips.iter().find(|(n, _)| n == "worker2").map(|(_, ip)| ip.clone()).unwrap();
+    let reach = |client: &str, ip: &str| exec(&lab, client, &format!("timeout 2 wget -qO- http://{ip}:8080/")).0;
+    lab.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-web}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n"),
+    );
+    wait_for("the deny policy to block", 15, || !reach("client-1", &far_pod) && !reach("client-0", &server_pod));
+    lab.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-clients}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: http}]\n"),
+    );
+    wait_for("role=client let in", 15, || reach("client-1", &far_pod) && reach("client-1", &server_pod));
+    assert!(!reach("client-0", &far_pod), "client-0 has no role=client label and must stay out");
+    lab.kubectl_ok(&["delete", "networkpolicy", "deny-web", "allow-clients"]);
+    wait_for("traffic restored without policies", 15, || reach("client-0", &far_pod) && reach("client-0", &server_pod));
 
     // Scaling: who answers follows the Deployment.
     let (ok, out) = exec(&lab, "client-0", "timeout 5 wget -qO- http://echo/");

@@ -3,6 +3,7 @@
 //! by one watch of Nodes, Services and EndpointSlices per node.
 
 pub mod dns;
+pub mod policy;
 pub mod proxy;
 pub mod routes;
 
@@ -10,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -82,8 +84,11 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
     let (nodes, nodes_run) = cache::<Node>(&client);
     let (services, services_run) = cache::<Service>(&client);
     let (slices, slices_run) = cache::<EndpointSlice>(&client);
+    let (pods, pods_run) = cache::<Pod>(&client);
+    let (namespaces, namespaces_run) = cache::<Namespace>(&client);
+    let (policies, policies_run) = cache::<NetworkPolicy>(&client);
     let feeders = async {
-        tokio::join!(nodes_run, services_run, slices_run);
+        tokio::join!(nodes_run, services_run, slices_run, pods_run, namespaces_run, policies_run);
     };
 
     let route_loop = {
@@ -110,14 +115,25 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
         proxy::ProxyConfig { node: cfg.node.clone(), cluster_cidr: cfg.cluster_cidr, skip_ips: vec![cfg.dns_ip] };
     let proxy_loop = {
         let (mut c1, mut c2) = (services.changed.clone(), slices.changed.clone());
+        let (mut c3, mut c4, mut c5) = (pods.changed.clone(), namespaces.changed.clone(), policies.changed.clone());
         let (sv, sl) = (services.store.clone(), slices.store.clone());
+        let (po, nss, pols) = (pods.store.clone(), namespaces.store.clone(), policies.store.clone());
         async move {
-            if sv.wait_until_ready().await.is_err() || sl.wait_until_ready().await.is_err() {
+            for ready in [sv.wait_until_ready().await, sl.wait_until_ready().await, po.wait_until_ready().await] {
+                if ready.is_err() {
+                    return;
+                }
+            }
+            if nss.wait_until_ready().await.is_err() || pols.wait_until_ready().await.is_err() {
                 return;
             }
             let mut applied: Option<proxy::Ruleset> = None;
             loop {
-                let want = proxy::Ruleset::build(&pcfg, &sv.state(), &sl.state());
+                let mut want = proxy::Ruleset::build(&pcfg, &sv.state(), &sl.state());
+                let policies = pols.state();
+                if !policies.is_empty() {
+                    policy::build(&mut want, &pcfg.node, &po.state(), &nss.state(), &policies);
+                }
                 let t0 = std::time::Instant::now();
                 let (script, full) = match &applied {
                     Some(a) => (a.diff(&want), false),
@@ -139,7 +155,16 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
                         }
                     }
                 }
-                if !next_change(&mut [&mut c1, &mut c2]).await {
+                // Pod and namespace changes matter only while there are policies.
+                let watching_pods = !pols.is_empty();
+                let changed = if watching_pods {
+                    next_change(&mut [&mut c1, &mut c2, &mut c3, &mut c4, &mut c5]).await
+                } else {
+                    c3.mark_unchanged();
+                    c4.mark_unchanged();
+                    next_change(&mut [&mut c1, &mut c2, &mut c5]).await
+                };
+                if !changed {
                     return;
                 }
             }

@@ -255,7 +255,12 @@ const CACHE_MAX: usize = 10_000;
 impl Handler {
     /// A handler answering for `domain` from `sources`, forwarding the rest to `upstreams`.
     pub fn new(sources: Arc<Sources>, domain: &str, upstreams: Vec<SocketAddr>) -> Handler {
-        Handler { sources, domain: domain.trim_end_matches('.').to_string(), upstreams, cache: Mutex::new(HashMap::new()) }
+        Handler {
+            sources,
+            domain: domain.trim_end_matches('.').to_string(),
+            upstreams,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     async fn forward(&self, q: &Query) -> Option<Arc<Cached>> {

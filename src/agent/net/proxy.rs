@@ -61,11 +61,14 @@ pub struct Ruleset {
     pub sets: BTreeMap<String, i32>,
 }
 
-const MAPS: [(&str, &str); 4] = [
+const MAPS: [(&str, &str); 6] = [
     ("service-ips", "ipv4_addr . inet_proto . inet_service"),
     ("service-nodeports", "inet_proto . inet_service"),
     ("no-endpoint-services", "ipv4_addr . inet_proto . inet_service"),
     ("no-endpoint-nodeports", "inet_proto . inet_service"),
+    // NetworkPolicy (see `policy`): a local pod's address to its chain.
+    ("policy-ingress", "ipv4_addr"),
+    ("policy-egress", "ipv4_addr"),
 ];
 
 fn short_hash(s: &str) -> String {
@@ -74,7 +77,7 @@ fn short_hash(s: &str) -> String {
 }
 
 /// A chain name: a hash (for uniqueness within nft's length limit) and a readable tail.
-fn chain_name(kind: &str, readable: &str) -> String {
+pub(super) fn chain_name(kind: &str, readable: &str) -> String {
     let mut tail: String =
         readable.chars().map(|c| if c.is_ascii_alphanumeric() || "/_.-".contains(c) { c } else { '_' }).collect();
     tail.truncate(180);
@@ -261,7 +264,7 @@ impl Ruleset {
         for (m, ty) in MAPS {
             let _ = writeln!(s, "add map ip {TABLE} {m} {{ type {ty} : verdict ; }}");
         }
-        let base: [(&str, &str, &[String]); 8] = [
+        let base: [(&str, &str, &[String]); 9] = [
             ("nat-prerouting", "type nat hook prerouting priority dstnat ; policy accept ;", &["jump services".into()]),
             ("nat-output", "type nat hook output priority -100 ; policy accept ;", &["jump services".into()]),
             (
@@ -303,6 +306,18 @@ impl Ruleset {
                 ],
             ),
             ("mark-for-masquerade", "", &[format!("meta mark set meta mark | {MASQ_MARK:#x}")]),
+            (
+                // NetworkPolicy, for pods on this node (see `policy`): the egress chain
+                // of the source returns when allowed, the ingress chain of the
+                // destination accepts when allowed; both drop the rest.
+                "policy-forward",
+                "type filter hook forward priority 0 ; policy accept ;",
+                &[
+                    "ct state established,related accept".into(),
+                    "ip saddr vmap @policy-egress".into(),
+                    "ip daddr vmap @policy-ingress".into(),
+                ],
+            ),
         ];
         // Regular chains first (rules refer to them), then the Service chains and map
         // elements, then the hooks that lead into them.
