@@ -107,20 +107,8 @@ fn main() {
     let burst = 20;
     let mut lab = lab::Lab::new();
     lab::busybox_image(&lab.path("worker").join("agent/images/busybox.tar"));
-    let server_dir = lab.path("server");
     let kubeconfig = lab.path("kubeconfig.yaml");
-    lab.spawn_rk(
-        0,
-        &[
-            "server",
-            "--disable-agent",
-            "--data-dir",
-            server_dir.to_str().unwrap(),
-            "--write-kubeconfig",
-            kubeconfig.to_str().unwrap(),
-        ],
-        "server.log",
-    );
+    lab.spawn_server(&["--disable-agent"]);
     let token = lab.server_token();
     let worker_dir = lab.path("worker");
     let spawned = Instant::now();

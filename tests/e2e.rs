@@ -6,30 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{self, HOST_IPS, Lab};
+use common::lab::{self, HOST_IPS, Lab, jsonpath, wait_for};
 use nix::sys::signal::Signal;
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-fn jsonpath(lab: &Lab, args: &[&str], path: &str) -> String {
-    let jp = format!("jsonpath={path}");
-    let mut a: Vec<&str> = args.to_vec();
-    a.extend(["-o", jp.as_str()]);
-    let out = lab.kubectl(&a);
-    if !out.status.success() {
-        eprintln!("kubectl {}: {}", a.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 fn logs(lab: &Lab) -> String {
     ["server.log", "worker.log"]
@@ -145,20 +123,7 @@ fn real_pods_on_two_nodes() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web, namespace: kube-system}\nspec:\n  containers:\n  - {name: httpd, image: busybox:1.35, command: [httpd, -f, -p, '8081']}\n",
     )
     .unwrap();
-    let server_dir = lab.path("server");
-    let kubeconfig = lab.path("kubeconfig.yaml");
-    let server_args = [
-        "server",
-        "--data-dir",
-        server_dir.to_str().unwrap(),
-        "--write-kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        "server",
-        "--node-ip",
-        HOST_IPS[0],
-    ];
-    let mut server = lab.spawn_rk(0, &server_args, "server.log");
+    let mut server = lab.spawn_server(&[]);
     let token = lab.server_token();
 
     // A second node, joined with the token over the lab link.
@@ -301,7 +266,7 @@ fn real_pods_on_two_nodes() {
     assert!(before.starts_with("containerd://"), "{before:?}");
     lab.signal(server, Signal::SIGKILL);
     lab.reap(server);
-    server = lab.spawn_rk(0, &server_args, "server.log");
+    server = lab.spawn_server(&[]);
     wait_for("the API after restart", 30, || lab.kubectl(&["get", "--raw", "/readyz"]).status.success());
     wait_for("the server node Ready again", 30, || {
         jsonpath(&lab, &["get", "node", "server"], "{.status.conditions[?(@.type==\"Ready\")].status}") == "True"

@@ -8,28 +8,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
-use common::lab::{self, HOST_IPS, Lab};
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return t0.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-fn jsonpath(lab: &Lab, args: &[&str], path: &str) -> String {
-    let jp = format!("jsonpath={path}");
-    let mut a: Vec<&str> = args.to_vec();
-    a.extend(["-o", jp.as_str()]);
-    String::from_utf8_lossy(&lab.kubectl(&a).stdout).to_string()
-}
+use common::lab::{self, HOST_IPS, Lab, jsonpath, wait_for};
 
 /// `sh -c SCRIPT` in a pod; (success, stdout + stderr).
 fn exec(lab: &Lab, pod: &str, script: &str) -> (bool, String) {
@@ -52,7 +32,7 @@ spec:
       containers:
       - name: httpd
         image: busybox:1.35
-        command: ["sh", "-c", "mkdir -p /tmp/www && echo $NODE > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+        command: ["sh", "-c", "mkdir -p /tmp/www/cgi-bin && echo $NODE > /tmp/www/index.html && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /tmp/www/cgi-bin/env && chmod +x /tmp/www/cgi-bin/env && exec httpd -f -p 8080 -h /tmp/www"]
         env: [{name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]
         ports: [{name: http, containerPort: 8080}]
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
@@ -132,20 +112,7 @@ fn services_dns_and_pods_across_nodes() {
     for n in names {
         lab::busybox_image(&lab.path(n).join("agent/images/busybox.tar"));
     }
-    let server_dir = lab.path("server");
-    let kubeconfig = lab.path("kubeconfig.yaml");
-    let server_args = [
-        "server",
-        "--data-dir",
-        server_dir.to_str().unwrap(),
-        "--write-kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        "server",
-        "--node-ip",
-        HOST_IPS[0],
-    ];
-    lab.spawn_rk(0, &server_args, "server.log");
+    lab.spawn_server(&[]);
     let token = lab.server_token();
     lab.spawn_agent(1, "worker", &token);
     lab.spawn_agent(2, "worker2", &token);
@@ -236,6 +203,117 @@ fn services_dns_and_pods_across_nodes() {
     });
     let table = lab.kubectl_ok(&["get", "svc", "web-lb2"]);
     assert!(table.contains("<pending>"), "{table}");
+
+    // Ingress: by Host header on every node's port 80, X-Forwarded-* to the backend,
+    // 404 for an unknown host, TLS with the Secret's certificate chosen by SNI, h2 by
+    // ALPN; status lists the nodes.
+    let mut ca = rcgen::CertificateParams::new(vec![]).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "lab CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["web.example".to_string()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+    std::fs::write(lab.path("web.crt"), leaf.pem()).unwrap();
+    std::fs::write(lab.path("web.key"), leaf_key.serialize_pem()).unwrap();
+    let (crt, key) = (lab.path("web.crt"), lab.path("web.key"));
+    lab.kubectl_ok(&[
+        "create",
+        "secret",
+        "tls",
+        "web-tls",
+        "--cert",
+        crt.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    lab.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\nspec:\n  tls: [{hosts: [web.example], secretName: web-tls}]\n  rules:\n  - host: web.example\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}\n"),
+    );
+    let get = |from: usize, url: &str, host: &str| {
+        let out = lab
+            .cmd(from, "timeout")
+            .args(["5", "/bin/busybox", "wget", "-qO-", "--header", &format!("Host: {host}"), url])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    wait_for("the Ingress routing web.example", 30, || get(1, &format!("http://{}/", HOST_IPS[0]), "web.example").0);
+    for addr in HOST_IPS {
+        let (ok, body) = get(1, &format!("http://{addr}/"), "web.example");
+        assert!(ok && names.contains(&body.trim()), "Ingress on {addr}: {body}");
+    }
+    let (ok, env) = get(1, &format!("http://{}/cgi-bin/env", HOST_IPS[2]), "web.example");
+    assert!(
+        ok && env.contains(&format!("HTTP_X_FORWARDED_FOR={}", HOST_IPS[1]))
+            && env.contains("HTTP_X_FORWARDED_PROTO=http")
+            && env.contains("HTTP_X_FORWARDED_HOST=web.example"),
+        "{env}"
+    );
+    let (ok, out) = get(1, &format!("http://{}/", HOST_IPS[0]), "nope.example");
+    assert!(!ok && out.contains("404"), "unknown host: {out}");
+    let ca_pem = ca_cert.pem();
+    let host_ns = format!("/var/run/netns/{}", lab.hosts[1]);
+    let (status, body, alpn) = std::thread::spawn(move || {
+        nix::sched::setns(std::fs::File::open(host_ns).unwrap(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+            use rustls::pki_types::pem::PemObject;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+            let tls = |alpn: Vec<Vec<u8>>| {
+                let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+                c.alpn_protocols = alpn;
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(c))
+            };
+            let name = rustls::pki_types::ServerName::try_from("web.example").unwrap();
+            let addr = format!("{}:443", HOST_IPS[0]);
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut s = tls(vec![b"http/1.1".to_vec()])
+                .connect(name.clone(), tcp)
+                .await
+                .expect("TLS with the Ingress's certificate");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: web.example\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let s2 = tls(vec![b"h2".to_vec(), b"http/1.1".to_vec()]).connect(name, tcp).await.unwrap();
+            let alpn = s2.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).to_string());
+            let status = out.lines().next().unwrap_or_default().to_string();
+            let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+            (status, body, alpn)
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(
+        status.starts_with("HTTP/1.1 200") && names.iter().any(|n| body.contains(n)),
+        "HTTPS through the Ingress: {status} {body}"
+    );
+    assert_eq!(alpn.as_deref(), Some("h2"));
+    wait_for("the Ingress status", 30, || {
+        jsonpath(&lab, &["get", "ingress", "web"], "{.status.loadBalancer.ingress[*].ip}").split_whitespace().count()
+            == 3
+    });
+    let table = lab.kubectl_ok(&["get", "ingress", "web"]);
+    assert!(
+        table.contains("web.example") && table.contains(&HOST_IPS.join(",")) && table.contains("80, 443"),
+        "{table}"
+    );
+    let ic = lab.kubectl_ok(&["get", "ingressclass"]);
+    assert!(ic.contains("rk") && ic.contains("rk.io/ingress"), "{ic}");
 
     // Cluster DNS, node-local, from pods on two nodes.
     let (ok, rc) = exec(&lab, "client-1", "cat /etc/resolv.conf");

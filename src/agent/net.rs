@@ -1,8 +1,10 @@
 //! Node networking beyond one pod: routes to other nodes' pods (`routes`), the
-//! service proxy in nftables (`proxy`) and the node-local cluster DNS (`dns`), all fed
-//! by one watch of Nodes, Services and EndpointSlices per node.
+//! service proxy and NetworkPolicy in nftables (`proxy`, `policy`), the node-local
+//! cluster DNS (`dns`) and the Ingress controller (`ingress`), all fed by one watch
+//! per kind of object per node.
 
 pub mod dns;
+pub mod ingress;
 pub mod policy;
 pub mod proxy;
 pub mod routes;
@@ -11,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -87,8 +89,19 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
     let (pods, pods_run) = cache::<Pod>(&client);
     let (namespaces, namespaces_run) = cache::<Namespace>(&client);
     let (policies, policies_run) = cache::<NetworkPolicy>(&client);
+    let (ingresses, ingresses_run) = cache::<Ingress>(&client);
+    let (secrets, secrets_run) = cache::<Secret>(&client);
     let feeders = async {
-        tokio::join!(nodes_run, services_run, slices_run, pods_run, namespaces_run, policies_run);
+        tokio::join!(
+            nodes_run,
+            services_run,
+            slices_run,
+            pods_run,
+            namespaces_run,
+            policies_run,
+            ingresses_run,
+            secrets_run
+        );
     };
 
     let route_loop = {
@@ -176,8 +189,19 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
         Arc::new(dns::Sources { services: services.store.clone(), slices: slices.store.clone() }),
     );
 
+    let ingress_loop = ingress::run(
+        Arc::new(ingress::Sources {
+            ingresses: ingresses.store.clone(),
+            services: services.store.clone(),
+            slices: slices.store.clone(),
+            secrets: secrets.store.clone(),
+        }),
+        vec![ingresses.changed.clone(), services.changed.clone(), slices.changed.clone(), secrets.changed.clone()],
+    );
+
     tokio::select! {
         _ = feeders => {}
+        _ = ingress_loop => {}
         _ = route_loop => {}
         _ = proxy_loop => {}
         _ = dns_loop => {}

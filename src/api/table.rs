@@ -67,6 +67,9 @@ pub fn columns(group: &str, plural: &str) -> Vec<Col> {
             vec![NAME, s("Type"), s("Cluster-IP"), s("External-IP"), s("Port(s)"), AGE, w("Selector")]
         }
         ("", "endpoints") => vec![NAME, s("Endpoints"), AGE],
+        ("networking.k8s.io", "ingresses") => vec![NAME, s("Class"), s("Hosts"), s("Address"), s("Ports"), AGE],
+        ("networking.k8s.io", "ingressclasses") => vec![NAME, s("Controller"), s("Parameters"), AGE],
+        ("networking.k8s.io", "networkpolicies") => vec![NAME, s("Pod-Selector"), AGE],
         ("policy", "poddisruptionbudgets") => {
             vec![NAME, s("Min Available"), s("Max Unavailable"), i("Allowed Disruptions"), AGE]
         }
@@ -581,6 +584,49 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
             json!(selector_string(obj.pointer("/spec/selector"))),
         ],
         ("", "endpoints") => vec![name, json!(endpoints_string(obj)), age(obj, now)],
+        ("networking.k8s.io", "ingresses") => {
+            // As kubectl's printer: hosts (first three, then "+ N more..."), addresses,
+            // "80" or "80, 443" with TLS.
+            let hosts: Vec<&str> = obj
+                .pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .map(|rs| rs.iter().filter_map(|r| r.get("host").and_then(Value::as_str)).collect())
+                .unwrap_or_default();
+            let hosts = match hosts.len() {
+                0 => "*".to_string(),
+                n if n > 3 => format!("{} + {} more...", hosts[..3].join(","), n - 3),
+                _ => hosts.join(","),
+            };
+            let addrs: Vec<&str> = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|i| i.get("ip").or(i.get("hostname")).and_then(Value::as_str)).collect())
+                .unwrap_or_default();
+            let tls = obj.pointer("/spec/tls").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+            vec![
+                name,
+                json!(or_none(str_at(obj, "/spec/ingressClassName").into())),
+                json!(hosts),
+                json!(addrs.join(",")),
+                json!(if tls { "80, 443" } else { "80" }),
+                age(obj, now),
+            ]
+        }
+        ("networking.k8s.io", "ingressclasses") => {
+            let params = match obj.pointer("/spec/parameters") {
+                Some(p) => {
+                    let kind = str_at(p, "/kind");
+                    let group = str_at(p, "/apiGroup");
+                    let kind = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+                    format!("{kind}/{}", str_at(p, "/name"))
+                }
+                None => "<none>".into(),
+            };
+            vec![name, json!(str_at(obj, "/spec/controller")), json!(params), age(obj, now)]
+        }
+        ("networking.k8s.io", "networkpolicies") => {
+            vec![name, json!(selector_string(obj.pointer("/spec/podSelector"))), age(obj, now)]
+        }
         ("", "nodes") => vec![
             name,
             json!(node_status(obj)),

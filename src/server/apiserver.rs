@@ -378,6 +378,18 @@ impl ApiServer {
         {
             tracing::warn!(error = %e.message, "creating the kube-dns Service failed");
         }
+        if let Err(e) = self
+            .ensure(
+                "networking.k8s.io",
+                "ingressclasses",
+                None,
+                json!({"metadata": {"name": "rk", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+                       "spec": {"controller": "rk.io/ingress"}}),
+            )
+            .await
+        {
+            tracing::warn!(error = %e.message, "creating the rk IngressClass failed");
+        }
         let page = self.store.list("/registry/namespaces/", None, 0, 0).await.map_err(ApiError::internal)?;
         for kv in &page.kvs {
             let obj = handlers::decode_kv(kv)?;

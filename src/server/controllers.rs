@@ -117,6 +117,8 @@ pub fn start(
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
     tracker.spawn(servicelb::run(Ctx::new(client.clone(), "service-lb-controller"), shutdown.clone()));
+    tracker
+        .spawn(servicelb::run_ingress_status(Ctx::new(client.clone(), "ingress-status-controller"), shutdown.clone()));
 }
 
 /// Runs the usual controller shape: `K` reconciled on its own changes and on those of

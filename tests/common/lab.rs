@@ -99,6 +99,27 @@ impl Lab {
         pid
     }
 
+    /// Starts `rk server` on host 0 as node `server` at `HOST_IPS[0]` (data in
+    /// `<lab>/server`, admin kubeconfig `<lab>/kubeconfig.yaml`, log `server.log`), with
+    /// `extra` flags; returns its PID.
+    pub fn spawn_server(&mut self, extra: &[&str]) -> u32 {
+        let server_dir = self.path("server");
+        let kubeconfig = self.path("kubeconfig.yaml");
+        let mut args = vec![
+            "server",
+            "--data-dir",
+            server_dir.to_str().unwrap(),
+            "--write-kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "server",
+            "--node-ip",
+            HOST_IPS[0],
+        ];
+        args.extend_from_slice(extra);
+        self.spawn_rk(0, &args, "server.log")
+    }
+
     /// Waits (up to 30 s) for the server on host 0 to write `kubeconfig.yaml` into the
     /// lab dir, then returns its join token (from `<lab>/server/server/token`).
     pub fn server_token(&self) -> String {
@@ -240,6 +261,31 @@ impl Lab {
         }
         out
     }
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `secs`. Returns
+/// how long it took.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> std::time::Duration {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(secs) {
+        if f() {
+            return t0.elapsed();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// `kubectl ARGS -o jsonpath=PATH` on the lab; stdout (stderr printed on failure).
+pub fn jsonpath(lab: &Lab, args: &[&str], path: &str) -> String {
+    let jp = format!("jsonpath={path}");
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["-o", jp.as_str()]);
+    let out = lab.kubectl(&a);
+    if !out.status.success() {
+        eprintln!("kubectl {}: {}", a.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn remove_cgroup_tree(p: &Path) {

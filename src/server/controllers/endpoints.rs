@@ -341,18 +341,7 @@ pub async fn publish_apiserver(client: &kube::Client, ip: std::net::IpAddr, port
             }]),
         }]),
     };
-    let eps: Api<Endpoints> = Api::namespaced(client.clone(), ns);
-    match eps.get_opt("kubernetes").await? {
-        None => {
-            eps.create(&PostParams::default(), &want).await?;
-        }
-        Some(cur) if cur.subsets != want.subsets => {
-            let mut next = want.clone();
-            next.metadata.resource_version = cur.metadata.resource_version.clone();
-            eps.replace("kubernetes", &PostParams::default(), &next).await?;
-        }
-        Some(_) => {}
-    }
+    put(&Api::namespaced(client.clone(), ns), want, |cur, want| cur.subsets == want.subsets).await?;
     let slice_labels: BTreeMap<String, String> =
         [(SERVICE_NAME.to_string(), "kubernetes".to_string()), (MANAGED_BY.to_string(), "rk-apiserver".to_string())]
             .into();
@@ -371,15 +360,27 @@ pub async fn publish_apiserver(client: &kube::Client, ip: std::net::IpAddr, port
             app_protocol: None,
         }]),
     };
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    match slices.get_opt("kubernetes").await? {
+    put(&Api::namespaced(client.clone(), ns), want, |cur: &EndpointSlice, want| {
+        cur.endpoints == want.endpoints && cur.ports == want.ports
+    })
+    .await?;
+    Ok(())
+}
+
+/// Creates `want`, or replaces the object of its name unless `same` says it already is.
+async fn put<K>(api: &Api<K>, want: K, same: impl Fn(&K, &K) -> bool) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = want.meta().name.clone().unwrap_or_default();
+    match api.get_opt(&name).await? {
         None => {
-            slices.create(&PostParams::default(), &want).await?;
+            api.create(&PostParams::default(), &want).await?;
         }
-        Some(cur) if cur.endpoints != want.endpoints || cur.ports != want.ports => {
-            let mut next = want.clone();
-            next.metadata.resource_version = cur.metadata.resource_version.clone();
-            slices.replace("kubernetes", &PostParams::default(), &next).await?;
+        Some(cur) if !same(&cur, &want) => {
+            let mut next = want;
+            next.meta_mut().resource_version = cur.meta().resource_version.clone();
+            api.replace(&name, &PostParams::default(), &next).await?;
         }
         Some(_) => {}
     }

@@ -210,3 +210,57 @@ mod tests {
         assert_eq!(placement(&other_port, &all, &labelled), ["192.0.2.1"]);
     }
 }
+
+/// Ingress status: every Ready node serves the Ingresses of class `rk` (the agent's
+/// Ingress controller), so their `status.loadBalancer.ingress` is those nodes'
+/// addresses.
+pub(super) async fn run_ingress_status(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let client = ctx.client.clone();
+    let ctrl = Controller::new(Api::<Ingress>::all(client.clone()), watcher::Config::default());
+    let ingresses = ctrl.store();
+    let (nodes, writer) = kube::runtime::reflector::store();
+    let feed = kube::runtime::reflector(writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
+        .for_each(|_| async {});
+    let all = ingresses.clone();
+    let data = Arc::new((ctx, nodes));
+    let main = ctrl
+        .watches(Api::<Node>::all(client), watcher::Config::default(), move |_node: Node| {
+            all.state().iter().map(|i| ObjectRef::from_obj(i.as_ref())).collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(
+            |ing: Arc<Ingress>, d: Arc<(Arc<Ctx>, Store<Node>)>| async move {
+                let class = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
+                if class.is_some_and(|c| c != "rk") || ing.metadata.deletion_timestamp.is_some() {
+                    return Ok::<_, kube::Error>(Action::await_change());
+                }
+                let mut want: Vec<String> =
+                    d.1.state().iter().filter(|n| ready(n)).filter_map(|n| node_address(n)).collect();
+                want.sort();
+                let have: Vec<String> = ing
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|l| l.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.ip.clone())
+                    .collect();
+                if want != have {
+                    let api: Api<Ingress> = Api::namespaced(d.0.client.clone(), &ing.namespace().unwrap_or_default());
+                    let list: Vec<serde_json::Value> = want.iter().map(|ip| json!({"ip": ip})).collect();
+                    let patch = json!({"status": {"loadBalancer": {"ingress": list}}});
+                    api.patch_status(&ing.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                }
+                Ok(Action::await_change())
+            },
+            |_, _, _| retry_soon(),
+            data,
+        )
+        .for_each(|_| async {});
+    tokio::select! {
+        _ = main => {}
+        _ = feed => {}
+    }
+}
