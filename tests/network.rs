@@ -382,4 +382,31 @@ fn services_dns_and_pods_across_nodes() {
         let out = lab.cmd(h, "nft").args(["list", "table", "ip", "rk"]).output().unwrap();
         assert!(out.status.success(), "host {h}: {}", String::from_utf8_lossy(&out.stderr));
     }
+
+    // rk-killall.sh on worker2's host: rk, its containerd and its pods stop, and no rk
+    // table, route, address or pod link is left there; the other hosts keep theirs.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/rk-killall.sh");
+    let w2 = lab.path("worker2");
+    let out = lab.cmd(2, "sh").arg(script).env("RK_DATA_DIR", &w2).output().unwrap();
+    assert!(out.status.success(), "rk-killall.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let w2 = w2.to_string_lossy().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).contains(&w2))
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(left.is_empty(), "processes left after rk-killall.sh: {left:?}");
+    let run = |h: usize, prog: &str, args: &[&str]| {
+        let o = lab.cmd(h, prog).args(args).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    assert!(!run(2, "nft", &["list", "table", "ip", "rk"]).0, "rk's table is still there");
+    assert_eq!(run(2, "ip", &["route", "show", "proto", "82"]).1.trim(), "", "rk's routes are still there");
+    let addrs = run(2, "ip", &["-o", "addr"]).1;
+    assert!(!addrs.contains("rk-dns") && !addrs.contains("10.43.0.10"), "{addrs}");
+    let links = run(2, "ip", &["-o", "link"]).1;
+    assert!(!links.contains("veth") && !links.contains("rk-dns"), "{links}");
+    assert!(run(0, "nft", &["list", "table", "ip", "rk"]).0, "the server's table must stay");
 }
