@@ -85,6 +85,31 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 ---
 apiVersion: v1
+kind: ConfigMap
+metadata: {name: upg}
+data:
+  upg.sh: |
+    while read -r l; do l=$(printf %s "$l" | tr -d '\r'); [ -z "$l" ] && break; done
+    printf 'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n'
+    exec cat
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: upg, labels: {app: upg}}
+spec:
+  nodeName: worker2
+  containers:
+  - {name: nc, image: busybox:1.35, command: ["nc", "-ll", "-p", "9000", "-e", "sh", "/cfg/upg.sh"], volumeMounts: [{name: cfg, mountPath: /cfg}]}
+  volumes: [{name: cfg, configMap: {name: upg}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: upg}
+spec:
+  selector: {app: upg}
+  ports: [{port: 9000}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: client-0}
 spec:
@@ -131,7 +156,7 @@ fn services_dns_and_pods_across_nodes() {
             &["get", "pods"],
             "{range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}",
         );
-        s.matches("=True").count() == 6
+        s.matches("=True").count() == 7
     });
     let pod_ips: Vec<(String, String)> =
         jsonpath(&lab, &["get", "pods", "-l", "app=web"], "{range .items[*]}{.spec.nodeName}={.status.podIP} {end}")
@@ -306,6 +331,46 @@ fn services_dns_and_pods_across_nodes() {
     wait_for("the Ingress status", 30, || {
         jsonpath(&lab, &["get", "ingress", "web"], "{.status.loadBalancer.ingress[*].ip}").split_whitespace().count()
             == 3
+    });
+    // An Upgrade (as WebSocket does) passes through the Ingress: 101, then raw bytes both ways.
+    lab.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: upg}\nspec:\n  rules:\n  - host: ws.example\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: upg, port: {number: 9000}}}}\n"),
+    );
+    let host_ns = format!("/var/run/netns/{}", lab.hosts[1]);
+    let upgraded = move || {
+        let host_ns = host_ns.clone();
+        std::thread::spawn(move || -> Result<String, String> {
+            use std::io::{Read, Write};
+            nix::sched::setns(std::fs::File::open(host_ns).unwrap(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut s = std::net::TcpStream::connect(format!("{}:80", HOST_IPS[0])).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+                .unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).map_err(|e| e.to_string())? == 0 {
+                    return Err(format!("closed after {:?}", String::from_utf8_lossy(&head)));
+                }
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            if !head.starts_with("HTTP/1.1 101") {
+                return Err(head);
+            }
+            s.write_all(b"ping\n").unwrap();
+            let mut echo = [0u8; 5];
+            s.read_exact(&mut echo).map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&echo).to_string())
+        })
+        .join()
+        .unwrap()
+    };
+    let mut last = Err(String::new());
+    wait_for("an upgraded connection through the Ingress", 30, || {
+        last = upgraded();
+        last.as_deref() == Ok("ping\n")
     });
     let table = lab.kubectl_ok(&["get", "ingress", "web"]);
     assert!(
