@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub cluster_cidr: ipnet::Ipv4Net,
     /// `--node-ip`.
     pub node_ip: Option<std::net::IpAddr>,
+    /// `--node-external-ip`.
+    pub node_external_ip: Option<std::net::IpAddr>,
     /// `--node-label`.
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// `--node-taint`.
@@ -65,6 +67,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             node: kubelet::node::NodeConfig {
                 name: cfg.node_name.clone(),
                 ip: cfg.node_ip,
+                external_ip: cfg.node_external_ip,
                 labels: cfg.node_labels.clone(),
                 taints: cfg.node_taints.clone(),
                 control_plane: cfg.control_plane,

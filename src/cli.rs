@@ -64,6 +64,10 @@ pub struct NodeArgs {
     /// This node's IP address (InternalIP).
     #[arg(long, env = "RK_NODE_IP")]
     pub node_ip: Option<IpAddr>,
+    /// This node's external IP address (ExternalIP; LoadBalancer Services and Ingress
+    /// status use it).
+    #[arg(long, env = "RK_NODE_EXTERNAL_IP")]
+    pub node_external_ip: Option<IpAddr>,
     /// A label for this node, key=value (repeatable).
     #[arg(long, env = "RK_NODE_LABEL", value_delimiter = ',')]
     pub node_label: Vec<String>,
@@ -186,6 +190,7 @@ impl AgentArgs {
             simulate_run_for: std::time::Duration::from_secs(self.simulate_run_seconds),
             cluster_cidr: self.cluster_cidr.trunc(),
             node_ip: self.node.node_ip,
+            node_external_ip: self.node.node_external_ip,
             node_labels: labels,
             node_taints: taints,
             runtime_endpoint: self.node.container_runtime_endpoint,
@@ -320,6 +325,7 @@ impl ServerArgs {
             disable_controller_manager: self.disable_controller_manager,
             disable_scheduler: self.disable_scheduler,
             node_ip: self.node.node_ip,
+            node_external_ip: self.node.node_external_ip,
             node_labels,
             node_taints,
             runtime_endpoint: self.node.container_runtime_endpoint,

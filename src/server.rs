@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub disable_scheduler: bool,
     /// The own agent's `--node-ip`.
     pub node_ip: Option<IpAddr>,
+    /// `--node-external-ip` for its own node.
+    pub node_external_ip: Option<IpAddr>,
     /// The own agent's `--node-label`s.
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// The own agent's `--node-taint`s.
@@ -91,6 +93,7 @@ impl ServerConfig {
             disable_controller_manager: false,
             disable_scheduler: false,
             node_ip: None,
+            node_external_ip: None,
             node_labels: Default::default(),
             node_taints: vec![],
             runtime_endpoint: None,
@@ -118,6 +121,7 @@ impl ServerConfig {
             simulate_run_for: Duration::ZERO,
             cluster_cidr: self.cluster_cidr,
             node_ip: self.node_ip,
+            node_external_ip: self.node_external_ip,
             node_labels: self.node_labels.clone(),
             node_taints: self.node_taints.clone(),
             runtime_endpoint: self.runtime_endpoint.clone(),

@@ -139,8 +139,8 @@ fn services_dns_and_pods_across_nodes() {
     }
     lab.spawn_server(&[]);
     let token = lab.server_token();
-    lab.spawn_agent(1, "worker", &token);
-    lab.spawn_agent(2, "worker2", &token);
+    lab.spawn_agent(1, "worker", &token, &[]);
+    lab.spawn_agent(2, "worker2", &token, &["--node-external-ip", HOST_IPS[2]]);
     wait_for("three nodes Ready", 90, || {
         let s = jsonpath(
             &lab,
@@ -149,6 +149,8 @@ fn services_dns_and_pods_across_nodes() {
         );
         names.iter().all(|n| s.contains(&format!("{n}=True")))
     });
+    let wide = lab.kubectl_ok(&["get", "node", "worker2", "-o", "wide"]);
+    assert!(wide.matches(HOST_IPS[2]).count() == 2, "INTERNAL-IP and EXTERNAL-IP: {wide}");
     lab.kubectl_stdin(&["apply", "-f", "-"], Some(APPS));
     wait_for("the web pods and the clients running and ready", 120, || {
         let s = jsonpath(

@@ -133,16 +133,18 @@ impl Lab {
     /// Starts `rk agent` as node `worker` on host 1 (data in `<lab>/worker`), joining
     /// the server on host 0 with `token`; returns its PID.
     pub fn spawn_worker(&mut self, token: &str) -> u32 {
-        self.spawn_agent(1, "worker", token)
+        self.spawn_agent(1, "worker", token, &[])
     }
 
     /// Starts `rk agent` as node `name` on host `h` (data in `<lab>/<name>`, log in
-    /// `<lab>/<name>.log`), joining the server on host 0 with `token`; returns its PID.
-    pub fn spawn_agent(&mut self, h: usize, name: &str, token: &str) -> u32 {
+    /// `<lab>/<name>.log`), joining the server on host 0 with `token`, with `extra`
+    /// flags; returns its PID.
+    pub fn spawn_agent(&mut self, h: usize, name: &str, token: &str, extra: &[&str]) -> u32 {
         let url = format!("https://{}:6443", HOST_IPS[0]);
         let dir = self.path(name);
         let dir = dir.to_str().unwrap().to_string();
-        let args = ["agent", "--join", &url, "--token", token, "--node-name", name, "--data-dir", &dir];
+        let mut args = vec!["agent", "--join", &url, "--token", token, "--node-name", name, "--data-dir", &dir];
+        args.extend_from_slice(extra);
         self.spawn_rk(h, &args, &format!("{name}.log"))
     }
 

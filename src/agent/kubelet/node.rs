@@ -15,6 +15,8 @@ pub struct NodeConfig {
     pub name: String,
     /// `--node-ip` (else the first address of an up, non-loopback interface).
     pub ip: Option<IpAddr>,
+    /// `--node-external-ip`.
+    pub external_ip: Option<IpAddr>,
     /// `--node-label key=value`.
     pub labels: BTreeMap<String, String>,
     /// `--node-taint key=value:Effect`, applied at registration.
@@ -103,6 +105,11 @@ pub fn status(cfg: &NodeConfig, data_dir: &std::path::Path, runtime_version: &st
     let kernel = uname.map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default();
     let ip = node_ip(cfg.ip);
     let (ok, why) = ready;
+    let mut addresses = vec![json!({"type": "InternalIP", "address": ip.to_string()})];
+    if let Some(ext) = cfg.external_ip {
+        addresses.push(json!({"type": "ExternalIP", "address": ext.to_string()}));
+    }
+    addresses.push(json!({"type": "Hostname", "address": cfg.name}));
     json!({
         "capacity": cap, "allocatable": cap,
         "conditions": [
@@ -112,7 +119,7 @@ pub fn status(cfg: &NodeConfig, data_dir: &std::path::Path, runtime_version: &st
             if ok { cond("Ready", "True", "KubeletReady", "kubelet is posting ready status") }
             else { cond("Ready", "False", "KubeletNotReady", why) },
         ],
-        "addresses": [{"type": "InternalIP", "address": ip.to_string()}, {"type": "Hostname", "address": cfg.name}],
+        "addresses": addresses,
         "nodeInfo": {
             "machineID": read_trim("/etc/machine-id"), "systemUUID": read_trim("/sys/class/dmi/id/product_uuid"),
             "bootID": read_trim("/proc/sys/kernel/random/boot_id"), "kernelVersion": kernel,
