@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub node_ip: Option<std::net::IpAddr>,
     /// `--node-external-ip`.
     pub node_external_ip: Option<std::net::IpAddr>,
+    /// `--resolv-conf`.
+    pub resolv_conf: Option<PathBuf>,
     /// `--node-label`.
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// `--node-taint`.
@@ -74,6 +76,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             },
             data_dir: cfg.data_dir.clone(),
             cluster_dns: cfg.cluster_dns.clone(),
+            resolv_conf: cfg.resolv_conf.clone(),
             cluster_domain: cfg.cluster_domain.clone(),
             runtime_endpoint: cfg.runtime_endpoint.clone(),
             kubeconfig: kubeconfig.clone(),
@@ -86,6 +89,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--cluster-dns {:?} is not an IPv4 address", cfg.cluster_dns))?,
             domain: cfg.cluster_domain.clone(),
+            resolv_conf: cfg.resolv_conf.clone().unwrap_or_else(|| PathBuf::from("/etc/resolv.conf")),
         };
         return tokio::select! {
             r = kubelet::run(client.clone(), kcfg, shutdown.clone()) => r,

@@ -74,6 +74,10 @@ pub struct NodeArgs {
     /// A taint for this node, key=value:Effect (repeatable).
     #[arg(long, env = "RK_NODE_TAINT", value_delimiter = ',')]
     pub node_taint: Vec<String>,
+    /// The resolv.conf whose servers the cluster DNS forwards to, and that pods with
+    /// `dnsPolicy: Default` get (default: /etc/resolv.conf).
+    #[arg(long, env = "RK_RESOLV_CONF")]
+    pub resolv_conf: Option<PathBuf>,
     /// Use this containerd socket instead of starting rk's own containerd.
     #[arg(long, env = "RK_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
@@ -191,6 +195,7 @@ impl AgentArgs {
             cluster_cidr: self.cluster_cidr.trunc(),
             node_ip: self.node.node_ip,
             node_external_ip: self.node.node_external_ip,
+            resolv_conf: self.node.resolv_conf.clone(),
             node_labels: labels,
             node_taints: taints,
             runtime_endpoint: self.node.container_runtime_endpoint,
@@ -326,6 +331,7 @@ impl ServerArgs {
             disable_scheduler: self.disable_scheduler,
             node_ip: self.node.node_ip,
             node_external_ip: self.node.node_external_ip,
+            resolv_conf: self.node.resolv_conf.clone(),
             node_labels,
             node_taints,
             runtime_endpoint: self.node.container_runtime_endpoint,

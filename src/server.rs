@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub node_ip: Option<IpAddr>,
     /// `--node-external-ip` for its own node.
     pub node_external_ip: Option<IpAddr>,
+    /// `--resolv-conf` for its own node.
+    pub resolv_conf: Option<PathBuf>,
     /// The own agent's `--node-label`s.
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// The own agent's `--node-taint`s.
@@ -94,6 +96,7 @@ impl ServerConfig {
             disable_scheduler: false,
             node_ip: None,
             node_external_ip: None,
+            resolv_conf: None,
             node_labels: Default::default(),
             node_taints: vec![],
             runtime_endpoint: None,
@@ -122,6 +125,7 @@ impl ServerConfig {
             cluster_cidr: self.cluster_cidr,
             node_ip: self.node_ip,
             node_external_ip: self.node_external_ip,
+            resolv_conf: self.resolv_conf.clone(),
             node_labels: self.node_labels.clone(),
             node_taints: self.node_taints.clone(),
             runtime_endpoint: self.runtime_endpoint.clone(),

@@ -137,7 +137,40 @@ fn services_dns_and_pods_across_nodes() {
     for n in names {
         lab::busybox_image(&lab.path(n).join("agent/images/busybox.tar"));
     }
-    lab.spawn_server(&[]);
+    // An upstream resolver for names outside the cluster: a stub on host 2 answering
+    // every A query with 192.0.2.7 (TTL 60), counting what reaches it.
+    let upstream_queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::fs::write(lab.path("resolv.conf"), format!("nameserver {}\n", HOST_IPS[2])).unwrap();
+    {
+        let (ns, count) = (format!("/var/run/netns/{}", lab.hosts[2]), upstream_queries.clone());
+        std::thread::spawn(move || {
+            use hickory_server::proto::op::{Message, MessageType};
+            use hickory_server::proto::rr::{RData, Record, RecordType, rdata::A};
+            nix::sched::setns(std::fs::File::open(ns).unwrap(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let sock = std::net::UdpSocket::bind((HOST_IPS[2], 53)).unwrap();
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+                r.metadata.recursion_desired = true;
+                r.metadata.recursion_available = true;
+                for query in &q.queries {
+                    r.add_query(query.clone());
+                    if query.query_type() == RecordType::A {
+                        r.answers.push(Record::from_rdata(
+                            query.name().clone(),
+                            60,
+                            RData::A(A([192, 0, 2, 7].into())),
+                        ));
+                    }
+                }
+                let _ = sock.send_to(&r.to_vec().unwrap(), from);
+            }
+        });
+    }
+    let resolv = lab.path("resolv.conf");
+    lab.spawn_server(&["--resolv-conf", resolv.to_str().unwrap()]);
     let token = lab.server_token();
     lab.spawn_agent(1, "worker", &token, &[]);
     lab.spawn_agent(2, "worker2", &token, &["--node-external-ip", HOST_IPS[2]]);
@@ -406,6 +439,17 @@ fn services_dns_and_pods_across_nodes() {
     assert!(ok && pod_ips.iter().all(|(_, ip)| out.contains(ip.as_str())), "headless: {out}");
     let (ok, out) = exec(&lab, "client-0", "nslookup nope.default.svc.cluster.local");
     assert!(!ok || out.contains("NXDOMAIN"), "a missing Service: {out}");
+    // Names outside the cluster go to the node's upstream (--resolv-conf), cached.
+    let (ok, out) = exec(&lab, "client-0", "nslookup outside.example.");
+    assert!(ok && out.contains("192.0.2.7"), "forwarded: {out}");
+    let asked = upstream_queries.load(std::sync::atomic::Ordering::SeqCst);
+    let (ok, out) = exec(&lab, "client-0", "nslookup outside.example.");
+    assert!(ok && out.contains("192.0.2.7"), "forwarded again: {out}");
+    assert_eq!(
+        upstream_queries.load(std::sync::atomic::Ordering::SeqCst),
+        asked,
+        "the second answer comes from the cache"
+    );
     let dashed = pod_ips[0].1.replace('.', "-");
     let (ok, out) = exec(&lab, "client-1", &format!("nslookup {dashed}.default.pod.cluster.local"));
     assert!(ok && out.contains(&pod_ips[0].1), "pod record: {out}");

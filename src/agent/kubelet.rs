@@ -37,6 +37,8 @@ pub struct KubeletConfig {
     pub data_dir: PathBuf,
     /// The cluster DNS Service IP pods are given.
     pub cluster_dns: String,
+    /// `--resolv-conf`: what pods with `dnsPolicy: Default` get (else the runtime's).
+    pub resolv_conf: Option<PathBuf>,
     /// The cluster domain.
     pub cluster_domain: String,
     /// An existing containerd socket (`--container-runtime-endpoint`); else rk runs its own.
@@ -109,6 +111,7 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
         pods_root: agent_dir.join("pods"),
         logs_root,
         cluster_dns: cfg.cluster_dns.clone(),
+        resolv_conf: cfg.resolv_conf.clone(),
         cluster_domain: cfg.cluster_domain.clone(),
         recorder: Recorder::new(
             client.clone(),

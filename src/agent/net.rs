@@ -33,6 +33,8 @@ pub struct NetConfig {
     pub dns_ip: std::net::Ipv4Addr,
     /// The cluster domain.
     pub domain: String,
+    /// The resolv.conf naming the upstream servers.
+    pub resolv_conf: std::path::PathBuf,
 }
 
 /// A cache of one kind of object, and a counter that moves on every change.

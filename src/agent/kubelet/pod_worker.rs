@@ -39,6 +39,8 @@ pub struct NodeCtx {
     pub logs_root: PathBuf,
     /// The cluster DNS Service IP.
     pub cluster_dns: String,
+    /// `--resolv-conf`, for `dnsPolicy: Default`.
+    pub resolv_conf: Option<std::path::PathBuf>,
     /// The cluster domain.
     pub cluster_domain: String,
     /// Records Events as `kubelet` on this node.
@@ -394,7 +396,7 @@ impl Worker {
         let annotations: HashMap<String, String> = pod.annotations().clone().into_iter().collect();
         let host_network = spec.host_network == Some(true);
         let dns = match spec.dns_policy.as_deref().unwrap_or("ClusterFirst") {
-            "Default" => None,
+            "Default" => self.ctx.resolv_conf.as_deref().map(host_dns),
             "ClusterFirst" if host_network => None,
             "None" => Some(cri::DnsConfig::default()),
             _ => Some(cri::DnsConfig {
@@ -1330,4 +1332,20 @@ struct HealthCheckRequest {
 struct HealthCheckResponse {
     #[prost(int32, tag = "1")]
     status: i32,
+}
+
+/// A resolv.conf as CRI's DNS config (`dnsPolicy: Default` with `--resolv-conf`).
+fn host_dns(path: &std::path::Path) -> cri::DnsConfig {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut d = cri::DnsConfig::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => d.servers.extend(words.next().map(String::from)),
+            Some("search") | Some("domain") => d.searches = words.map(String::from).collect(),
+            Some("options") => d.options.extend(words.map(String::from)),
+            _ => {}
+        }
+    }
+    d
 }

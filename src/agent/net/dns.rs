@@ -394,7 +394,8 @@ async fn ensure_address(dns_ip: Ipv4Addr) -> bool {
 
 /// Serves the cluster DNS at `cfg.dns_ip:53` (UDP and TCP) until the future is dropped.
 pub async fn run(cfg: NetConfig, sources: Arc<Sources>) {
-    let upstreams = upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), cfg.dns_ip);
+    let upstreams = upstreams(&std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default(), cfg.dns_ip);
+    tracing::debug!(?upstreams, file = %cfg.resolv_conf.display(), "cluster DNS upstreams");
     let handler = Handler::new(sources, &cfg.domain, upstreams);
     let addr = SocketAddr::from((cfg.dns_ip, 53));
     let (udp, tcp) = loop {
