@@ -47,6 +47,16 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-local}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  sessionAffinity: ClientIP
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30081}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: web-h}
 spec:
   clusterIP: None
@@ -237,6 +247,27 @@ fn services_dns_and_pods_across_nodes() {
     }
     let (ok, out) = exec(&lab, "client-1", &format!("timeout 5 wget -qO- http://{}:30080/", HOST_IPS[2]));
     assert!(ok, "NodePort from a pod: {out}");
+
+    // externalTrafficPolicy Local: a node answers with its own pod only, and the pod
+    // sees the client's own address. sessionAffinity ClientIP: one pod per client.
+    for (i, addr) in HOST_IPS.iter().enumerate() {
+        let out = lab
+            .cmd(1, "timeout")
+            .args(["5", "/bin/busybox", "wget", "-qO-", &format!("http://{addr}:30081/cgi-bin/env")])
+            .output()
+            .unwrap();
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            env.contains(&format!("NODE={}", names[i]))
+                && env.lines().any(|l| l.starts_with("REMOTE_ADDR=") && l.contains(HOST_IPS[1])),
+            "Local policy on {addr}: {env}"
+        );
+    }
+    let sticky = jsonpath(&lab, &["get", "svc", "web-local"], "{.spec.clusterIP}");
+    let (ok, out) =
+        exec(&lab, "client-0", &format!("for i in $(seq 15); do timeout 3 wget -qO- http://{sticky}/; done"));
+    let seen: BTreeSet<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert!(ok && seen.len() == 1, "ClientIP affinity: {seen:?}");
 
     // LoadBalancer: every node carries it and answers on its address; a second one on
     // the same port has nowhere to go and stays Pending, with an event.
