@@ -7,8 +7,9 @@
 # dir or its containerd state dir (rk itself, its containerd, the shims), and the
 # containers of rk's pods (cgroups /rk/pod<uid>). What it removes: the mounts under
 # those dirs (container root filesystems, pod network namespaces), the pods' cgroups,
-# the nftables table `ip rk`, the routes rk added between nodes (protocol 82) and the
-# cluster DNS address (link rk-dns, or the address labelled lo:rk-dns).
+# the nftables table `ip rk`, the routes rk added between nodes (protocol 82), the VXLAN
+# link rk-vxlan and the cluster DNS address (link rk-dns, or the address labelled
+# lo:rk-dns).
 #
 # Environment:
 #   RK_DATA_DIR   rk's data dir (default /var/lib/rk)
@@ -105,6 +106,7 @@ if command -v nft >/dev/null 2>&1; then
 fi
 ip route flush proto 82 2>/dev/null || true
 ip link delete rk-dns 2>/dev/null || true
+ip link delete rk-vxlan 2>/dev/null || true
 ip -o -4 addr show dev lo label lo:rk-dns 2>/dev/null | awk '{ print $4 }' | while read -r a; do
     ip addr del "$a" dev lo 2>/dev/null || true
 done

@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub node_external_ip: Option<std::net::IpAddr>,
     /// `--resolv-conf`.
     pub resolv_conf: Option<PathBuf>,
+    /// `--pod-network`.
+    pub pod_network: net::routes::PodNetwork,
     /// `--node-label`.
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// `--node-taint`.
@@ -77,6 +79,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             data_dir: cfg.data_dir.clone(),
             cluster_dns: cfg.cluster_dns.clone(),
             resolv_conf: cfg.resolv_conf.clone(),
+            vxlan: cfg.pod_network == net::routes::PodNetwork::Vxlan,
             cluster_domain: cfg.cluster_domain.clone(),
             runtime_endpoint: cfg.runtime_endpoint.clone(),
             kubeconfig: kubeconfig.clone(),
@@ -90,6 +93,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 .map_err(|_| anyhow::anyhow!("--cluster-dns {:?} is not an IPv4 address", cfg.cluster_dns))?,
             domain: cfg.cluster_domain.clone(),
             resolv_conf: cfg.resolv_conf.clone().unwrap_or_else(|| PathBuf::from("/etc/resolv.conf")),
+            pod_network: cfg.pod_network,
         };
         return tokio::select! {
             r = kubelet::run(client.clone(), kcfg, shutdown.clone()) => r,

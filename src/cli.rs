@@ -78,6 +78,11 @@ pub struct NodeArgs {
     /// `dnsPolicy: Default` get (default: /etc/resolv.conf).
     #[arg(long, env = "RK_RESOLV_CONF")]
     pub resolv_conf: Option<PathBuf>,
+    /// How pods on other nodes are reached: host-gw (direct routes, nodes on one L2
+    /// segment), vxlan, or auto (host-gw where the node is on a directly connected
+    /// network, VXLAN elsewhere). Every node of a cluster should use the same.
+    #[arg(long, env = "RK_POD_NETWORK", value_enum, default_value_t = crate::agent::net::routes::PodNetwork::Auto)]
+    pub pod_network: crate::agent::net::routes::PodNetwork,
     /// Use this containerd socket instead of starting rk's own containerd.
     #[arg(long, env = "RK_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
@@ -196,6 +201,7 @@ impl AgentArgs {
             node_ip: self.node.node_ip,
             node_external_ip: self.node.node_external_ip,
             resolv_conf: self.node.resolv_conf.clone(),
+            pod_network: self.node.pod_network,
             node_labels: labels,
             node_taints: taints,
             runtime_endpoint: self.node.container_runtime_endpoint,
@@ -332,6 +338,7 @@ impl ServerArgs {
             node_ip: self.node.node_ip,
             node_external_ip: self.node.node_external_ip,
             resolv_conf: self.node.resolv_conf.clone(),
+            pod_network: self.node.pod_network,
             node_labels,
             node_taints,
             runtime_endpoint: self.node.container_runtime_endpoint,

@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub node_external_ip: Option<IpAddr>,
     /// `--resolv-conf` for its own node.
     pub resolv_conf: Option<PathBuf>,
+    /// `--pod-network` for its own node.
+    pub pod_network: crate::agent::net::routes::PodNetwork,
     /// The own agent's `--node-label`s.
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// The own agent's `--node-taint`s.
@@ -97,6 +99,7 @@ impl ServerConfig {
             node_ip: None,
             node_external_ip: None,
             resolv_conf: None,
+            pod_network: Default::default(),
             node_labels: Default::default(),
             node_taints: vec![],
             runtime_endpoint: None,
@@ -126,6 +129,7 @@ impl ServerConfig {
             node_ip: self.node_ip,
             node_external_ip: self.node_external_ip,
             resolv_conf: self.resolv_conf.clone(),
+            pod_network: self.pod_network,
             node_labels: self.node_labels.clone(),
             node_taints: self.node_taints.clone(),
             runtime_endpoint: self.runtime_endpoint.clone(),

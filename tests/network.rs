@@ -549,6 +549,73 @@ fn services_dns_and_pods_across_nodes() {
     let addrs = run(2, "ip", &["-o", "addr"]).1;
     assert!(!addrs.contains("rk-dns") && !addrs.contains("10.43.0.10"), "{addrs}");
     let links = run(2, "ip", &["-o", "link"]).1;
-    assert!(!links.contains("veth") && !links.contains("rk-dns"), "{links}");
+    assert!(!links.contains("veth") && !links.contains("rk-"), "{links}");
     assert!(run(0, "nft", &["list", "table", "ip", "rk"]).0, "the server's table must stay");
+}
+
+/// `--pod-network vxlan`: the same pods reach each other and a ClusterIP across nodes
+/// through rk-vxlan, pods get the smaller MTU.
+#[test]
+fn pods_across_nodes_over_vxlan() {
+    if let Some(why) = lab::unavailable() {
+        eprintln!("skipping the VXLAN test: {why}");
+        return;
+    }
+    let mut lab = Lab::with_hosts(2);
+    for n in ["server", "worker"] {
+        lab::busybox_image(&lab.path(n).join("agent/images/busybox.tar"));
+    }
+    lab.spawn_server(&["--pod-network", "vxlan"]);
+    let token = lab.server_token();
+    lab.spawn_agent(1, "worker", &token, &["--pod-network", "vxlan"]);
+    wait_for("two nodes Ready", 90, || {
+        let s = jsonpath(
+            &lab,
+            &["get", "nodes"],
+            "{range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status} {end}",
+        );
+        s.matches("True").count() == 2
+    });
+    let pods = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, labels: {app: a}}
+spec:
+  nodeName: server
+  containers: [{name: c, image: busybox:1.35, command: ["sh", "-c", "mkdir -p /tmp/w && echo a > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, labels: {app: b}}
+spec:
+  nodeName: worker
+  containers: [{name: c, image: busybox:1.35, command: ["sh", "-c", "mkdir -p /tmp/w && echo b > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec:
+  selector: {app: b}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+    lab.kubectl_stdin(&["apply", "-f", "-"], Some(pods));
+    wait_for("both pods running", 60, || {
+        jsonpath(&lab, &["get", "pods"], "{.items[*].status.phase}").matches("Running").count() == 2
+    });
+    let ip_of = |p: &str| jsonpath(&lab, &["get", "pod", p], "{.status.podIP}");
+    let (a, b) = (ip_of("a"), ip_of("b"));
+    wait_for("a reaching b over VXLAN", 30, || {
+        exec(&lab, "a", &format!("timeout 2 wget -qO- http://{b}:8080/")).1.trim() == "b"
+    });
+    wait_for("b reaching a over VXLAN", 30, || {
+        exec(&lab, "b", &format!("timeout 2 wget -qO- http://{a}:8080/")).1.trim() == "a"
+    });
+    wait_for("a reaching the Service b", 30, || {
+        exec(&lab, "a", "timeout 2 wget -qO- http://b.default.svc.cluster.local/").1.trim() == "b"
+    });
+    let route = lab.cmd(0, "ip").args(["route", "show", "proto", "82"]).output().unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(route.contains("dev rk-vxlan"), "{route}");
+    let (_, mtu) = exec(&lab, "a", "cat /sys/class/net/eth0/mtu");
+    assert_eq!(mtu.trim(), "1450", "the pod's MTU leaves room for VXLAN");
 }

@@ -39,6 +39,8 @@ pub struct KubeletConfig {
     pub cluster_dns: String,
     /// `--resolv-conf`: what pods with `dnsPolicy: Default` get (else the runtime's).
     pub resolv_conf: Option<PathBuf>,
+    /// Every other node is reached over VXLAN: pods get its smaller MTU.
+    pub vxlan: bool,
     /// The cluster domain.
     pub cluster_domain: String,
     /// An existing containerd socket (`--container-runtime-endpoint`); else rk runs its own.
@@ -125,6 +127,7 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
     let network = {
         let (client, ncfg, paths, data_dir, rv) =
             (client.clone(), ncfg.clone(), paths.clone(), cfg.data_dir.clone(), runtime_version.clone());
+        let vxlan = cfg.vxlan;
         async move {
             let api: Api<Node> = Api::all(client.clone());
             let ipam_dir = paths.state.join("cni-ipam");
@@ -136,7 +139,13 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
                     .and_then(|n| n.spec?.pod_cidr)
                     .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok());
                 if let Some(cidr) = cidr {
-                    match cni::write(&paths.cni_conf_dir, &cidr, &ipam_dir) {
+                    let mtu = if vxlan {
+                        let link = crate::agent::net::routes::link_mtu(node::node_ip(ncfg.ip)).await;
+                        Some(link.saturating_sub(crate::agent::net::routes::VXLAN_OVERHEAD))
+                    } else {
+                        None
+                    };
+                    match cni::write(&paths.cni_conf_dir, &cidr, &ipam_dir, mtu) {
                         Ok(()) => {
                             tracing::info!(%cidr, "pod network configured");
                             let _ = net_tx.send(true);

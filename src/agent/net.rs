@@ -35,6 +35,8 @@ pub struct NetConfig {
     pub domain: String,
     /// The resolv.conf naming the upstream servers.
     pub resolv_conf: std::path::PathBuf,
+    /// How other nodes' pods are reached.
+    pub pod_network: routes::PodNetwork,
 }
 
 /// A cache of one kind of object, and a counter that moves on every change.
@@ -80,6 +82,42 @@ async fn next_change(rx: &mut [&mut watch::Receiver<u64>]) -> bool {
     true
 }
 
+/// Sets up this node's VXLAN device once its podCIDR and address are known and puts
+/// its MAC on the Node; true when done (or, with `auto`, when VXLAN is not available
+/// here and host-gw must do).
+async fn publish_vtep(client: &kube::Client, me: &str, nodes: &[Arc<Node>], mode: routes::PodNetwork) -> bool {
+    let Some(node) = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(me)) else { return false };
+    let cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).and_then(|c| c.parse::<ipnet::Ipv4Net>().ok());
+    let ip = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .and_then(|a| a.address.parse::<std::net::Ipv4Addr>().ok());
+    let (Some(cidr), Some(ip)) = (cidr, ip) else { return false };
+    let mac = match routes::setup_vxlan(ip, &cidr).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set up VXLAN; only nodes on this node's networks are reachable");
+            return mode == routes::PodNetwork::Auto;
+        }
+    };
+    if node.metadata.annotations.as_ref().and_then(|a| a.get(routes::VTEP_ANNOTATION)) == Some(&mac) {
+        return true;
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": {routes::VTEP_ANNOTATION: mac}}});
+    match Api::<Node>::all(client.clone()).patch(me, &Default::default(), &kube::api::Patch::Merge(&patch)).await {
+        Ok(_) => {
+            tracing::info!(%mac, "VXLAN ready");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "publishing the VTEP failed");
+            false
+        }
+    }
+}
+
 /// Runs routes, proxy and DNS for this node until `shutdown`. The rules and routes
 /// stay when rk stops, so running pods keep their network across a restart (the
 /// killall script removes them).
@@ -110,12 +148,18 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
         let mut changed = nodes.changed.clone();
         let store = nodes.store.clone();
         let me = cfg.node.clone();
+        let (client, mode) = (client.clone(), cfg.pod_network);
         async move {
             if store.wait_until_ready().await.is_err() {
                 return;
             }
+            let mut vtep_ready = mode == routes::PodNetwork::HostGw;
             loop {
-                routes::sync(&routes::desired(&me, &store.state())).await;
+                let state = store.state();
+                if !vtep_ready {
+                    vtep_ready = publish_vtep(&client, &me, &state, mode).await;
+                }
+                routes::sync(mode, &routes::peers(&me, &state)).await;
                 let mut rx = [&mut changed];
                 tokio::select! {
                     ok = next_change(&mut rx) => if !ok { return },

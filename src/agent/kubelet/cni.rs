@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::json;
 
 /// The CNI network config for a node whose podCIDR is `cidr`.
-pub fn conflist(cidr: &ipnet::Ipv4Net, ipam_dir: &Path) -> String {
+pub fn conflist(cidr: &ipnet::Ipv4Net, ipam_dir: &Path, mtu: Option<u32>) -> String {
     let v = json!({
         "cniVersion": "1.0.0",
         "name": "rk-pod-network",
@@ -21,14 +21,18 @@ pub fn conflist(cidr: &ipnet::Ipv4Net, ipam_dir: &Path) -> String {
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
         ],
     });
+    let mut v = v;
+    if let Some(mtu) = mtu {
+        v["plugins"][0]["mtu"] = json!(mtu);
+    }
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
 /// Writes the config (atomically) if it differs from what is there.
-pub fn write(conf_dir: &Path, cidr: &ipnet::Ipv4Net, ipam_dir: &Path) -> std::io::Result<()> {
+pub fn write(conf_dir: &Path, cidr: &ipnet::Ipv4Net, ipam_dir: &Path, mtu: Option<u32>) -> std::io::Result<()> {
     std::fs::create_dir_all(conf_dir)?;
     let path = conf_dir.join("10-rk.conflist");
-    let text = conflist(cidr, ipam_dir);
+    let text = conflist(cidr, ipam_dir, mtu);
     if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
         return Ok(());
     }
