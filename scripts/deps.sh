@@ -12,6 +12,8 @@ command -v runc >/dev/null 2>&1 || missing="$missing runc"
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || missing="$missing containernetworking-plugins"
 command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 command -v nft >/dev/null 2>&1 || missing="$missing nftables"
+# conntrack: the service proxy flushes UDP flows to endpoints that went.
+command -v conntrack >/dev/null 2>&1 || missing="$missing conntrack"
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || missing="$missing busybox-static"
 if [ -n "$missing" ]; then
     SUDO=""

@@ -481,6 +481,18 @@ fn services_dns_and_pods_across_nodes() {
         asked,
         "the second answer comes from the cache"
     );
+    // UDP through a ClusterIP, to a Service without a selector whose EndpointSlice is
+    // made by hand: it points at the stub resolver on host 2.
+    let manual = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: stub-dns}}\nspec:\n  ports: [{{name: dns, port: 53, protocol: UDP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: stub-dns-1, labels: {{kubernetes.io/service-name: stub-dns}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{}\"]}}]\nports: [{{name: dns, port: 53, protocol: UDP}}]\n",
+        HOST_IPS[2]
+    );
+    lab.kubectl_stdin(&["apply", "-f", "-"], Some(&manual));
+    let stub_ip = jsonpath(&lab, &["get", "svc", "stub-dns"], "{.spec.clusterIP}");
+    wait_for("UDP through the stub-dns ClusterIP", 15, || {
+        let (ok, out) = exec(&lab, "client-1", &format!("nslookup via.clusterip.example. {stub_ip}"));
+        ok && out.contains("192.0.2.7")
+    });
     let dashed = pod_ips[0].1.replace('.', "-");
     let (ok, out) = exec(&lab, "client-1", &format!("nslookup {dashed}.default.pod.cluster.local"));
     assert!(ok && out.contains(&pod_ips[0].1), "pod record: {out}");

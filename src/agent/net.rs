@@ -204,6 +204,11 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
                     match proxy::nft(&script).await {
                         Ok(()) => {
                             tracing::debug!(full, chains = want.chains.len(), took = ?t0.elapsed(), "service rules applied");
+                            if let Some(old) = &applied {
+                                for (vip, port, ep) in proxy::stale_udp(old, &want) {
+                                    tokio::spawn(proxy::flush_udp(vip, port, ep));
+                                }
+                            }
                             applied = Some(want);
                         }
                         Err(e) => {

@@ -59,6 +59,9 @@ pub struct Ruleset {
     pub maps: BTreeMap<&'static str, BTreeMap<String, String>>,
     /// Affinity sets (name → timeout seconds).
     pub sets: BTreeMap<String, i32>,
+    /// UDP Service addresses (`ip:port`) → the endpoint addresses behind them, so that
+    /// conntrack entries to an endpoint that went can be flushed (UDP has no close).
+    pub udp: BTreeMap<(Ipv4Addr, i32), BTreeSet<Ipv4Addr>>,
 }
 
 const MAPS: [(&str, &str); 6] = [
@@ -155,6 +158,12 @@ impl Ruleset {
                 let cluster_backends: Vec<&Backend> = backends.iter().filter(|b| !int_local || b.local).collect();
                 let ext_backends: Vec<&Backend> = backends.iter().filter(|b| !ext_local || b.local).collect();
                 let svc_chain = chain_name("svc", &id);
+                if pr == "udp" {
+                    let eps: BTreeSet<Ipv4Addr> = backends.iter().map(|b| b.ip).collect();
+                    for vip in std::iter::once(cip).chain(external_ips.iter().copied()) {
+                        rs.udp.insert((vip, sp.port), eps.clone());
+                    }
+                }
                 let key = format!("{cip} . {pr} . {}", sp.port);
                 let has_external = !external_ips.is_empty() || sp.node_port.is_some() && ty != "ClusterIP";
 
@@ -411,6 +420,37 @@ impl Ruleset {
     }
 }
 
+/// The UDP flows to flush after going from `old` to `new`: (service address, port,
+/// endpoint) for every endpoint no longer behind that address.
+pub fn stale_udp(old: &Ruleset, new: &Ruleset) -> Vec<(Ipv4Addr, i32, Ipv4Addr)> {
+    let mut out = Vec::new();
+    for ((vip, port), eps) in &old.udp {
+        let now = new.udp.get(&(*vip, *port));
+        for ep in eps {
+            if now.is_none_or(|n| !n.contains(ep)) {
+                out.push((*vip, *port, *ep));
+            }
+        }
+    }
+    out
+}
+
+/// Deletes the conntrack entries of UDP flows to `vip:port` DNATed to `ep`, as
+/// kube-proxy does, with the `conntrack` tool (skipped, with a note, where it is
+/// missing).
+pub async fn flush_udp(vip: Ipv4Addr, port: i32, ep: Ipv4Addr) {
+    let r = tokio::process::Command::new("conntrack")
+        .args(["-D", "-p", "udp", "--orig-dst", &vip.to_string(), "--orig-port-dst", &port.to_string()])
+        .args(["--dst-nat", &ep.to_string()])
+        .output()
+        .await;
+    match r {
+        // Exit 1 means there was nothing to delete.
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "conntrack is not installed; stale UDP flows expire on their own"),
+    }
+}
+
 fn affinity_set(sep: &str) -> String {
     // Sets share the chain's hash; their names must stay short.
     format!("aff-{}", sep.split('-').nth(1).unwrap_or_default())
@@ -586,6 +626,26 @@ mod tests {
         // And back: the endpoint's chain goes.
         let back = b.diff(&a);
         assert!(back.contains("delete chain ip rk sep-"), "{back}");
+    }
+
+    #[test]
+    fn udp_endpoints_that_go_are_flushed() {
+        let dns = svc(serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 53, "protocol": "UDP"}]}}));
+        let udp_slice = |ips: &[&str]| {
+            let eps: Vec<serde_json::Value> = ips.iter().map(|ip| serde_json::json!({"addresses": [ip]})).collect();
+            Arc::new(
+                serde_json::from_value::<EndpointSlice>(serde_json::json!({
+                    "metadata": {"name": "web-u", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                    "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "http", "port": 5353, "protocol": "UDP"}],
+                }))
+                .unwrap(),
+            )
+        };
+        let a = Ruleset::build(&cfg(), &[dns.clone()], &[udp_slice(&["10.42.0.5", "10.42.1.5"])]);
+        let b = Ruleset::build(&cfg(), &[dns], &[udp_slice(&["10.42.1.5"])]);
+        assert_eq!(stale_udp(&a, &b), vec![("10.43.0.20".parse().unwrap(), 53, "10.42.0.5".parse().unwrap())]);
+        assert!(stale_udp(&b, &a).is_empty());
     }
 
     #[test]
