@@ -121,7 +121,7 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: client-0}
+metadata: {name: client-0, labels: {role: probe}}
 spec:
   nodeName: server
   containers: [{name: sh, image: busybox:1.35, command: ["sleep", "3600"]}]
@@ -515,6 +515,31 @@ fn services_dns_and_pods_across_nodes() {
     assert!(!reach("client-0", &far_pod), "client-0 has no role=client label and must stay out");
     lab.kubectl_ok(&["delete", "networkpolicy", "deny-web", "allow-clients"]);
     wait_for("traffic restored without policies", 15, || reach("client-0", &far_pod) && reach("client-0", &server_pod));
+    // Egress: client-0 may reach the web pods on 8080 (also through their ClusterIP,
+    // which is DNATed before the check), nothing else.
+    let upg_ip = jsonpath(&lab, &["get", "pod", "upg"], "{.status.podIP}");
+    let to_upg = |client: &str| exec(&lab, client, &format!("timeout 2 nc {upg_ip} 9000 </dev/null")).1.contains("101");
+    assert!(to_upg("client-0"), "the nc backend answers before the egress policy");
+    lab.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: probe-egress}\nspec:\n  podSelector: {matchLabels: {role: probe}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n"),
+    );
+    wait_for("the egress policy to block other destinations", 15, || !to_upg("client-0"));
+    assert!(reach("client-0", &far_pod) && to_upg("client-1"), "allowed egress, and other pods untouched");
+    let (ok, out) = exec(&lab, "client-0", &format!("timeout 3 wget -qO- http://{cip}/"));
+    assert!(ok, "the web ClusterIP under the egress policy: {out}");
+    lab.kubectl_ok(&["delete", "networkpolicy", "probe-egress"]);
+    wait_for("egress restored", 15, || to_upg("client-0"));
+
+    // Hairpin: a web pod calling its own Service, sometimes landing on itself.
+    let own = jsonpath(
+        &lab,
+        &["get", "pods", "-l", "app=web", "--field-selector", "spec.nodeName=server"],
+        "{.items[0].metadata.name}",
+    );
+    let (ok, out) =
+        exec(&lab, &own, &format!("for i in $(seq 20); do timeout 3 wget -qO- http://{cip}/ || echo FAILED; done"));
+    assert!(ok && !out.contains("FAILED") && out.lines().any(|l| l.trim() == "server"), "hairpin from {own}: {out}");
 
     // Scaling: who answers follows the Deployment.
     let (ok, out) = exec(&lab, "client-0", "timeout 5 wget -qO- http://echo/");
