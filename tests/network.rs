@@ -351,7 +351,9 @@ fn services_dns_and_pods_across_nodes() {
     assert!(!ok && out.contains("404"), "unknown host: {out}");
     let ca_pem = ca_cert.pem();
     let host_ns = format!("/var/run/netns/{}", lab.hosts[1]);
-    let (status, body, alpn) = std::thread::spawn(move || {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let client = std::thread::spawn(move || {
         nix::sched::setns(std::fs::File::open(host_ns).unwrap(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
             use rustls::pki_types::pem::PemObject;
@@ -382,13 +384,49 @@ fn services_dns_and_pods_across_nodes() {
             let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
             let s2 = tls(vec![b"h2".to_vec(), b"http/1.1".to_vec()]).connect(name, tcp).await.unwrap();
             let alpn = s2.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).to_string());
+            // HTTP/2 requests on one connection, before and after the Ingress changes.
+            let (mut h2, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(s2),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            let get = |h2: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>| {
+                let req = http::Request::get("https://web.example/").body(http_body_util::Empty::new()).unwrap();
+                let fut = h2.send_request(req);
+                async move {
+                    use http_body_util::BodyExt;
+                    let resp = fut.await.map_err(|e| e.to_string())?;
+                    let status = resp.status();
+                    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+                    Ok::<_, String>(format!("{status} {}", String::from_utf8_lossy(&body).trim()))
+                }
+            };
+            let h2_first = get(&mut h2).await;
+            ready_tx.send(()).unwrap();
+            let _ = go_rx.await;
+            let h2_after = get(&mut h2).await;
             let status = out.lines().next().unwrap_or_default().to_string();
             let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-            (status, body, alpn)
+            (status, body, alpn, h2_first, h2_after)
         })
-    })
-    .join()
-    .unwrap();
+    });
+    ready_rx.recv().unwrap();
+    // Change the Ingress while that connection is open: a second host.
+    lab.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\nspec:\n  tls: [{hosts: [web.example], secretName: web-tls}]\n  rules:\n  - host: web.example\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}\n  - host: other.example\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n"),
+    );
+    wait_for("the changed Ingress", 15, || get(1, &format!("http://{}/", HOST_IPS[0]), "other.example").0);
+    go_tx.send(()).unwrap();
+    let (status, body, alpn, h2_first, h2_after) = client.join().unwrap();
+    for r in [&h2_first, &h2_after] {
+        assert!(
+            r.as_ref().is_ok_and(|s| s.starts_with("200 OK") && names.iter().any(|n| s.ends_with(n))),
+            "HTTP/2 through the Ingress: {r:?}"
+        );
+    }
     assert!(
         status.starts_with("HTTP/1.1 200") && names.iter().any(|n| body.contains(n)),
         "HTTPS through the Ingress: {status} {body}"
