@@ -377,7 +377,7 @@ impl RequestHandler for Handler {
 }
 
 async fn ip(args: &[&str]) -> bool {
-    tokio::process::Command::new("ip").args(args).output().await.map(|o| o.status.success()).unwrap_or(false)
+    super::routes::ip(args).await.is_ok()
 }
 
 /// Puts the cluster DNS address on the node: on a dummy link `rk-dns`, or where the

@@ -62,12 +62,23 @@ struct Route {
     backend: IngressBackend,
 }
 
-/// The routing table: routes, the default backend and the TLS certificates by host.
+/// The routing table: routes, the default backend, the TLS certificates by host, and
+/// the ready endpoints of every backend the routes name (resolved when the table is
+/// built, not per request).
 #[derive(Default)]
 pub struct Table {
     routes: Vec<Route>,
     default: Option<(String, IngressBackend)>,
     certs: HashMap<String, Arc<CertifiedKey>>,
+    endpoints: HashMap<(String, String), Vec<SocketAddr>>,
+}
+
+/// The key of a backend in `Table::endpoints`: namespace and `service:port`.
+fn backend_key(ns: &str, b: &IngressBackend) -> Option<(String, String)> {
+    let sb = b.service.as_ref()?;
+    let port = sb.port.as_ref()?;
+    let p = port.number.map(|n| n.to_string()).or_else(|| port.name.clone())?;
+    Some((ns.to_string(), format!("{}:{p}", sb.name)))
 }
 
 fn ours(i: &Ingress) -> bool {
@@ -130,7 +141,22 @@ impl Table {
                 }
             }
         }
+        let backends: Vec<(String, IngressBackend)> =
+            t.routes.iter().map(|r| (r.ns.clone(), r.backend.clone())).chain(t.default.clone()).collect();
+        for (ns, b) in backends {
+            if let Some(key) = backend_key(&ns, &b) {
+                if !t.endpoints.contains_key(&key) {
+                    t.endpoints.insert(key, endpoints(s, &ns, &b));
+                }
+            }
+        }
         t
+    }
+
+    /// A ready endpoint of a backend, chosen at random.
+    fn endpoint(&self, ns: &str, b: &IngressBackend) -> Option<SocketAddr> {
+        let addrs = self.endpoints.get(&backend_key(ns, b)?)?;
+        (!addrs.is_empty()).then(|| addrs[rand::random_range(0..addrs.len())])
     }
 
     fn route(&self, host: &str, path: &str) -> Option<(&str, &IngressBackend)> {
@@ -172,8 +198,12 @@ fn path_matches(r: &Route, path: &str) -> bool {
     }
 }
 
-/// A ready endpoint of the backend's Service port.
-fn endpoint(s: &Sources, ns: &str, b: &IngressBackend) -> Option<SocketAddr> {
+/// The ready endpoints of the backend's Service port.
+fn endpoints(s: &Sources, ns: &str, b: &IngressBackend) -> Vec<SocketAddr> {
+    resolve(s, ns, b).unwrap_or_default()
+}
+
+fn resolve(s: &Sources, ns: &str, b: &IngressBackend) -> Option<Vec<SocketAddr>> {
     let sb = b.service.as_ref()?;
     let svc = s.services.get(&ObjectRef::new(&sb.name).within(ns))?;
     let port = sb.port.as_ref()?;
@@ -206,10 +236,7 @@ fn endpoint(s: &Sources, ns: &str, b: &IngressBackend) -> Option<SocketAddr> {
             }
         }
     }
-    if addrs.is_empty() {
-        return None;
-    }
-    Some(addrs[rand::random_range(0..addrs.len())])
+    Some(addrs)
 }
 
 struct Resolver {
@@ -256,7 +283,6 @@ const HOP: [&str; 8] = [
 ];
 
 struct Conn {
-    sources: Arc<Sources>,
     table: Arc<RwLock<Arc<Table>>>,
     peer: SocketAddr,
     local_port: u16,
@@ -276,7 +302,7 @@ async fn handle(mut req: Request<Incoming>, c: Arc<Conn>) -> Result<Response<Bod
     let Some((ns, backend)) = table.route(host, req.uri().path()) else {
         return Ok(text(StatusCode::NOT_FOUND, "404 page not found"));
     };
-    let Some(addr) = endpoint(&c.sources, ns, backend) else {
+    let Some(addr) = table.endpoint(ns, backend) else {
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "503 no endpoints available for the backend service"));
     };
     let upgrade = req.headers().get(http::header::UPGRADE).cloned();
@@ -421,7 +447,7 @@ pub async fn run(sources: Arc<Sources>, mut changed: Vec<tokio::sync::watch::Rec
     let (http, https) = (bind(80).await, bind(443).await);
     tracing::info!("ingress serving on :80 and :443");
     let serve = |l: tokio::net::TcpListener, secure: bool| {
-        let (table, sources, acceptor) = (table.clone(), sources.clone(), acceptor.clone());
+        let (table, acceptor) = (table.clone(), acceptor.clone());
         async move {
             loop {
                 let Ok((tcp, peer)) = l.accept().await else {
@@ -430,8 +456,7 @@ pub async fn run(sources: Arc<Sources>, mut changed: Vec<tokio::sync::watch::Rec
                 };
                 let _ = tcp.set_nodelay(true);
                 let local_port = if secure { 443 } else { 80 };
-                let c =
-                    Arc::new(Conn { sources: sources.clone(), table: table.clone(), peer, local_port, tls: secure });
+                let c = Arc::new(Conn { table: table.clone(), peer, local_port, tls: secure });
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     if secure {

@@ -72,16 +72,22 @@ pub fn vtep_ip(cidr: &ipnet::Ipv4Net) -> Ipv4Addr {
     cidr.network()
 }
 
-async fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("ip")
+/// Runs an iproute2 tool (`ip`, `bridge`); its stdout, or its stderr as the error.
+async fn iproute2(tool: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(tool)
         .args(args)
         .output()
         .await
-        .map_err(|e| anyhow::anyhow!("running ip: {e} (is iproute2 installed?)"))?;
+        .map_err(|e| anyhow::anyhow!("running {tool}: {e} (is iproute2 installed?)"))?;
     if !out.status.success() {
-        anyhow::bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip ARGS`.
+pub(super) async fn ip(args: &[&str]) -> anyhow::Result<String> {
+    iproute2("ip", args).await
 }
 
 /// rk's routes as they are now: destination → gateway.
@@ -134,18 +140,6 @@ pub async fn setup_vxlan(node_ip: Ipv4Addr, cidr: &ipnet::Ipv4Net) -> anyhow::Re
         .ok_or_else(|| anyhow::anyhow!("{VXLAN_LINK} has no MAC address"))
 }
 
-async fn bridge(args: &[&str]) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new("bridge")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| anyhow::anyhow!("running bridge: {e} (is iproute2 installed?)"))?;
-    if !out.status.success() {
-        anyhow::bail!("bridge {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
 /// Makes rk's routes (and VXLAN entries) match `peers` under `mode`.
 pub async fn sync(mode: PodNetwork, peers: &[Peer]) {
     let have = match current().await {
@@ -186,7 +180,8 @@ pub async fn sync(mode: PodNetwork, peers: &[Peer]) {
         if have.get(&cidr) != Some(&vtep) {
             let r = async {
                 ip(&["neigh", "replace", &vtep_s, "lladdr", mac, "dev", VXLAN_LINK, "nud", "permanent"]).await?;
-                bridge(&["fdb", "replace", mac, "dev", VXLAN_LINK, "dst", &node_ip, "self", "permanent"]).await?;
+                iproute2("bridge", &["fdb", "replace", mac, "dev", VXLAN_LINK, "dst", &node_ip, "self", "permanent"])
+                    .await?;
                 ip(&["route", "replace", &cidr, "via", &vtep_s, "dev", VXLAN_LINK, "onlink", "proto", RK_PROTO]).await
             }
             .await;

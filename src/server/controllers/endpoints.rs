@@ -20,7 +20,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::core::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, pod_ready, retry_soon};
@@ -48,7 +48,8 @@ pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         async move {
             // A Service gone: its Endpoints go too, once a reconcile that was under way
             // when it went has finished (checked against the API, not a cache).
-            let mut w = watcher(Api::<Service>::all(ctx.client.clone()), watcher::Config::default()).boxed();
+            let mut w =
+                watcher(Api::<Service>::all(ctx.client.clone()), watcher::Config::default()).default_backoff().boxed();
             while let Some(ev) = w.next().await {
                 if let Ok(watcher::Event::Delete(svc)) = ev {
                     let client = ctx.client.clone();

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -35,9 +35,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let ctrl = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = ctrl.store();
-    let (nodes, writer) = kube::runtime::reflector::store();
-    let feed = kube::runtime::reflector(writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
-        .for_each(|_| async {});
+    let (nodes, feed) = node_cache(&client);
     let svc_for_nodes = services.clone();
     let data = Arc::new(Data { ctx, services, nodes });
     let main = ctrl
@@ -56,6 +54,16 @@ pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         _ = main => {}
         _ = feed => {}
     }
+}
+
+/// A cache of the Nodes, and the future that keeps it filled.
+fn node_cache(client: &kube::Client) -> (Store<Node>, impl std::future::Future<Output = ()> + use<>) {
+    let (nodes, writer) = kube::runtime::reflector::store();
+    // With back-off: a watch failing at once (the API shutting down) must not spin.
+    let feed = kube::runtime::reflector(writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
+        .default_backoff()
+        .for_each(|_| async {});
+    (nodes, feed)
 }
 
 fn is_ours(s: &Service) -> bool {
@@ -219,9 +227,7 @@ pub(super) async fn run_ingress_status(ctx: Arc<Ctx>, shutdown: CancellationToke
     let client = ctx.client.clone();
     let ctrl = Controller::new(Api::<Ingress>::all(client.clone()), watcher::Config::default());
     let ingresses = ctrl.store();
-    let (nodes, writer) = kube::runtime::reflector::store();
-    let feed = kube::runtime::reflector(writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
-        .for_each(|_| async {});
+    let (nodes, feed) = node_cache(&client);
     let all = ingresses.clone();
     let data = Arc::new((ctx, nodes));
     let main = ctrl
