@@ -48,7 +48,10 @@ where
     pub changed: watch::Receiver<u64>,
 }
 
-fn cache<K>(client: &kube::Client) -> (Cache<K>, impl std::future::Future<Output = ()> + Send + 'static)
+fn cache<K>(
+    client: &kube::Client,
+    wc: watcher::Config,
+) -> (Cache<K>, impl std::future::Future<Output = ()> + Send + 'static)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
 {
@@ -56,7 +59,7 @@ where
     let (tx, rx) = watch::channel(0u64);
     let api: Api<K> = Api::all(client.clone());
     let run = async move {
-        let mut s = reflector(writer, watcher(api, watcher::Config::default())).default_backoff().boxed();
+        let mut s = reflector(writer, watcher(api, wc)).default_backoff().boxed();
         while let Some(ev) = s.next().await {
             match ev {
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
@@ -66,6 +69,19 @@ where
         }
     };
     (Cache { store, changed: rx }, run)
+}
+
+/// The EndpointSlices of Service `ns/svc`.
+pub fn slices_of(slices: &Store<EndpointSlice>, ns: &str, svc: &str) -> Vec<Arc<EndpointSlice>> {
+    slices
+        .state()
+        .into_iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(ns)
+                && s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str)
+                    == Some(svc)
+        })
+        .collect()
 }
 
 /// Waits for a change, then a short quiet spell so bursts coalesce.
@@ -88,12 +104,7 @@ async fn next_change(rx: &mut [&mut watch::Receiver<u64>]) -> bool {
 async fn publish_vtep(client: &kube::Client, me: &str, nodes: &[Arc<Node>], mode: routes::PodNetwork) -> bool {
     let Some(node) = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(me)) else { return false };
     let cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).and_then(|c| c.parse::<ipnet::Ipv4Net>().ok());
-    let ip = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-        .and_then(|a| a.address.parse::<std::net::Ipv4Addr>().ok());
+    let ip = routes::internal_ip(node);
     let (Some(cidr), Some(ip)) = (cidr, ip) else { return false };
     let mac = match routes::setup_vxlan(ip, &cidr).await {
         Ok(m) => m,
@@ -123,14 +134,18 @@ async fn publish_vtep(client: &kube::Client, me: &str, nodes: &[Arc<Node>], mode
 /// killall script removes them).
 pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationToken) {
     routes::enable_forwarding();
-    let (nodes, nodes_run) = cache::<Node>(&client);
-    let (services, services_run) = cache::<Service>(&client);
-    let (slices, slices_run) = cache::<EndpointSlice>(&client);
-    let (pods, pods_run) = cache::<Pod>(&client);
-    let (namespaces, namespaces_run) = cache::<Namespace>(&client);
-    let (policies, policies_run) = cache::<NetworkPolicy>(&client);
-    let (ingresses, ingresses_run) = cache::<Ingress>(&client);
-    let (secrets, secrets_run) = cache::<Secret>(&client);
+    let (nodes, nodes_run) = cache::<Node>(&client, watcher::Config::default());
+    let (services, services_run) = cache::<Service>(&client, watcher::Config::default());
+    let (slices, slices_run) = cache::<EndpointSlice>(&client, watcher::Config::default());
+    let (pods, pods_run) = cache::<Pod>(&client, watcher::Config::default());
+    let (namespaces, namespaces_run) = cache::<Namespace>(&client, watcher::Config::default());
+    let (policies, policies_run) = cache::<NetworkPolicy>(&client, watcher::Config::default());
+    let (ingresses, ingresses_run) = cache::<Ingress>(&client, watcher::Config::default());
+    let (secrets, secrets_run) = cache::<Secret>(
+        &client,
+        // Only what the Ingress controller can use: the node keeps no other Secret.
+        watcher::Config::default().fields("type=kubernetes.io/tls"),
+    );
     let feeders = async {
         tokio::join!(
             nodes_run,
@@ -178,12 +193,12 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
         let (sv, sl) = (services.store.clone(), slices.store.clone());
         let (po, nss, pols) = (pods.store.clone(), namespaces.store.clone(), policies.store.clone());
         async move {
-            for ready in [sv.wait_until_ready().await, sl.wait_until_ready().await, po.wait_until_ready().await] {
-                if ready.is_err() {
-                    return;
-                }
-            }
-            if nss.wait_until_ready().await.is_err() || pols.wait_until_ready().await.is_err() {
+            let ready = sv.wait_until_ready().await.is_ok()
+                && sl.wait_until_ready().await.is_ok()
+                && po.wait_until_ready().await.is_ok()
+                && nss.wait_until_ready().await.is_ok()
+                && pols.wait_until_ready().await.is_ok();
+            if !ready {
                 return;
             }
             let mut applied: Option<proxy::Ruleset> = None;
@@ -198,9 +213,7 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
                     Some(a) => (a.diff(&want), false),
                     None => (want.full(&pcfg), true),
                 };
-                if script.is_empty() {
-                    // Nothing to do.
-                } else {
+                if !script.is_empty() {
                     match proxy::nft(&script).await {
                         Ok(()) => {
                             tracing::debug!(full, chains = want.chains.len(), took = ?t0.elapsed(), "service rules applied");

@@ -1336,16 +1336,6 @@ struct HealthCheckResponse {
 
 /// A resolv.conf as CRI's DNS config (`dnsPolicy: Default` with `--resolv-conf`).
 fn host_dns(path: &std::path::Path) -> cri::DnsConfig {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut d = cri::DnsConfig::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => d.servers.extend(words.next().map(String::from)),
-            Some("search") | Some("domain") => d.searches = words.map(String::from).collect(),
-            Some("options") => d.options.extend(words.map(String::from)),
-            _ => {}
-        }
-    }
-    d
+    let r = crate::agent::net::dns::ResolvConf::parse(&std::fs::read_to_string(path).unwrap_or_default());
+    cri::DnsConfig { servers: r.nameservers, searches: r.search, options: r.options }
 }

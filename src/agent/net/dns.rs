@@ -70,12 +70,8 @@ impl Sources {
     /// The ready endpoints of a Service: (address, hostname, ports by name/protocol).
     fn endpoints(&self, ns: &str, svc: &str, all: bool) -> Vec<(Ipv4Addr, Option<String>, Vec<(String, String, i32)>)> {
         let mut out = Vec::new();
-        for s in self.slices.state() {
-            if s.metadata.namespace.as_deref() != Some(ns)
-                || s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str)
-                    != Some(svc)
-                || s.address_type != "IPv4"
-            {
+        for s in super::slices_of(&self.slices, ns, svc) {
+            if s.address_type != "IPv4" {
                 continue;
             }
             let ports: Vec<(String, String, i32)> = s
@@ -223,12 +219,36 @@ fn soa(domain: &str) -> Option<Record> {
     Some(Record::from_rdata(zone, TTL, RData::SOA(rdata)))
 }
 
-/// The node's own resolvers, from `/etc/resolv.conf` (the cluster DNS address left out).
+/// What a resolv.conf says: its servers, search list and options.
+#[derive(Debug, Default, PartialEq)]
+pub struct ResolvConf {
+    pub nameservers: Vec<String>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+}
+
+impl ResolvConf {
+    pub fn parse(text: &str) -> ResolvConf {
+        let mut r = ResolvConf::default();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => r.nameservers.extend(words.next().map(String::from)),
+                Some("search" | "domain") => r.search = words.map(String::from).collect(),
+                Some("options") => r.options.extend(words.map(String::from)),
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+/// The node's own resolvers, from its resolv.conf (the cluster DNS address left out).
 pub fn upstreams(resolv_conf: &str, dns_ip: Ipv4Addr) -> Vec<SocketAddr> {
-    resolv_conf
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+    ResolvConf::parse(resolv_conf)
+        .nameservers
+        .iter()
+        .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
         .filter(|ip| *ip != std::net::IpAddr::V4(dns_ip))
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()

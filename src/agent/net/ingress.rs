@@ -214,12 +214,7 @@ fn resolve(s: &Sources, ns: &str, b: &IngressBackend) -> Option<Vec<SocketAddr>>
     })?;
     let pname = sp.name.clone().unwrap_or_default();
     let mut addrs = Vec::new();
-    for sl in s.slices.state() {
-        if sl.metadata.namespace.as_deref() != Some(ns)
-            || sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) != Some(&sb.name)
-        {
-            continue;
-        }
+    for sl in super::slices_of(&s.slices, ns, &sb.name) {
         let Some(tp) =
             sl.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == pname).and_then(|p| p.port)
         else {

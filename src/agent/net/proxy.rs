@@ -168,23 +168,19 @@ impl Ruleset {
                 let has_external = !external_ips.is_empty() || sp.node_port.is_some() && ty != "ClusterIP";
 
                 // The endpoint chains.
-                let mut sep_names = Vec::new();
+                let sep_name = |b: &Backend| chain_name("sep", &format!("{id}__{}/{}", b.ip, b.port));
                 for b in &backends {
-                    let sep = chain_name("sep", &format!("{id}__{}/{}", b.ip, b.port));
+                    let sep = sep_name(b);
                     let mut rules = vec![format!("ip saddr {} jump mark-for-masquerade", b.ip)];
-                    if affinity.is_some() {
+                    if let Some(timeout) = affinity {
                         rules.push(format!("update @{} {{ ip saddr }}", affinity_set(&sep)));
-                        rs.sets.insert(affinity_set(&sep), affinity.unwrap_or_default());
+                        rs.sets.insert(affinity_set(&sep), timeout);
                     }
                     rules.push(format!("meta l4proto {pr} dnat to {}:{}", b.ip, b.port));
-                    rs.chains.insert(sep.clone(), rules);
-                    sep_names.push((b.ip, b.port, sep));
+                    rs.chains.insert(sep, rules);
                 }
                 let pick = |chosen: &[&Backend]| -> Vec<String> {
-                    let seps: Vec<&String> = chosen
-                        .iter()
-                        .filter_map(|b| sep_names.iter().find(|(ip, p, _)| *ip == b.ip && *p == b.port).map(|x| &x.2))
-                        .collect();
+                    let seps: Vec<String> = chosen.iter().map(|b| sep_name(b)).collect();
                     let mut rules = Vec::new();
                     if affinity.is_some() {
                         for s in &seps {
@@ -219,24 +215,25 @@ impl Ruleset {
                 // NodePort, LoadBalancer and external IPs.
                 if has_external {
                     let ext_chain = chain_name("ext", &id);
-                    let mut rules = Vec::new();
-                    if ext_local {
-                        // Pods on this node keep Cluster semantics; outside clients only
-                        // reach local endpoints, with their source address kept.
-                        if !cluster_backends.is_empty() {
-                            rules.push(format!("ip saddr {cluster} goto {svc_chain}"));
-                        }
-                        rules.extend(pick(&ext_backends));
-                        if ext_backends.is_empty() {
-                            rules.push("drop".into());
-                        }
-                    } else if !ext_backends.is_empty() {
-                        rules.push("jump mark-for-masquerade".into());
-                        rules.push(format!("goto {svc_chain}"));
-                    }
-                    let usable =
-                        !rules.is_empty() && !(ext_local && ext_backends.is_empty() && cluster_backends.is_empty());
+                    // Something answers: a (local, with Local) endpoint, or with Local
+                    // at least pods of this node going the Cluster way.
+                    let usable = !ext_backends.is_empty() || (ext_local && !cluster_backends.is_empty());
                     if usable {
+                        let mut rules = Vec::new();
+                        if ext_local {
+                            // Pods on this node keep Cluster semantics; outside clients
+                            // only reach local endpoints, with their source address kept.
+                            if !cluster_backends.is_empty() {
+                                rules.push(format!("ip saddr {cluster} goto {svc_chain}"));
+                            }
+                            rules.extend(pick(&ext_backends));
+                            if ext_backends.is_empty() {
+                                rules.push("drop".into());
+                            }
+                        } else {
+                            rules.push("jump mark-for-masquerade".into());
+                            rules.push(format!("goto {svc_chain}"));
+                        }
                         rs.chains.insert(ext_chain.clone(), rules);
                     }
                     for ip in &external_ips {

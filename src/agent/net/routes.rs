@@ -52,19 +52,16 @@ pub fn peers(me: &str, nodes: &[std::sync::Arc<Node>]) -> Vec<Peer> {
         let Some(cidr) = n.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).and_then(|c| c.parse().ok()) else {
             continue;
         };
-        let Some(node_ip) = n
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-            .and_then(|a| a.address.parse().ok())
-        else {
-            continue;
-        };
+        let Some(node_ip) = internal_ip(n) else { continue };
         let vtep_mac = n.metadata.annotations.as_ref().and_then(|a| a.get(VTEP_ANNOTATION)).cloned();
         out.push(Peer { cidr, node_ip, vtep_mac });
     }
     out
+}
+
+/// A node's InternalIP (IPv4).
+pub fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
+    n.status.as_ref()?.addresses.as_ref()?.iter().find(|a| a.type_ == "InternalIP").and_then(|a| a.address.parse().ok())
 }
 
 /// The VTEP address of a node: the network address of its podCIDR (as flannel).
