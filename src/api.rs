@@ -3,10 +3,12 @@
 
 pub mod defaults;
 pub mod events;
+pub mod managed;
 pub mod meta;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod schema;
 pub mod selectors;
 pub mod status;
 pub mod table;

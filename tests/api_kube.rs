@@ -415,3 +415,86 @@ async fn events_are_one_resource_in_two_versions() {
     new.delete("web.2", &DeleteParams::default()).await.unwrap();
     assert!(core.get_opt("web.2").await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_managers_conflicts_and_force() {
+    let srv = TestServer::api_only().await;
+    let deps: Api<Deployment> = Api::namespaced(srv.client().await, "default");
+    let manifest = |image: &str, replicas: Option<i64>, env: serde_json::Value| {
+        let mut spec = json!({
+            "selector": {"matchLabels": {"app": "w"}},
+            "template": {"metadata": {"labels": {"app": "w"}},
+                         "spec": {"containers": [{"name": "c", "image": image, "env": env}]}},
+        });
+        if let Some(r) = replicas {
+            spec["replicas"] = json!(r);
+        }
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}, "spec": spec})
+    };
+    let alice = PatchParams::apply("alice");
+    // Apply creates, with alice's fields recorded.
+    let env = json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]);
+    let d = deps.patch("w", &alice, &Patch::Apply(manifest("i:1", Some(2), env.clone()))).await.unwrap();
+    let mf = d.metadata.managed_fields.clone().unwrap();
+    assert_eq!((mf[0].manager.as_deref(), mf[0].operation.as_deref()), (Some("alice"), Some("Apply")));
+    let f = &mf[0].fields_v1.as_ref().unwrap().0;
+    assert!(f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:env"]["k:{\"name\":\"B\"}"]
+        .is_object());
+    // bob applies the image: a conflict; with force he takes it.
+    let bob = PatchParams::apply("bob");
+    let bobs = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i:2"}]}}}});
+    let e = deps.patch("w", &bob, &Patch::Apply(bobs.clone())).await.unwrap_err();
+    let kube::Error::Api(s) = e else { panic!("expected a Status") };
+    assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        s.message,
+        "Apply failed with 1 conflict: conflict with \"alice\": .spec.template.spec.containers[name=\"c\"].image"
+    );
+    let d = deps.patch("w", &bob.clone().force(), &Patch::Apply(bobs)).await.unwrap();
+    assert_eq!(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.as_deref(), Some("i:2"));
+    // carol updates replicas with a merge patch: an Update manager.
+    let carol = PatchParams { field_manager: Some("carol".into()), ..Default::default() };
+    deps.patch("w", &carol, &Patch::Merge(json!({"spec": {"replicas": 5}}))).await.unwrap();
+    // alice drops replicas, env B and her claim on the image (now bob's): B goes,
+    // replicas stays (carol owns it), the image stays bob's.
+    let d = deps
+        .patch("w", &alice, &Patch::Apply(manifest("i:2", None, json!([{"name": "A", "value": "1"}]))))
+        .await
+        .unwrap();
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(5));
+    let c = &spec.template.spec.unwrap().containers[0];
+    assert_eq!(c.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["A"]);
+    assert_eq!(c.image.as_deref(), Some("i:2"));
+    let managers: Vec<(String, String)> = d
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.manager.unwrap_or_default(), m.operation.unwrap_or_default()))
+        .collect();
+    for want in [("alice", "Apply"), ("bob", "Apply"), ("carol", "Update")] {
+        assert!(managers.iter().any(|(m, o)| (m.as_str(), o.as_str()) == want), "{managers:?}");
+    }
+    // A no-op apply changes nothing, not even the resourceVersion.
+    let rv = deps.get("w").await.unwrap().metadata.resource_version;
+    let again = deps
+        .patch("w", &alice, &Patch::Apply(manifest("i:2", None, json!([{"name": "A", "value": "1"}]))))
+        .await
+        .unwrap();
+    assert_eq!(again.metadata.resource_version, rv);
+    // Bad applies: no field manager, a wrong kind, force on a merge patch; nothing changes.
+    let none = PatchParams::default();
+    let e = deps.patch("w", &none, &Patch::Apply(manifest("i:9", None, json!([])))).await.unwrap_err();
+    assert_eq!(status_code(e), 422);
+    let wrong = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w"}});
+    assert_eq!(status_code(deps.patch("w", &alice, &Patch::Apply(wrong)).await.unwrap_err()), 400);
+    // (kube-rs refuses force on a merge patch itself; send it raw)
+    let req = http::Request::patch("/apis/apps/v1/namespaces/default/deployments/w?force=true&fieldManager=x")
+        .header("content-type", "application/merge-patch+json")
+        .body(br#"{"spec":{"replicas":1}}"#.to_vec())
+        .unwrap();
+    assert_eq!(status_code(srv.client().await.request_text(req).await.unwrap_err()), 422);
+    assert_eq!(deps.get("w").await.unwrap().metadata.resource_version, rv);
+}

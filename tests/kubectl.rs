@@ -243,3 +243,56 @@ async fn create_generators_run_expose_scale() {
         "{wide}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_diff_and_server_dry_run() {
+    let srv = TestServer::api_only().await;
+    let path = srv.dir.path().join("d.yaml");
+    let p = path.to_str().unwrap();
+    let manifest = |replicas: u32, extra_label: bool| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels:\n    app: web\n{}spec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers: [{{name: c, image: 'nginx:1'}}]\n",
+            if extra_label { "    tier: fe\n" } else { "" }
+        )
+    };
+    std::fs::write(&path, manifest(2, true)).unwrap();
+    assert_eq!(srv.kubectl_ok(&["apply", "--server-side", "-f", p]).await, "deployment.apps/web serverside-applied\n");
+    srv.kubectl_ok(&["scale", "deploy", "web", "--replicas=4"]).await;
+    // kubectl scale took replicas (an Update through /scale): applying 2 conflicts.
+    let out = srv.kubectl(&["apply", "--server-side", "-f", p]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(
+            "error: Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas\n"
+        ),
+        "{err}"
+    );
+    let mf = srv.kubectl_ok(&["get", "deploy", "web", "-o", "yaml", "--show-managed-fields"]).await;
+    assert!(mf.contains("subresource: scale"), "{mf}");
+    // A server dry run of a changed manifest answers the result and stores nothing.
+    std::fs::write(&path, manifest(4, false)).unwrap();
+    let dry = srv
+        .kubectl_ok(&["apply", "--server-side", "--dry-run=server", "-f", p, "-o", "jsonpath={.metadata.labels}"])
+        .await;
+    assert_eq!(dry, r#"{"app":"web"}"#);
+    let live = srv.kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.labels}"]).await;
+    assert_eq!(live, r#"{"app":"web","tier":"fe"}"#);
+    // kubectl diff shows the label that would go, and exits 1.
+    let out = srv.kubectl(&["diff", "--server-side", "-f", p]).await;
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{diff}");
+    assert!(diff.lines().any(|l| l.trim() == "-    tier: fe"), "{diff}");
+    // The same replicas as live is no conflict: the apply shares the field and drops the label.
+    assert_eq!(srv.kubectl_ok(&["apply", "--server-side", "-f", p]).await, "deployment.apps/web serverside-applied\n");
+    let live = srv.kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.labels}"]).await;
+    assert_eq!(live, r#"{"app":"web"}"#);
+    // Forced: replicas 1 wins over kubectl scale's.
+    std::fs::write(&path, manifest(1, false)).unwrap();
+    srv.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", p]).await;
+    assert_eq!(srv.kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]).await, "1");
+    // Client-side apply with --dry-run=server stores nothing either.
+    let cm = srv.dir.path().join("cm.yaml");
+    std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: '1'}\n").unwrap();
+    srv.kubectl_ok(&["apply", "--dry-run=server", "-f", cm.to_str().unwrap()]).await;
+    assert!(!srv.kubectl(&["get", "cm", "c"]).await.status.success());
+}

@@ -217,6 +217,8 @@ fn node_password(data_dir: &Path) -> anyhow::Result<String> {
 /// A client from a kubeconfig's text.
 pub async fn client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    // The field manager Kubernetes records for the kubelet's writes.
+    cfg.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(concat!("kubelet/rk-", env!("CARGO_PKG_VERSION")))));
     Ok(kube::Client::try_from(cfg)?)
 }

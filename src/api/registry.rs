@@ -40,6 +40,9 @@ pub struct ResourceDef {
     pub field_labels: &'static [&'static str],
     /// Decodes into the typed object and back (strict decoding and type checks).
     pub roundtrip: fn(&Value) -> Result<Value, String>,
+    /// Adds the kind's OpenAPI schema (and those it refers to) to a generator and
+    /// returns its definition name, `io.k8s.api.core.v1.ConfigMap`.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> String,
 }
 
 impl ResourceDef {
@@ -156,6 +159,11 @@ fn roundtrip<K: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String
     serde_json::to_value(&k).map_err(|e| e.to_string())
 }
 
+fn schema_of<K: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> String {
+    g.subschema_for::<K>();
+    K::schema_name().into_owned()
+}
+
 fn def<K>(
     short_names: &'static [&'static str],
     categories: &'static [&'static str],
@@ -163,7 +171,7 @@ fn def<K>(
     field_labels: &'static [&'static str],
 ) -> ResourceDef
 where
-    K: Resource + DeserializeOwned + Serialize + 'static,
+    K: Resource + DeserializeOwned + Serialize + schemars::JsonSchema + 'static,
 {
     ResourceDef {
         group: K::GROUP,
@@ -177,6 +185,7 @@ where
         has_status,
         field_labels,
         roundtrip: roundtrip::<K>,
+        schema: schema_of::<K>,
     }
 }
 

@@ -29,7 +29,12 @@ impl tower::Service<http::Request<kube::client::Body>> for InProcess {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<kube::client::Body>) -> Self::Future {
+        // The component's name is its field manager, as kube-controller-manager's is.
+        let ua = format!("{}/rk", self.user.name.trim_start_matches("system:"));
+        if let Ok(v) = http::HeaderValue::from_str(&ua) {
+            req.headers_mut().entry(http::header::USER_AGENT).or_insert(v);
+        }
         let (api, user) = (self.api.clone(), self.user.clone());
         Box::pin(async move { Ok(api.handle(req, Some(&user)).await) })
     }

@@ -18,7 +18,8 @@ use crate::api::patch::{self, PatchType};
 use crate::api::registry::{NameRule, ResourceDef};
 use crate::api::selectors::{FieldSelector, LabelSelector};
 use crate::api::status::{ApiError, Cause, Target};
-use crate::api::{defaults, meta, table, validation};
+use crate::api::schema::Types;
+use crate::api::{defaults, managed, meta, table, validation};
 use crate::embedded::{KeyValue, StorageError};
 
 /// Namespaces that cannot be deleted, as in Kubernetes.
@@ -71,6 +72,40 @@ impl Call {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
             Some(v) => Err(ApiError::bad_request(format!("Invalid dryRun value {v:?}: supported values are \"All\""))),
+        }
+    }
+
+    /// The field manager: `fieldManager`, or the User-Agent up to its first `/`, as
+    /// Kubernetes defaults it.
+    pub(super) fn manager(&self) -> Result<String, ApiError> {
+        let m = match self.query.get("fieldManager").filter(|m| !m.is_empty()) {
+            Some(m) => m.to_string(),
+            None => {
+                let ua = self.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+                ua.split('/').next().unwrap_or("").chars().take(128).collect()
+            }
+        };
+        if m.chars().count() > 128 {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "PatchOptions",
+                "",
+                vec![Cause::invalid("fieldManager", &json!(m), "must be no more than 128 characters")],
+            ));
+        }
+        Ok(m)
+    }
+
+    /// What managedFields bookkeeping a write by `manager` needs.
+    pub(super) fn writer<'a>(&'a self, manager: &'a str) -> managed::Writer<'a> {
+        let types = Types::builtin();
+        managed::Writer {
+            types,
+            root: types.root(self.def),
+            api_version: self.def.api_version(),
+            manager,
+            subresource: self.sub.as_deref(),
+            has_status: self.def.has_status,
         }
     }
 
@@ -457,8 +492,24 @@ impl ApiServer {
     /// POST: create.
     pub async fn create(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
         let ct = request::content_type(&call.headers);
-        let (mut obj, dups) = request::decode_object(&ct, &body)?;
+        let (obj, dups) = request::decode_object(&ct, &body)?;
+        self.create_object(call, obj, &dups, None).await
+    }
+
+    /// Creates `obj`; `applied` says it comes from a server-side apply (and already
+    /// carries its managedFields).
+    async fn create_object(
+        &self,
+        call: &Call,
+        mut obj: Value,
+        dups: &[String],
+        applied: Option<&str>,
+    ) -> Result<Resp, ApiError> {
         let fv = call.field_validation()?;
+        let manager = match applied {
+            Some(m) => m.to_string(),
+            None => call.manager()?,
+        };
         check_type(call.def, &mut obj)?;
         self.set_namespace(call, &mut obj)?;
         let m = meta::meta_mut(&mut obj);
@@ -483,9 +534,13 @@ impl ApiServer {
         if call.def.group.is_empty() && call.def.plural == "pods" {
             defaults::default_toleration_seconds(&mut obj);
         }
-        let mut warnings =
-            self.field_problems(call, dups.iter().map(|d| format!("duplicate field {d:?}")).collect(), fv, false)?;
-        warnings.extend(self.validate(call, &obj, fv, false, &[])?);
+        let mut warnings = self.field_problems(
+            call,
+            dups.iter().map(|d| format!("duplicate field {d:?}")).collect(),
+            fv,
+            applied.is_some(),
+        )?;
+        warnings.extend(self.validate(call, &obj, fv, applied.is_some(), &[])?);
         self.check_namespace(call, &name).await?;
         let m = meta::meta_mut(&mut obj);
         for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
@@ -509,6 +564,10 @@ impl ApiServer {
         } else {
             None
         };
+        if applied.is_none() {
+            let base = managed::read(&obj);
+            call.writer(&manager).update(None, &mut obj, base);
+        }
         if call.dry_run()? {
             return Ok(request::with_warnings(self.render(call, obj, 201), &warnings));
         }
@@ -621,8 +680,21 @@ impl ApiServer {
         new: Value,
         fv: FieldValidation,
         patch: bool,
+        applied: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        let sent = managed::sent(&new);
+        let applied_fields = if applied { new.pointer("/metadata/managedFields").cloned() } else { None };
         let mut new = self.prepare_update(call, old, new)?;
+        if applied {
+            let m = meta::meta_mut(&mut new);
+            match applied_fields {
+                Some(f) => m.insert("managedFields".into(), f),
+                None => m.remove("managedFields"),
+            };
+        } else {
+            let base = managed::read(if sent { &new } else { old });
+            call.writer(&call.manager()?).update(Some(old), &mut new, base);
+        }
         let before = if patch || call.sub.is_some() { unknown_of(call.def, old) } else { vec![] };
         let warnings = self.validate(call, &new, fv, patch, &before)?;
         let _svc = self.service_update_lock(call, old, &mut new).await?;
@@ -687,7 +759,7 @@ impl ApiServer {
                 return Err(ApiError::stale(call.target(&name)));
             }
             let old = call.decode(&cur)?;
-            match self.write_update(call, &cur, &old, obj.clone(), fv, false).await {
+            match self.write_update(call, &cur, &old, obj.clone(), fv, false, false).await {
                 Err(e) if e.reason == "Conflict" && want_rv.is_none() => continue,
                 Err(e) => return Err(e),
                 Ok((o, warnings)) => return Ok(request::with_warnings(self.render(call, o, 200), &warnings)),
@@ -702,13 +774,14 @@ impl ApiServer {
         let pt = PatchType::from_content_type(&ct)
             .ok_or_else(|| ApiError::unsupported_media_type(&ct, PatchType::ACCEPTED))?;
         if pt == PatchType::Apply {
-            return Err(ApiError::unsupported_media_type(
-                &ct,
-                &[
-                    "application/json-patch+json",
-                    "application/merge-patch+json",
-                    "application/strategic-merge-patch+json",
-                ],
+            return self.apply(call, &body).await;
+        }
+        if call.query.get("force").is_some() {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "PatchOptions",
+                "",
+                vec![Cause::forbidden("force", "may not be specified for non-apply patch")],
             ));
         }
         let fv = call.field_validation()?;
@@ -732,7 +805,105 @@ impl ApiServer {
                 return Err(ApiError::stale(call.target(&name)));
             }
             check_type(call.def, &mut patched)?;
-            match self.write_update(call, &cur, &old, patched, fv, true).await {
+            match self.write_update(call, &cur, &old, patched, fv, true, false).await {
+                Err(e) if e.reason == "Conflict" => continue,
+                Err(e) => return Err(e),
+                Ok((o, warnings)) => return Ok(request::with_warnings(self.render(call, o, 200), &warnings)),
+            }
+        }
+        Err(ApiError::conflict(call.target(&name), "too many concurrent updates; please try again"))
+    }
+
+    /// PATCH with `application/apply-patch+yaml`: server-side apply. Creates the object
+    /// when it is missing (201), else merges the manager's configuration into it.
+    async fn apply(&self, call: &Call, body: &[u8]) -> Result<Resp, ApiError> {
+        let name = call.name.clone().unwrap_or_default();
+        let manager = match call.query.get("fieldManager").filter(|m| !m.is_empty()) {
+            Some(_) => call.manager()?,
+            None => {
+                return Err(ApiError::invalid(
+                    "meta.k8s.io",
+                    "PatchOptions",
+                    "",
+                    vec![Cause::required("fieldManager", "is required for apply patch")],
+                ));
+            }
+        };
+        let force = match call.query.get("force") {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(v) => return Err(ApiError::bad_request(format!("invalid value for force: {v:?}"))),
+        };
+        let fv = call.field_validation()?;
+        let (mut config, dups) = if body.trim_ascii_start().starts_with(b"{") {
+            validation::parse_json(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+        } else {
+            let v: Value = serde_norway::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+            (v, vec![])
+        };
+        if !config.is_object() {
+            return Err(ApiError::bad_request("the applied configuration must be an object"));
+        }
+        for (field, what) in [("apiVersion", call.def.api_version()), ("kind", call.def.kind.to_string())] {
+            match config.get(field).and_then(Value::as_str) {
+                None | Some("") => return Err(ApiError::bad_request(format!("{field} must be set"))),
+                Some(v) if v != what => {
+                    return Err(ApiError::bad_request(format!(
+                        "the {field} of the applied configuration ({v}) does not match the resource ({what})"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        match meta::meta_str(&config, "name") {
+            None | Some("") => {
+                meta::meta_mut(&mut config).insert("name".into(), json!(name));
+            }
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => {}
+        }
+        if meta::meta_mut(&mut config).remove("managedFields").is_some_and(|m| !m.is_null()) {
+            return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+        }
+        self.set_namespace(call, &mut config)?;
+        let writer = call.writer(&manager);
+        let conflict = |c: managed::Conflicts| {
+            let causes: Vec<Value> = c
+                .0
+                .iter()
+                .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": p}))
+                .collect();
+            let mut e = ApiError::conflict(call.target(&name), "");
+            e.message = c.message();
+            e.details = Some(json!({"causes": causes}));
+            e
+        };
+        for _ in 0..8 {
+            let cur = self.store.get(&call.key(&name)).await.map_err(|e| storage_error(call.target(&name), e))?;
+            let Some(cur) = cur else {
+                if call.sub.is_some() {
+                    return Err(ApiError::not_found(call.target(&name)));
+                }
+                let obj = writer.apply(None, &config, force).map_err(conflict)?;
+                match self.create_object(call, obj, &dups, Some(&manager)).await {
+                    Err(e) if e.reason == "AlreadyExists" => continue,
+                    r => return r,
+                }
+            };
+            let old = call.decode(&cur)?;
+            if let Some(rv) = meta::meta_str(&config, "resourceVersion")
+                && rv != cur.mod_rev.to_string()
+            {
+                return Err(ApiError::stale(call.target(&name)));
+            }
+            let mut obj = writer.apply(Some(&old), &config, force).map_err(conflict)?;
+            check_type(call.def, &mut obj)?;
+            match self.write_update(call, &cur, &old, obj, fv, true, true).await {
                 Err(e) if e.reason == "Conflict" => continue,
                 Err(e) => return Err(e),
                 Ok((o, warnings)) => return Ok(request::with_warnings(self.render(call, o, 200), &warnings)),

@@ -76,6 +76,7 @@ impl ApiServer {
             }
             let g = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
             meta::meta_mut(&mut new).insert("generation".into(), json!(g));
+            call.writer(&call.manager()?).update(Some(&obj), &mut new, crate::api::managed::read(&obj));
             match self.store.update(&cur.key, encode(&new), cur.mod_rev).await {
                 Ok(rev) => {
                     meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
