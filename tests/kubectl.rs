@@ -296,3 +296,18 @@ async fn server_side_apply_diff_and_server_dry_run() {
     srv.kubectl_ok(&["apply", "--dry-run=server", "-f", cm.to_str().unwrap()]).await;
     assert!(!srv.kubectl(&["get", "cm", "c"]).await.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_reads_the_openapi_schemas() {
+    let srv = TestServer::api_only().await;
+    let out = srv.kubectl_ok(&["explain", "deployment.spec.strategy"]).await;
+    assert!(out.starts_with("GROUP:      apps\nKIND:       Deployment\nVERSION:    v1\n"), "{out}");
+    assert!(out.contains("FIELD: strategy <DeploymentStrategy>"), "{out}");
+    assert!(out.contains("  rollingUpdate\t<RollingUpdateDeployment>"), "{out}");
+    let out = srv.kubectl_ok(&["explain", "pods.spec.containers.ports"]).await;
+    assert!(out.contains("FIELD: ports <[]ContainerPort>") && out.contains("containerPort\t<integer> -required-"), "{out}");
+    let out = srv.kubectl_ok(&["explain", "cm"]).await;
+    assert!(out.contains("  data\t<map[string]string>") && out.contains("  metadata\t<ObjectMeta>\n"), "{out}");
+    let e = srv.kubectl(&["explain", "deployment.spec.nope"]).await;
+    assert_eq!(String::from_utf8_lossy(&e.stderr), "error: field \"nope\" does not exist\n");
+}

@@ -218,6 +218,58 @@ pub fn definitions(reg: &Registry) -> (Map<String, Value>, HashMap<(String, Stri
     (g.take_definitions(true), roots)
 }
 
+/// The `components.schemas` of an OpenAPI v3 document serving `kinds`: their
+/// definitions and everything they refer to, shaped as Kubernetes publishes them (a
+/// described reference wrapped in `allOf`, each kind's `x-kubernetes-group-version-kind`).
+pub fn openapi_schemas(kinds: &[&ResourceDef]) -> Map<String, Value> {
+    let mut g = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| s.meta_schema = None)
+        .into_generator();
+    let mut roots = Vec::new();
+    for d in kinds {
+        let name = (d.schema)(&mut g);
+        roots.push((name, d));
+    }
+    let mut defs = g.take_definitions(true);
+    for v in defs.values_mut() {
+        wrap_refs(v);
+    }
+    for (name, d) in roots {
+        if let Some(Value::Object(o)) = defs.get_mut(&name) {
+            let gvk = serde_json::json!([{"group": d.group, "kind": d.kind, "version": d.version}]);
+            o.insert("x-kubernetes-group-version-kind".into(), gvk);
+            // k8s-openapi's structs make metadata required; Kubernetes's schemas do not.
+            if let Some(Value::Array(req)) = o.get_mut("required") {
+                req.retain(|r| r != "metadata");
+                if req.is_empty() {
+                    o.remove("required");
+                }
+            }
+        }
+    }
+    defs
+}
+
+fn wrap_refs(v: &mut Value) {
+    let Some(o) = v.as_object_mut() else { return };
+    if let Some(props) = o.get_mut("properties").and_then(Value::as_object_mut) {
+        for p in props.values_mut() {
+            if let Some(po) = p.as_object_mut()
+                && po.len() > 1
+                && let Some(r) = po.remove("$ref")
+            {
+                po.insert("allOf".into(), serde_json::json!([{"$ref": r}]));
+            }
+            wrap_refs(p);
+        }
+    }
+    for k in ["items", "additionalProperties"] {
+        if let Some(i) = o.get_mut(k) {
+            wrap_refs(i);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,10 +187,16 @@ pub fn aggregated(reg: &Registry, core: bool, ver: &str) -> Resp {
     r
 }
 
-/// OpenAPI v3: the index and one document per group-version, built once.
+/// OpenAPI v3: the index and one document per group-version. Documents (with their
+/// schemas, several MB in all) are made when asked for and not kept; only their hashes
+/// are, from one pass when the index is first asked for.
 pub struct OpenApi {
     index: Value,
-    docs: Vec<(String, String, Vec<u8>)>,
+    docs: Vec<(String, String, &'static str, &'static str)>,
+}
+
+fn hash_of(body: &[u8]) -> String {
+    sha2::Sha512::digest(body).iter().take(32).map(|b| format!("{b:02X}")).collect()
 }
 
 fn gv_path(group: &str, version: &str) -> String {
@@ -207,12 +213,10 @@ fn gv_doc(reg: &Registry, group: &str, version: &str) -> Value {
             format!("{base}/{}/{{name}}", d.plural)
         };
         let gvk = json!({"group": group, "version": version, "kind": d.kind});
-        let media: Value = [
-            "application/json-patch+json",
-            "application/merge-patch+json",
-            "application/strategic-merge-patch+json",
-            "application/apply-patch+yaml",
-        ]
+        // Strategic merge patch is served but left out here: kubectl then computes its
+        // client-side apply patches from its own compiled-in types, exactly as against
+        // Kubernetes, instead of from patch metadata these schemas do not carry.
+        let media: Value = ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
         .iter()
         .map(|m| (m.to_string(), json!({"schema": {"type": "object"}})))
         .collect::<serde_json::Map<_, _>>()
@@ -236,8 +240,9 @@ fn gv_doc(reg: &Registry, group: &str, version: &str) -> Value {
             }}),
         );
     }
+    let kinds: Vec<&ResourceDef> = reg.in_group_version(group, version).collect();
     json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0")},
-           "paths": paths, "components": {"schemas": {}}})
+           "paths": paths, "components": {"schemas": crate::api::schema::openapi_schemas(&kinds)}})
 }
 
 impl OpenApi {
@@ -251,11 +256,10 @@ impl OpenApi {
             for (g, vs) in reg.groups() {
                 for v in vs {
                     let body = serde_json::to_vec(&gv_doc(reg, g, v)).expect("serialisable");
-                    let hash: String =
-                        sha2::Sha512::digest(&body).iter().take(32).map(|b| format!("{b:02X}")).collect();
                     let p = gv_path(g, v);
+                    let hash = hash_of(&body);
                     index.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
-                    docs.push((p, hash, body));
+                    docs.push((p, hash, g, v));
                 }
             }
             OpenApi { index: json!({"paths": index}), docs }
@@ -269,7 +273,7 @@ impl OpenApi {
 
     /// `/openapi/v3/<gv path>`, redirecting a stale `hash` as Kubernetes does.
     pub fn doc(&self, path: &str, hash: Option<&str>) -> Option<Resp> {
-        let (p, h, body) = self.docs.iter().find(|(p, _, _)| p == path)?;
+        let (p, h, g, v) = self.docs.iter().find(|(p, ..)| p == path)?;
         if let Some(asked) = hash
             && asked != h
         {
@@ -278,7 +282,8 @@ impl OpenApi {
             r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&loc).expect("valid header"));
             return Some(r);
         }
-        let mut r = bytes_response(200, "application/json", bytes::Bytes::from(body.clone()));
+        let body = serde_json::to_vec(&gv_doc(Registry::builtin(), g, v)).expect("serialisable");
+        let mut r = bytes_response(200, "application/json", bytes::Bytes::from(body));
         if hash.is_some() {
             r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
         }
