@@ -222,6 +222,7 @@ pub async fn start(
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let api = apiserver::ApiServer::new(Arc::new(store.clone()), shutdown.clone(), addr.to_string(), cfg.service_cidr);
     let _ = api.identity.set(Arc::new(identity.clone()));
+    api.load_custom().await?;
     tracker.spawn(api.clone().serve(listener, tls_cfg, certs, shutdown.clone(), tracker.clone()));
     tracing::info!(%addr, "API server listening");
 

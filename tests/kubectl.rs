@@ -311,3 +311,128 @@ async fn explain_reads_the_openapi_schemas() {
     let e = srv.kubectl(&["explain", "deployment.spec.nope"]).await;
     assert_eq!(String::from_utf8_lossy(&e.stderr), "error: field \"nope\" does not exist\n");
 }
+
+const WIDGET_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1beta1
+    served: true
+    storage: false
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Color, type: string, jsonPath: .spec.color}
+    - {name: Ready, type: string, jsonPath: '.status.conditions[?(@.type=="Ready")].status'}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            description: What the widget should be.
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1, maximum: 10, description: How big.}
+              color: {type: string, enum: [red, blue], default: red}
+              replicas: {type: integer, default: 1}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+              conditions:
+                type: array
+                items: {type: object, properties: {type: {type: string}, status: {type: string}}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_from_a_crd() {
+    let srv = TestServer::api_only().await;
+    let dir = srv.dir.path();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let crd = write("crd.yaml", WIDGET_CRD);
+    srv.kubectl_ok(&["apply", "-f", &crd]).await;
+    srv.kubectl_ok(&["wait", "--for=condition=established", "crd/widgets.example.com", "--timeout=10s"]).await;
+    let crds = srv.kubectl_ok(&["get", "crd"]).await;
+    assert!(crds.starts_with("NAME                  CREATED AT\nwidgets.example.com   "), "{crds}");
+
+    // A custom object: defaulted, listed with the printer columns, found by short name.
+    let w1 = write("w1.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n");
+    assert_eq!(srv.kubectl_ok(&["apply", "-f", &w1]).await, "widget.example.com/w1 created\n");
+    let table = srv.kubectl_ok(&["get", "wd"]).await;
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["NAME", "SIZE", "COLOR", "READY"], "{table}");
+    assert_eq!(rows[1], ["w1", "3", "red"], "{table}");
+    assert_eq!(srv.kubectl_ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.replicas}"]).await, "1");
+
+    // Schema violations are 422 naming the fields; an unknown field is refused (Strict).
+    let bad = write("bad.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 30, color: pink}\n");
+    let out = srv.kubectl(&["apply", "-f", &bad]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("The Widget \"w2\" is invalid: \n* spec.color: Unsupported value: \"pink\": supported values: \"red\", \"blue\"\n* spec.size: Invalid value: 30: spec.size in body should be less than or equal to 10"), "{err}");
+    let unknown = write("u.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w3}\nspec: {size: 2, bogus: 1}\n");
+    let out = srv.kubectl(&["create", "-f", &unknown]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("strict decoding error: unknown field \"spec.bogus\""), "{err}");
+    let missing = srv.kubectl(&["get", "wd", "w2"]).await;
+    assert!(!missing.status.success(), "nothing was stored");
+
+    // status and scale subresources; the Ready column follows status.
+    srv.kubectl_ok(&["scale", "wd", "w1", "--replicas=4"]).await;
+    assert_eq!(srv.kubectl_ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.replicas}"]).await, "4");
+    srv.kubectl_ok(&[
+        "patch", "wd", "w1", "--subresource=status", "--type=merge",
+        "-p", r#"{"status":{"replicas":4,"conditions":[{"type":"Ready","status":"True"}]}}"#,
+    ])
+    .await;
+    let row = srv.kubectl_ok(&["get", "wd", "w1", "--no-headers"]).await;
+    assert_eq!(row.split_whitespace().take(4).collect::<Vec<_>>(), ["w1", "3", "red", "True"], "{row}");
+    // A spec write through the main resource leaves status alone.
+    srv.kubectl_ok(&["patch", "wd", "w1", "--type=merge", "-p", r#"{"spec":{"size":5},"status":{"replicas":9}}"#]).await;
+    assert_eq!(srv.kubectl_ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.size}/{.status.replicas}"]).await, "5/4");
+
+    // The same object in the other served version.
+    let v1beta1 = srv.kubectl_ok(&["get", "widgets.v1beta1.example.com", "w1", "-o", "jsonpath={.apiVersion}"]).await;
+    assert_eq!(v1beta1, "example.com/v1beta1");
+
+    // explain reads the CRD's schema.
+    let ex = srv.kubectl_ok(&["explain", "widget.spec"]).await;
+    assert!(ex.contains("What the widget should be.") && ex.contains("size\t<integer> -required-"), "{ex}");
+
+    // Server-side apply on a custom object.
+    let ssa = write("ssa.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w4}\nspec: {size: 2, color: blue}\n");
+    srv.kubectl_ok(&["apply", "--server-side", "-f", &ssa]).await;
+    assert_eq!(srv.kubectl_ok(&["get", "wd", "w4", "-o", "jsonpath={.spec.color}"]).await, "blue");
+
+    // Deleting the CRD deletes its objects; a new CRD of the same name starts empty.
+    srv.kubectl_ok(&["delete", "crd", "widgets.example.com", "--timeout=30s"]).await;
+    assert!(srv.kubectl_ok(&["get", "crd", "-o", "name"]).await.is_empty());
+    srv.kubectl_ok(&["apply", "-f", &crd]).await;
+    srv.kubectl_ok(&["wait", "--for=condition=established", "crd/widgets.example.com", "--timeout=10s"]).await;
+    let none = srv.kubectl(&["get", "widgets", "-A"]).await;
+    assert!(String::from_utf8_lossy(&none.stderr).contains("No resources found"), "{none:?}");
+
+    // A CRD whose schema is not structural is refused.
+    let ns = write("ns.yaml", &WIDGET_CRD.replace("widgets", "gadgets").replace("Widget", "Gadget").replace("widget, ", "gadget, ").replace("[wd]", "[gd]").replace("size: {type: integer, minimum: 1", "size: {minimum: 1"));
+    let out = srv.kubectl(&["apply", "-f", &ns]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.versions[1].schema.openAPIV3Schema.properties[spec].properties[size].type: Required value: must not be empty for specified object fields"), "{err}");
+}

@@ -43,6 +43,8 @@ pub struct ResourceDef {
     /// Adds the kind's OpenAPI schema (and those it refers to) to a generator and
     /// returns its definition name, `io.k8s.api.core.v1.ConfigMap`.
     pub schema: fn(&mut schemars::SchemaGenerator) -> String,
+    /// For custom resources: what their CustomResourceDefinition says.
+    pub custom: Option<Box<super::crd::Custom>>,
 }
 
 impl ResourceDef {
@@ -104,7 +106,8 @@ impl ResourceDef {
 
     /// Whether `/scale` is served (the autoscaling/v1 Scale view of `spec.replicas`).
     pub fn has_scale(&self) -> bool {
-        matches!(
+        self.custom.as_ref().is_some_and(|c| c.scale.is_some())
+            || matches!(
             (self.group, self.plural),
             ("apps", "deployments" | "replicasets" | "statefulsets") | ("", "replicationcontrollers")
         )
@@ -186,6 +189,7 @@ where
         field_labels,
         roundtrip: roundtrip::<K>,
         schema: schema_of::<K>,
+        custom: None,
     }
 }
 
@@ -217,6 +221,7 @@ const EVENT_FIELDS: &[&str] = &[
 
 fn build() -> Vec<ResourceDef> {
     use api::admissionregistration::v1 as adm;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     use api::apps::v1 as apps;
     use api::autoscaling::v2 as autoscaling;
     use api::batch::v1 as batch;
@@ -274,6 +279,7 @@ fn build() -> Vec<ResourceDef> {
         def::<storage::VolumeAttachment>(NONE, NONE, true, NONE),
         def::<sched::PriorityClass>(&["pc"], NONE, false, NONE),
         def::<node::RuntimeClass>(NONE, NONE, false, NONE),
+        def::<apiext::CustomResourceDefinition>(&["crd", "crds"], &["api-extensions"], true, NONE),
         def::<adm::MutatingWebhookConfiguration>(NONE, &["api-extensions"], false, NONE),
         def::<adm::ValidatingWebhookConfiguration>(NONE, &["api-extensions"], false, NONE),
         def::<adm::ValidatingAdmissionPolicy>(NONE, &["api-extensions"], true, NONE),
@@ -283,7 +289,7 @@ fn build() -> Vec<ResourceDef> {
 
 /// The registry: every served resource, and lookups by group/version/plural.
 pub struct Registry {
-    defs: Vec<ResourceDef>,
+    defs: Vec<&'static ResourceDef>,
     by_path: BTreeMap<(String, String, String), usize>,
     /// The first resource of each storage prefix.
     stored: Vec<usize>,
@@ -293,48 +299,60 @@ impl Registry {
     /// The process-wide registry of built-in kinds.
     pub fn builtin() -> &'static Registry {
         static R: OnceLock<Registry> = OnceLock::new();
-        R.get_or_init(|| {
-            let defs = build();
-            let by_path = defs
-                .iter()
-                .enumerate()
-                .map(|(i, d)| ((d.group.to_string(), d.version.to_string(), d.plural.to_string()), i))
-                .collect();
-            let mut stored: Vec<usize> = Vec::new();
-            for (i, d) in defs.iter().enumerate() {
-                if !stored.iter().any(|&j| defs[j].key_prefix() == d.key_prefix()) {
-                    stored.push(i);
-                }
+        R.get_or_init(|| Registry::of(build().into_iter().map(|d| &*Box::leak(Box::new(d))).collect()))
+    }
+
+    fn of(defs: Vec<&'static ResourceDef>) -> Registry {
+        let by_path = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ((d.group.to_string(), d.version.to_string(), d.plural.to_string()), i))
+            .collect();
+        let mut stored: Vec<usize> = Vec::new();
+        for (i, d) in defs.iter().enumerate() {
+            if !stored.iter().any(|&j| defs[j].key_prefix() == d.key_prefix()) {
+                stored.push(i);
             }
-            Registry { defs, by_path, stored }
-        })
+        }
+        Registry { defs, by_path, stored }
+    }
+
+    /// The built-in kinds plus `extra` (custom resources); a built-in wins a clash.
+    pub fn with(&self, extra: &[&'static ResourceDef]) -> Registry {
+        let mut defs = self.defs.clone();
+        for d in extra {
+            if !defs.iter().any(|b| b.group == d.group && b.version == d.version && b.plural == d.plural) {
+                defs.push(d);
+            }
+        }
+        Registry::of(defs)
     }
 
     /// All resources, in registration order.
-    pub fn all(&self) -> &[ResourceDef] {
+    pub fn all(&self) -> &[&'static ResourceDef] {
         &self.defs
     }
 
     /// The resource served at `group/version/plural`.
-    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
-        self.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).map(|&i| &self.defs[i])
+    pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
+        self.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).map(|&i| self.defs[i])
     }
 
     /// One resource per storage prefix: what scans of everything stored walk, so a
     /// resource served in two versions from one store (Events) is visited once.
-    pub fn stored(&self) -> impl Iterator<Item = &ResourceDef> {
-        self.stored.iter().map(|&i| &self.defs[i])
+    pub fn stored(&self) -> impl Iterator<Item = &'static ResourceDef> + '_ {
+        self.stored.iter().map(|&i| self.defs[i])
     }
 
     /// The resource for a kind (first match).
-    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&ResourceDef> {
-        self.defs.iter().find(|d| d.group == group && d.kind == kind)
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&'static ResourceDef> {
+        self.defs.iter().find(|d| d.group == group && d.kind == kind).copied()
     }
 
     /// Groups in discovery order, each with its versions (preferred first).
     pub fn groups(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-        for d in &self.defs {
+        for d in self.defs.iter() {
             match out.iter_mut().find(|(g, _)| *g == d.group) {
                 Some((_, vs)) => {
                     if !vs.contains(&d.version) {
@@ -352,8 +370,8 @@ impl Registry {
         &'a self,
         group: &'a str,
         version: &'a str,
-    ) -> impl Iterator<Item = &'a ResourceDef> + 'a {
-        self.defs.iter().filter(move |d| d.group == group && d.version == version)
+    ) -> impl Iterator<Item = &'static ResourceDef> + 'a {
+        self.defs.iter().copied().filter(move |d| d.group == group && d.version == version)
     }
 }
 

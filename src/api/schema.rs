@@ -250,6 +250,43 @@ pub fn openapi_schemas(kinds: &[&ResourceDef]) -> Map<String, Value> {
     defs
 }
 
+/// The `components.schemas` for custom resources: each kind's schema from its CRD
+/// (named as Kubernetes names them, `com.example.v1.Widget`), with ObjectMeta and what
+/// it refers to.
+pub fn custom_openapi_schemas(kinds: &[&ResourceDef]) -> Map<String, Value> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let mut g = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| s.meta_schema = None)
+        .into_generator();
+    g.subschema_for::<ObjectMeta>();
+    let mut defs = g.take_definitions(true);
+    for v in defs.values_mut() {
+        wrap_refs(v);
+    }
+    for d in kinds {
+        let Some(c) = &d.custom else { continue };
+        let mut sc = c.schema.clone();
+        if let Some(o) = sc.as_object_mut() {
+            let props = o.entry("properties").or_insert_with(|| serde_json::json!({}));
+            if let Some(p) = props.as_object_mut() {
+                p.insert("apiVersion".into(), serde_json::json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+                p.insert("kind".into(), serde_json::json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+                p.insert("metadata".into(), serde_json::json!({"allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}], "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}));
+            }
+            let gvk = serde_json::json!([{"group": d.group, "kind": d.kind, "version": d.version}]);
+            o.insert("x-kubernetes-group-version-kind".into(), gvk);
+        }
+        defs.insert(custom_schema_name(d), sc);
+    }
+    defs
+}
+
+/// `com.example.v1.Widget` for group example.com, version v1, kind Widget.
+pub fn custom_schema_name(d: &ResourceDef) -> String {
+    let rev: Vec<&str> = d.group.split('.').rev().collect();
+    format!("{}.{}.{}", rev.join("."), d.version, d.kind)
+}
+
 fn wrap_refs(v: &mut Value) {
     let Some(o) = v.as_object_mut() else { return };
     if let Some(props) = o.get_mut("properties").and_then(Value::as_object_mut) {

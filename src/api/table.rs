@@ -125,6 +125,7 @@ pub fn columns(group: &str, plural: &str) -> Vec<Col> {
             AGE,
             w("VolumeMode"),
         ],
+        ("apiextensions.k8s.io", "customresourcedefinitions") => vec![NAME, Col("Created At", "date", 0)],
         _ => vec![NAME, AGE],
     }
 }
@@ -709,6 +710,9 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
                 age(obj, now),
                 json!(or_none(str_at(obj, "/spec/volumeMode").into())),
             ]
+        }
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            vec![name, json!(str_at(obj, "/metadata/creationTimestamp"))]
         }
         _ => vec![name, age(obj, now)],
     }

@@ -2,6 +2,7 @@
 //! objects every cluster starts with.
 
 mod binding;
+mod custom;
 pub mod discovery;
 pub mod handlers;
 mod join;
@@ -42,7 +43,8 @@ const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/c
 /// The API server: stateless over its store, shared by every connection.
 pub struct ApiServer {
     pub(crate) store: Arc<dyn Storage>,
-    pub(crate) reg: &'static Registry,
+    /// The served kinds: the built-in ones and the custom resources of established CRDs.
+    reg: std::sync::RwLock<Arc<Registry>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) me: Weak<ApiServer>,
     ready: AtomicBool,
@@ -55,6 +57,8 @@ pub struct ApiServer {
     pub(crate) identity: std::sync::OnceLock<Arc<super::tls::Identity>>,
     /// Connections to the kubelets, opened by the agents.
     pub(crate) tunnels: tunnel::Tunnels,
+    /// The resources made from CustomResourceDefinitions.
+    custom: custom::CustomDefs,
 }
 
 /// Where a request goes.
@@ -92,7 +96,7 @@ fn stream_target(path: &str) -> Option<(String, String, String)> {
     }
 }
 
-fn route(reg: &'static Registry, path: &str) -> Result<Route, ApiError> {
+fn route(reg: &Registry, path: &str) -> Result<Route, ApiError> {
     let segs: Vec<String> = path
         .trim_matches('/')
         .split('/')
@@ -156,7 +160,7 @@ impl ApiServer {
     ) -> Arc<ApiServer> {
         Arc::new_cyclic(|me| ApiServer {
             store,
-            reg: Registry::builtin(),
+            reg: std::sync::RwLock::new(Arc::new(Registry::builtin().with(&[]))),
             shutdown,
             me: me.clone(),
             ready: AtomicBool::new(false),
@@ -165,7 +169,18 @@ impl ApiServer {
             svc_lock: tokio::sync::Mutex::new(()),
             identity: std::sync::OnceLock::new(),
             tunnels: tunnel::Tunnels::default(),
+            custom: custom::CustomDefs::default(),
         })
+    }
+
+    /// The served kinds, as of now.
+    pub(crate) fn reg(&self) -> Arc<Registry> {
+        self.reg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the served kinds (when the CustomResourceDefinitions change).
+    pub(crate) fn set_reg(&self, reg: Registry) {
+        *self.reg.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reg);
     }
 
     /// Marks the server ready (`/readyz` answers ok).
@@ -204,7 +219,8 @@ impl ApiServer {
             return request::error(&ApiError::unauthorized());
         }
         let query = Query::parse(parts.uri.query());
-        let r = match route(self.reg, &path) {
+        let reg = self.reg();
+        let r = match route(&reg, &path) {
             Ok(r) => r,
             Err(e) => return request::error(&e),
         };
@@ -223,22 +239,25 @@ impl ApiServer {
             }
             Route::Health(which) => Ok(self.health(which, &query)),
             Route::Api => Ok(match discovery::aggregated_version(&parts.headers) {
-                Some(v) => discovery::aggregated(self.reg, true, v),
+                Some(v) => discovery::aggregated(&reg, true, v),
                 None => request::json(200, &discovery::api_versions(&self.server_addr)),
             }),
             Route::Apis => Ok(match discovery::aggregated_version(&parts.headers) {
-                Some(v) => discovery::aggregated(self.reg, false, v),
-                None => request::json(200, &discovery::api_groups(self.reg)),
+                Some(v) => discovery::aggregated(&reg, false, v),
+                None => request::json(200, &discovery::api_groups(&reg)),
             }),
             Route::Group(g) => {
-                discovery::api_group(self.reg, &g).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route)
+                discovery::api_group(&reg, &g).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route)
             }
-            Route::GroupVersion(g, v) => discovery::resource_list(self.reg, &g, &v)
+            Route::GroupVersion(g, v) => discovery::resource_list(&reg, &g, &v)
                 .map(|v| request::json(200, &v))
                 .ok_or_else(ApiError::no_route),
-            Route::OpenApiV3 => Ok(discovery::OpenApi::get().index()),
+            Route::OpenApiV3 => Ok(discovery::OpenApi::get().index(&reg)),
             Route::OpenApiV3Doc(p) => {
-                discovery::OpenApi::get().doc(&p, query.get("hash")).ok_or_else(ApiError::no_route)
+                let o = discovery::OpenApi::get();
+                o.doc(&p, query.get("hash"))
+                    .or_else(|| o.custom_doc(&reg, &p, query.get("hash")))
+                    .ok_or_else(ApiError::no_route)
             }
             Route::Resource { def, ns, name, sub, watch } => {
                 let body = match request::read_body(&parts.headers, body).await {
@@ -334,7 +353,7 @@ impl ApiServer {
         ns: Option<&str>,
         obj: Value,
     ) -> Result<(), ApiError> {
-        let def = self.reg.get(group, "v1", plural).ok_or_else(ApiError::no_route)?;
+        let def = self.reg().get(group, "v1", plural).ok_or_else(ApiError::no_route)?;
         let call = propagation::internal_call(def, ns);
         match self.create(&call, Bytes::from(serde_json::to_vec(&obj).expect("json"))).await {
             Ok(_) => Ok(()),

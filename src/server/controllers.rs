@@ -3,6 +3,7 @@
 //! Each acts only once its caches have synced (kube-runtime's guarantee) and records
 //! Events as kube-controller-manager does.
 
+mod crd;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -91,6 +92,8 @@ pub fn start(
     if cfg.scheduler {
         tracker.spawn(super::scheduler::run(client.clone(), shutdown.clone()));
     }
+    // Part of the API server (apiextensions), so it runs without the controller manager.
+    tracker.spawn(crd::run(api.clone(), client.clone(), shutdown.clone()));
     if !cfg.controllers {
         return;
     }

@@ -103,7 +103,7 @@ impl ApiServer {
         if !terminal && meta::meta_str(&pod, "deletionTimestamp").is_none() {
             let ns = call.ns.clone().unwrap_or_default();
             let prefix = self
-                .reg
+                .reg()
                 .by_kind("policy", "PodDisruptionBudget")
                 .map(|d| d.list_prefix(Some(&ns)))
                 .ok_or_else(|| ApiError::internal("PodDisruptionBudgets are not registered"))?;

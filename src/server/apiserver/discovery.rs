@@ -241,8 +241,13 @@ fn gv_doc(reg: &Registry, group: &str, version: &str) -> Value {
         );
     }
     let kinds: Vec<&ResourceDef> = reg.in_group_version(group, version).collect();
+    let schemas = if kinds.iter().any(|d| d.custom.is_some()) {
+        crate::api::schema::custom_openapi_schemas(&kinds)
+    } else {
+        crate::api::schema::openapi_schemas(&kinds)
+    };
     json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0")},
-           "paths": paths, "components": {"schemas": crate::api::schema::openapi_schemas(&kinds)}})
+           "paths": paths, "components": {"schemas": schemas}})
 }
 
 impl OpenApi {
@@ -266,28 +271,58 @@ impl OpenApi {
         })
     }
 
-    /// `/openapi/v3`.
-    pub fn index(&self) -> Resp {
-        json(200, &self.index)
+    /// `/openapi/v3`: the built-in group-versions and those of custom resources.
+    pub fn index(&self, reg: &Registry) -> Resp {
+        let mut index = self.index.clone();
+        for (g, vs) in reg.groups() {
+            for v in vs {
+                let p = gv_path(g, v);
+                if index["paths"].get(&p).is_some() {
+                    continue;
+                }
+                let body = serde_json::to_vec(&gv_doc(reg, g, v)).expect("serialisable");
+                let url = format!("/openapi/v3/{p}?hash={}", hash_of(&body));
+                index["paths"][p] = json!({"serverRelativeURL": url});
+            }
+        }
+        json(200, &index)
+    }
+
+    /// `/openapi/v3/<gv path>` of a custom resource's group-version.
+    pub fn custom_doc(&self, reg: &Registry, path: &str, hash: Option<&str>) -> Option<Resp> {
+        let (g, v) = reg.groups().into_iter().find_map(|(g, vs)| {
+            vs.into_iter().find(|v| gv_path(g, v) == path).map(|v| (g, v))
+        })?;
+        let body = serde_json::to_vec(&gv_doc(reg, g, v)).expect("serialisable");
+        let h = hash_of(&body);
+        Some(Self::answer(path, &h, hash, body))
     }
 
     /// `/openapi/v3/<gv path>`, redirecting a stale `hash` as Kubernetes does.
     pub fn doc(&self, path: &str, hash: Option<&str>) -> Option<Resp> {
         let (p, h, g, v) = self.docs.iter().find(|(p, ..)| p == path)?;
+        if hash.is_some_and(|asked| asked != h) {
+            return Some(Self::answer(p, h, hash, vec![]));
+        }
+        let body = serde_json::to_vec(&gv_doc(Registry::builtin(), g, v)).expect("serialisable");
+        Some(Self::answer(p, h, hash, body))
+    }
+
+    /// A document, or a redirect to its current hash.
+    fn answer(p: &str, h: &str, hash: Option<&str>, body: Vec<u8>) -> Resp {
         if let Some(asked) = hash
             && asked != h
         {
             let mut r = bytes_response(301, "text/plain", bytes::Bytes::new());
             let loc = format!("/openapi/v3/{p}?hash={h}");
             r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&loc).expect("valid header"));
-            return Some(r);
+            return r;
         }
-        let body = serde_json::to_vec(&gv_doc(Registry::builtin(), g, v)).expect("serialisable");
         let mut r = bytes_response(200, "application/json", bytes::Bytes::from(body));
         if hash.is_some() {
             r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
         }
         r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&format!("\"{h}\"")).expect("valid header"));
-        Some(r)
+        r
     }
 }

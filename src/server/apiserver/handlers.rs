@@ -19,7 +19,7 @@ use crate::api::registry::{NameRule, ResourceDef};
 use crate::api::selectors::{FieldSelector, LabelSelector};
 use crate::api::status::{ApiError, Cause, Target};
 use crate::api::schema::Types;
-use crate::api::{defaults, managed, meta, table, validation};
+use crate::api::{crd, defaults, managed, meta, table, validation};
 use crate::embedded::{KeyValue, StorageError};
 
 /// Namespaces that cannot be deleted, as in Kubernetes.
@@ -53,18 +53,28 @@ impl Call {
     /// Whether objects are stored in another version's form (see [`crate::api::events`]),
     /// so the zero-parse read paths do not apply.
     pub(super) fn converts(&self) -> bool {
-        self.def.stored_as_core_event()
+        self.def.stored_as_core_event() || self.def.custom.is_some()
     }
 
-    /// A stored object in this resource's version, with its resourceVersion.
+    /// A stored object in this resource's version, with its resourceVersion. Custom
+    /// objects convert between versions as the `None` strategy does: by apiVersion.
     pub(super) fn decode(&self, kv: &KeyValue) -> Result<Value, ApiError> {
-        let v = decode_kv(kv)?;
-        Ok(if self.converts() { crate::api::events::from_core(&v) } else { v })
+        let mut v = decode_kv(kv)?;
+        if self.def.custom.is_some() {
+            v["apiVersion"] = json!(self.def.api_version());
+            return Ok(v);
+        }
+        Ok(if self.def.stored_as_core_event() { crate::api::events::from_core(&v) } else { v })
     }
 
     /// An object in the stored form.
     pub(super) fn encode(&self, obj: &Value) -> Bytes {
-        if self.converts() { encode(&crate::api::events::to_core(obj)) } else { encode(obj) }
+        if let Some(c) = &self.def.custom {
+            let mut o = obj.clone();
+            o["apiVersion"] = json!(format!("{}/{}", self.def.group, c.storage_version));
+            return encode(&o);
+        }
+        if self.def.stored_as_core_event() { encode(&crate::api::events::to_core(obj)) } else { encode(obj) }
     }
 
     pub(super) fn dry_run(&self) -> Result<bool, ApiError> {
@@ -101,7 +111,10 @@ impl Call {
         let types = Types::builtin();
         managed::Writer {
             types,
-            root: types.root(self.def),
+            root: match &self.def.custom {
+                Some(c) => c.ty.clone(),
+                None => types.root(self.def),
+            },
             api_version: self.def.api_version(),
             manager,
             subresource: self.sub.as_deref(),
@@ -264,6 +277,32 @@ impl ApiServer {
         self.field_problems(call, unknown, fv, patch)
     }
 
+    /// What a custom resource's schema does to an object: defaults, then prunes unknown
+    /// fields (reported as field validation says), then validates. Also checks
+    /// CustomResourceDefinitions themselves.
+    fn schema_checks(&self, call: &Call, obj: &mut Value, fv: FieldValidation, patch: bool) -> Result<Vec<String>, ApiError> {
+        if call.def.group == "apiextensions.k8s.io" && call.def.plural == "customresourcedefinitions" {
+            crd::default_definition(obj);
+            let causes = crd::check_definition(obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(call.def.group, call.def.kind, meta::name(obj), causes));
+            }
+            return Ok(vec![]);
+        }
+        let Some(c) = &call.def.custom else { return Ok(vec![]) };
+        crd::default(&c.schema, obj);
+        let mut unknown = Vec::new();
+        crd::prune(&c.schema, obj, "", &mut unknown);
+        let warnings =
+            self.field_problems(call, unknown.iter().map(|f| format!("unknown field {f:?}")).collect(), fv, patch)?;
+        let mut causes = Vec::new();
+        crd::validate(&c.schema, obj, "", &mut causes);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(call.def.group, call.def.kind, meta::name(obj), causes));
+        }
+        Ok(warnings)
+    }
+
     fn field_problems(
         &self,
         call: &Call,
@@ -278,6 +317,9 @@ impl ApiServer {
             return Ok(problems);
         }
         let msg = format!("strict decoding error: {}", problems.join(", "));
+        let def = call.def;
+        let msg =
+            if patch { msg } else { format!("{} in version {:?} cannot be handled as a {}: {msg}", def.kind, def.version, def.kind) };
         if patch {
             let name = call.name.as_deref().unwrap_or("");
             return Err(ApiError::invalid(
@@ -335,6 +377,15 @@ impl ApiServer {
     pub fn table(&self, call: &Call, items: &[Value], rv: &str, cont: Option<&str>, headers: bool) -> Value {
         let now = chrono::Utc::now().timestamp();
         let (g, p) = (call.def.group, call.def.plural);
+        let custom = call.def.custom.as_deref();
+        let cells = |o: &Value| match custom {
+            Some(c) => {
+                let mut row = vec![json!(meta::name(o))];
+                row.extend(c.columns.iter().map(|col| crd::cell(col, o, now)));
+                row
+            }
+            None => table::cells(g, p, o, now),
+        };
         let include = call.query.get("includeObject").unwrap_or("Metadata");
         let rows: Vec<Value> = items
             .iter()
@@ -344,14 +395,18 @@ impl ApiServer {
                     "None" => Value::Null,
                     _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata")}),
                 };
-                json!({"cells": table::cells(g, p, o, now), "object": object})
+                json!({"cells": cells(o), "object": object})
             })
             .collect();
         let mut md = json!({"resourceVersion": rv});
         if let Some(c) = cont {
             md["continue"] = json!(c);
         }
-        let cols = if headers { table::column_definitions(g, p) } else { vec![] };
+        let cols = match (headers, custom) {
+            (false, _) => vec![],
+            (true, Some(c)) => crd::column_definitions(&c.columns),
+            (true, None) => table::column_definitions(g, p),
+        };
         json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": md, "columnDefinitions": cols, "rows": rows})
     }
 
@@ -540,7 +595,17 @@ impl ApiServer {
             fv,
             applied.is_some(),
         )?;
+        warnings.extend(self.schema_checks(call, &mut obj, fv, applied.is_some())?);
         warnings.extend(self.validate(call, &obj, fv, applied.is_some(), &[])?);
+        if call.def.group == "apiextensions.k8s.io" && call.def.plural == "customresourcedefinitions" {
+            let m = meta::meta_mut(&mut obj);
+            let f = m.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(a) = f.as_array_mut()
+                && !a.contains(&json!(crd::CLEANUP_FINALIZER))
+            {
+                a.push(json!(crd::CLEANUP_FINALIZER));
+            }
+        }
         self.check_namespace(call, &name).await?;
         let m = meta::meta_mut(&mut obj);
         for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
@@ -551,7 +616,14 @@ impl ApiServer {
         if call.def.tracks_generation() && obj.get("spec").is_some() {
             meta::meta_mut(&mut obj).insert("generation".into(), json!(1));
         }
-        if call.def.has_status {
+        if call.def.custom.is_some() {
+            // A custom object's status is written through /status only.
+            if call.def.has_status
+                && let Some(o) = obj.as_object_mut()
+            {
+                o.remove("status");
+            }
+        } else if call.def.has_status {
             defaults::initial_status(call.def.group, call.def.plural, &mut obj);
         }
         if call.def.group == "batch" && call.def.plural == "jobs" {
@@ -696,7 +768,8 @@ impl ApiServer {
             call.writer(&call.manager()?).update(Some(old), &mut new, base);
         }
         let before = if patch || call.sub.is_some() { unknown_of(call.def, old) } else { vec![] };
-        let warnings = self.validate(call, &new, fv, patch, &before)?;
+        let mut warnings = self.schema_checks(call, &mut new, fv, patch)?;
+        warnings.extend(self.validate(call, &new, fv, patch, &before)?);
         let _svc = self.service_update_lock(call, old, &mut new).await?;
         Ok((self.commit_update(call, cur, old, new).await?, warnings))
     }
@@ -1082,7 +1155,7 @@ impl ApiServer {
         let mut delay = Duration::from_millis(50);
         loop {
             let mut remaining = 0;
-            for def in self.reg.stored().filter(|d| d.namespaced) {
+            for def in self.reg().stored().filter(|d| d.namespaced) {
                 let page = self
                     .store
                     .list(&def.list_prefix(Some(ns)), None, 0, 0)

@@ -69,7 +69,7 @@ impl ApiServer {
         use sha2::Digest;
         let hash = format!("{:x}", sha2::Sha256::digest(password.as_bytes()));
         let secret = format!("{node}.node-password.rk");
-        let def = self.reg.get("", "v1", "secrets").ok_or_else(ApiError::no_route)?;
+        let def = self.reg().get("", "v1", "secrets").ok_or_else(ApiError::no_route)?;
         let existing = self
             .store
             .get(&def.key(Some("kube-system"), &secret))

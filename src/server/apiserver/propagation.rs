@@ -45,7 +45,7 @@ impl ApiServer {
         uid: &str,
     ) -> Result<Vec<(&'static ResourceDef, Value)>, ApiError> {
         let mut out = Vec::new();
-        for def in self.reg.stored() {
+        for def in self.reg().stored() {
             let prefix = def.list_prefix(owner_ns.filter(|_| def.namespaced));
             let page = self.store.list(&prefix, None, 0, 0).await.map_err(ApiError::internal)?;
             for kv in &page.kvs {
@@ -175,7 +175,7 @@ impl ApiServer {
 
     /// Resumes propagation for objects left mid-deletion by a restart.
     pub(super) async fn resume_propagation(self: &Arc<Self>) -> Result<(), ApiError> {
-        for def in self.reg.stored() {
+        for def in self.reg().stored() {
             let page = self.store.list(&def.key_prefix(), None, 0, 0).await.map_err(ApiError::internal)?;
             for kv in &page.kvs {
                 let obj = decode_kv(kv)?;

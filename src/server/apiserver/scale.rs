@@ -6,14 +6,26 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::ApiServer;
-use super::handlers::{Call, decode_kv, encode, storage_error};
+use super::handlers::{Call, storage_error};
+use crate::api::registry::ResourceDef;
 use super::request::{self, Resp};
 use crate::api::meta;
 use crate::api::patch::{self, PatchType};
 use crate::api::status::{ApiError, Cause};
 use crate::embedded::StorageError;
 
-fn scale_of(obj: &Value) -> Value {
+/// Where a kind keeps its replicas: JSON pointers to spec and status replicas, and
+/// the label selector (a pointer to a LabelSelector for built-ins, to a string for
+/// custom resources).
+fn paths(def: &ResourceDef) -> (String, String, Option<String>) {
+    let ptr = |p: &str| p.trim().replace('.', "/");
+    match def.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(sc) => (ptr(&sc.spec_replicas), ptr(&sc.status_replicas), sc.label_selector.as_deref().map(ptr)),
+        None => ("/spec/replicas".into(), "/status/replicas".into(), None),
+    }
+}
+
+fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
     let md = obj.get("metadata").cloned().unwrap_or(json!({}));
     let mut m = serde_json::Map::new();
     for k in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
@@ -21,12 +33,34 @@ fn scale_of(obj: &Value) -> Value {
             m.insert(k.into(), v.clone());
         }
     }
-    let selector = obj.pointer("/spec/selector").map(crate::api::selectors::selector_string).unwrap_or_default();
+    let (spec, status, sel) = paths(def);
+    let selector = match (&def.custom, sel) {
+        (Some(_), Some(p)) => obj.pointer(&p).and_then(Value::as_str).unwrap_or("").to_string(),
+        (Some(_), None) => String::new(),
+        (None, _) => obj.pointer("/spec/selector").map(crate::api::selectors::selector_string).unwrap_or_default(),
+    };
     json!({
         "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": m,
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
-        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+        "spec": {"replicas": obj.pointer(&spec).and_then(Value::as_i64).unwrap_or(0)},
+        "status": {"replicas": obj.pointer(&status).and_then(Value::as_i64).unwrap_or(0), "selector": selector},
     })
+}
+
+/// Sets the value at a JSON pointer, making the objects on the way.
+fn set_at(obj: &mut Value, ptr: &str, v: Value) {
+    let mut cur = obj;
+    let parts: Vec<&str> = ptr.trim_start_matches('/').split('/').collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let m = cur.as_object_mut().expect("object");
+        if i + 1 == parts.len() {
+            m.insert(p.to_string(), v);
+            return;
+        }
+        cur = m.entry(p.to_string()).or_insert_with(|| json!({}));
+    }
 }
 
 impl ApiServer {
@@ -38,8 +72,8 @@ impl ApiServer {
             let cur =
                 self.store.get(&call.def.key(call.ns.as_deref(), &name)).await.map_err(|e| storage_error(t, e))?;
             let cur = cur.ok_or_else(|| ApiError::not_found(t))?;
-            let obj = decode_kv(&cur)?;
-            let view = scale_of(&obj);
+            let obj = call.decode(&cur)?;
+            let view = scale_of(call.def, &obj);
             let wanted = match *method {
                 Method::GET => return Ok(request::json(200, &view)),
                 Method::PUT => request::decode_object(&request::content_type(&call.headers), &body)?.0,
@@ -70,17 +104,17 @@ impl ApiServer {
                 ));
             }
             let mut new = obj.clone();
-            new["spec"]["replicas"] = json!(replicas);
+            set_at(&mut new, &paths(call.def).0, json!(replicas));
             if new == obj {
                 return Ok(request::json(200, &view));
             }
             let g = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
             meta::meta_mut(&mut new).insert("generation".into(), json!(g));
             call.writer(&call.manager()?).update(Some(&obj), &mut new, crate::api::managed::read(&obj));
-            match self.store.update(&cur.key, encode(&new), cur.mod_rev).await {
+            match self.store.update(&cur.key, call.encode(&new), cur.mod_rev).await {
                 Ok(rev) => {
                     meta::meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
-                    return Ok(request::json(200, &scale_of(&new)));
+                    return Ok(request::json(200, &scale_of(call.def, &new)));
                 }
                 Err(StorageError::Conflict { .. }) => continue,
                 Err(e) => return Err(storage_error(t, e)),

@@ -131,7 +131,7 @@ impl ApiServer {
 
     /// GET `nodes/<name>/proxy/<path>`: the node's kubelet API (`/stats/summary`, ...).
     pub(super) async fn node_proxy(&self, node: &str, path_and_query: &str) -> Result<Resp, ApiError> {
-        let def = self.reg.get("", "v1", "nodes").ok_or_else(ApiError::no_route)?;
+        let def = self.reg().get("", "v1", "nodes").ok_or_else(ApiError::no_route)?;
         let exists =
             self.store.get(&def.key(None, node)).await.map_err(|e| ApiError::internal(e.to_string()))?.is_some();
         if !exists {
@@ -175,7 +175,7 @@ impl ApiServer {
         ns: &str,
         name: &str,
     ) -> Result<Resp, ApiError> {
-        let def = self.reg.get("", "v1", "pods").ok_or_else(ApiError::no_route)?;
+        let def = self.reg().get("", "v1", "pods").ok_or_else(ApiError::no_route)?;
         let kv = self
             .store
             .get(&def.key(Some(ns), name))

@@ -118,7 +118,7 @@ impl Gc {
     /// Whether the owner a reference names exists (same uid).
     async fn owner_exists(&self, dep_ns: Option<&str>, r: &OwnerRef) -> bool {
         let group = r.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-        let Some(def) = self.api.reg.by_kind(group, &r.kind) else {
+        let Some(def) = self.api.reg().by_kind(group, &r.kind) else {
             // An owner of a kind rk does not serve is never collected against.
             return true;
         };
@@ -220,7 +220,7 @@ impl Gc {
 
 /// Runs the garbage collector until `shutdown`, starting over after a watch error.
 pub async fn run(api: Arc<ApiServer>, shutdown: CancellationToken) {
-    let gc = Gc { defs: api.reg.stored().collect(), api };
+    let gc = Gc { defs: api.reg().stored().collect(), api };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
