@@ -15,6 +15,9 @@ command -v nft >/dev/null 2>&1 || missing="$missing nftables"
 # conntrack: the service proxy flushes UDP flows to endpoints that went.
 command -v conntrack >/dev/null 2>&1 || missing="$missing conntrack"
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || missing="$missing busybox-static"
+# The Python client test: python3 with venv, the client itself from PyPI below.
+command -v python3 >/dev/null 2>&1 || missing="$missing python3"
+python3 -c "import ensurepip" >/dev/null 2>&1 || missing="$missing python3-venv"
 if [ -n "$missing" ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -25,4 +28,10 @@ fi
 if ! command -v kubectl >/dev/null 2>&1; then
     echo "scripts/deps.sh: kubectl is not installed; the kubectl tests need it at /usr/bin/kubectl" >&2
     exit 1
+fi
+# The official Kubernetes Python client, in a venv of its own (RK_PYENV).
+pyenv="${RK_PYENV:-$HOME/.cache/rk/pyclient}"
+if ! "$pyenv/bin/python" -c "import kubernetes" >/dev/null 2>&1; then
+    python3 -m venv "$pyenv"
+    "$pyenv/bin/pip" install -q --disable-pip-version-check kubernetes==37.0.2
 fi

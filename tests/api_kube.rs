@@ -438,8 +438,10 @@ async fn server_side_apply_managers_conflicts_and_force() {
     let mf = d.metadata.managed_fields.clone().unwrap();
     assert_eq!((mf[0].manager.as_deref(), mf[0].operation.as_deref()), (Some("alice"), Some("Apply")));
     let f = &mf[0].fields_v1.as_ref().unwrap().0;
-    assert!(f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:env"]["k:{\"name\":\"B\"}"]
-        .is_object());
+    assert!(
+        f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:env"]["k:{\"name\":\"B\"}"]
+            .is_object()
+    );
     // bob applies the image: a conflict; with force he takes it.
     let bob = PatchParams::apply("bob");
     let bobs = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"},
@@ -497,4 +499,90 @@ async fn server_side_apply_managers_conflicts_and_force() {
         .unwrap();
     assert_eq!(status_code(srv.client().await.request_text(req).await.unwrap_err()), 422);
     assert_eq!(deps.get("w").await.unwrap().metadata.resource_version, rv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_with_kube_rs() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject};
+    let srv = TestServer::api_only().await;
+    let client = srv.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "backups.ops.example.org"},
+        "spec": {"group": "ops.example.org", "scope": "Cluster",
+                 "names": {"plural": "backups", "kind": "Backup"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                         "spec": {"type": "object", "properties": {
+                             "schedule": {"type": "string"},
+                             "keep": {"type": "integer", "minimum": 0}}}}}}}]}
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    // Served at once, established soon after.
+    let established = || async {
+        let c = crds.get("backups.ops.example.org").await.unwrap();
+        c.status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+    };
+    let mut tries = 0;
+    while !established().await {
+        tries += 1;
+        assert!(tries < 100, "the CRD never became Established");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ar = ApiResource {
+        group: "ops.example.org".into(),
+        version: "v1".into(),
+        api_version: "ops.example.org/v1".into(),
+        kind: "Backup".into(),
+        plural: "backups".into(),
+    };
+    let backups: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let obj = |name: &str, keep: i64, team: &str| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "ops.example.org/v1", "kind": "Backup",
+            "metadata": {"name": name, "labels": {"team": team}}, "spec": {"schedule": "@daily", "keep": keep}}))
+        .unwrap()
+    };
+    backups.create(&PostParams::default(), &obj("a", 3, "x")).await.unwrap();
+    backups.create(&PostParams::default(), &obj("b", 5, "y")).await.unwrap();
+    let e = backups.create(&PostParams::default(), &obj("c", -1, "y")).await.unwrap_err();
+    assert_eq!(status_code(e), 422);
+    let listed = backups.list(&ListParams::default().labels("team=y")).await.unwrap();
+    assert_eq!(listed.items.iter().map(|o| o.metadata.name.clone().unwrap()).collect::<Vec<_>>(), ["b"]);
+    let rv = listed.metadata.resource_version.unwrap();
+
+    // Watch sees a server-side apply; a second manager conflicts, then forces.
+    let mut stream = backups.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let p =
+        json!({"apiVersion": "ops.example.org/v1", "kind": "Backup", "metadata": {"name": "b"}, "spec": {"keep": 7}});
+    // The creator (kube-rs sends no User-Agent: manager "") owns keep=5.
+    let e = backups.patch("b", &PatchParams::apply("ops"), &Patch::Apply(&p)).await.unwrap_err();
+    assert_eq!(status_code(e), 409);
+    backups.patch("b", &PatchParams::apply("ops").force(), &Patch::Apply(&p)).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap();
+    let WatchEvent::Modified(o) = ev else { panic!("expected Modified, got {ev:?}") };
+    assert_eq!(o.data["spec"]["keep"], 7);
+    let p2 =
+        json!({"apiVersion": "ops.example.org/v1", "kind": "Backup", "metadata": {"name": "b"}, "spec": {"keep": 9}});
+    let e = backups.patch("b", &PatchParams::apply("other"), &Patch::Apply(&p2)).await.unwrap_err();
+    assert_eq!(status_code(e), 409);
+    let o = backups.patch("b", &PatchParams::apply("other").force(), &Patch::Apply(&p2)).await.unwrap();
+    assert_eq!(o.data["spec"]["keep"], 9);
+    assert_eq!(o.data["spec"]["schedule"], "@daily");
+
+    // Deleting the CRD takes the objects with it.
+    crds.delete("backups.ops.example.org", &DeleteParams::default()).await.unwrap();
+    let mut tries = 0;
+    while crds.get_opt("backups.ops.example.org").await.unwrap().is_some() {
+        tries += 1;
+        assert!(tries < 100, "the CRD was never removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status_code(backups.list(&ListParams::default()).await.unwrap_err()), 404);
 }

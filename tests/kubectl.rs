@@ -305,7 +305,10 @@ async fn explain_reads_the_openapi_schemas() {
     assert!(out.contains("FIELD: strategy <DeploymentStrategy>"), "{out}");
     assert!(out.contains("  rollingUpdate\t<RollingUpdateDeployment>"), "{out}");
     let out = srv.kubectl_ok(&["explain", "pods.spec.containers.ports"]).await;
-    assert!(out.contains("FIELD: ports <[]ContainerPort>") && out.contains("containerPort\t<integer> -required-"), "{out}");
+    assert!(
+        out.contains("FIELD: ports <[]ContainerPort>") && out.contains("containerPort\t<integer> -required-"),
+        "{out}"
+    );
     let out = srv.kubectl_ok(&["explain", "cm"]).await;
     assert!(out.contains("  data\t<map[string]string>") && out.contains("  metadata\t<ObjectMeta>\n"), "{out}");
     let e = srv.kubectl(&["explain", "deployment.spec.nope"]).await;
@@ -384,11 +387,15 @@ async fn custom_resources_from_a_crd() {
     assert_eq!(srv.kubectl_ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.replicas}"]).await, "1");
 
     // Schema violations are 422 naming the fields; an unknown field is refused (Strict).
-    let bad = write("bad.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 30, color: pink}\n");
+    let bad = write(
+        "bad.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 30, color: pink}\n",
+    );
     let out = srv.kubectl(&["apply", "-f", &bad]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("The Widget \"w2\" is invalid: \n* spec.color: Unsupported value: \"pink\": supported values: \"red\", \"blue\"\n* spec.size: Invalid value: 30: spec.size in body should be less than or equal to 10"), "{err}");
-    let unknown = write("u.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w3}\nspec: {size: 2, bogus: 1}\n");
+    let unknown =
+        write("u.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w3}\nspec: {size: 2, bogus: 1}\n");
     let out = srv.kubectl(&["create", "-f", &unknown]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("strict decoding error: unknown field \"spec.bogus\""), "{err}");
@@ -399,14 +406,20 @@ async fn custom_resources_from_a_crd() {
     srv.kubectl_ok(&["scale", "wd", "w1", "--replicas=4"]).await;
     assert_eq!(srv.kubectl_ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.replicas}"]).await, "4");
     srv.kubectl_ok(&[
-        "patch", "wd", "w1", "--subresource=status", "--type=merge",
-        "-p", r#"{"status":{"replicas":4,"conditions":[{"type":"Ready","status":"True"}]}}"#,
+        "patch",
+        "wd",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":4,"conditions":[{"type":"Ready","status":"True"}]}}"#,
     ])
     .await;
     let row = srv.kubectl_ok(&["get", "wd", "w1", "--no-headers"]).await;
     assert_eq!(row.split_whitespace().take(4).collect::<Vec<_>>(), ["w1", "3", "red", "True"], "{row}");
     // A spec write through the main resource leaves status alone.
-    srv.kubectl_ok(&["patch", "wd", "w1", "--type=merge", "-p", r#"{"spec":{"size":5},"status":{"replicas":9}}"#]).await;
+    srv.kubectl_ok(&["patch", "wd", "w1", "--type=merge", "-p", r#"{"spec":{"size":5},"status":{"replicas":9}}"#])
+        .await;
     assert_eq!(srv.kubectl_ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.size}/{.status.replicas}"]).await, "5/4");
 
     // The same object in the other served version.
@@ -418,7 +431,10 @@ async fn custom_resources_from_a_crd() {
     assert!(ex.contains("What the widget should be.") && ex.contains("size\t<integer> -required-"), "{ex}");
 
     // Server-side apply on a custom object.
-    let ssa = write("ssa.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w4}\nspec: {size: 2, color: blue}\n");
+    let ssa = write(
+        "ssa.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w4}\nspec: {size: 2, color: blue}\n",
+    );
     srv.kubectl_ok(&["apply", "--server-side", "-f", &ssa]).await;
     assert_eq!(srv.kubectl_ok(&["get", "wd", "w4", "-o", "jsonpath={.spec.color}"]).await, "blue");
 
@@ -431,7 +447,15 @@ async fn custom_resources_from_a_crd() {
     assert!(String::from_utf8_lossy(&none.stderr).contains("No resources found"), "{none:?}");
 
     // A CRD whose schema is not structural is refused.
-    let ns = write("ns.yaml", &WIDGET_CRD.replace("widgets", "gadgets").replace("Widget", "Gadget").replace("widget, ", "gadget, ").replace("[wd]", "[gd]").replace("size: {type: integer, minimum: 1", "size: {minimum: 1"));
+    let ns = write(
+        "ns.yaml",
+        &WIDGET_CRD
+            .replace("widgets", "gadgets")
+            .replace("Widget", "Gadget")
+            .replace("widget, ", "gadget, ")
+            .replace("[wd]", "[gd]")
+            .replace("size: {type: integer, minimum: 1", "size: {minimum: 1"),
+    );
     let out = srv.kubectl(&["apply", "-f", &ns]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("spec.versions[1].schema.openAPIV3Schema.properties[spec].properties[size].type: Required value: must not be empty for specified object fields"), "{err}");

@@ -219,6 +219,9 @@ pub async fn client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
     // The field manager Kubernetes records for the kubelet's writes.
-    cfg.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(concat!("kubelet/rk-", env!("CARGO_PKG_VERSION")))));
+    cfg.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("kubelet/rk-", env!("CARGO_PKG_VERSION"))),
+    ));
     Ok(kube::Client::try_from(cfg)?)
 }

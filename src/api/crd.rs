@@ -80,8 +80,14 @@ pub fn defs_of(crd: &Value) -> Vec<&'static ResourceDef> {
         .unwrap_or("");
     let storage = leak(storage);
     let strs = |p: &str| -> &'static [&'static str] {
-        let v: Vec<&'static str> =
-            names.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(leak).collect();
+        let v: Vec<&'static str> = names
+            .pointer(p)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(leak)
+            .collect();
         Box::leak(v.into_boxed_slice())
     };
     let (group, kind, plural) = (leak(s(spec, "/group")), leak(s(names, "/kind")), leak(s(names, "/plural")));
@@ -159,11 +165,8 @@ fn version_rank(v: &str) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>,
         match &rest[end..] {
             "" => Some((0, major, 0)),
             t => {
-                let (kind, n) = if let Some(n) = t.strip_prefix("beta") {
-                    (1, n)
-                } else {
-                    (2, t.strip_prefix("alpha")?)
-                };
+                let (kind, n) =
+                    if let Some(n) = t.strip_prefix("beta") { (1, n) } else { (2, t.strip_prefix("alpha")?) };
                 Some((kind, major, n.parse().ok()?))
             }
         }
@@ -219,7 +222,11 @@ pub fn check_definition(crd: &Value) -> Vec<Cause> {
         }
     }
     if !plural.is_empty() && plural.chars().any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')) {
-        out.push(Cause::invalid("spec.names.plural", &json!(plural), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'"));
+        out.push(Cause::invalid(
+            "spec.names.plural",
+            &json!(plural),
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
+        ));
     }
     let name = crate::api::meta::name(crd);
     if !plural.is_empty() && !group.is_empty() && name != format!("{plural}.{group}") {
@@ -236,7 +243,11 @@ pub fn check_definition(crd: &Value) -> Vec<Cause> {
     }
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
-        out.push(Cause::invalid("spec.versions", &json!(null), "must have exactly one version marked as storage version"));
+        out.push(Cause::invalid(
+            "spec.versions",
+            &json!(null),
+            "must have exactly one version marked as storage version",
+        ));
     }
     let storage = versions.iter().filter(|v| v["storage"] == json!(true)).count();
     if !versions.is_empty() && storage != 1 {
@@ -420,13 +431,23 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
     let int_or_string = sc.get("x-kubernetes-int-or-string") == Some(&json!(true));
     if let Some(t) = sc.get("type").and_then(Value::as_str) {
         let actual = type_name(v);
-        let ok = actual == t || (t == "number" && actual == "integer") || (v.is_null() && sc.get("nullable") == Some(&json!(true)));
+        let ok = actual == t
+            || (t == "number" && actual == "integer")
+            || (v.is_null() && sc.get("nullable") == Some(&json!(true)));
         if !ok {
-            out.push(Cause::invalid(field, &json!(shown(v)), format!("{field} in body must be of type {t}: {:?}", actual)));
+            out.push(Cause::invalid(
+                field,
+                &json!(shown(v)),
+                format!("{field} in body must be of type {t}: {:?}", actual),
+            ));
             return;
         }
     } else if int_or_string && !matches!(type_name(v), "integer" | "string") {
-        out.push(Cause::invalid(field, &json!(shown(v)), format!("{field} in body must be of type integer,string: {:?}", type_name(v))));
+        out.push(Cause::invalid(
+            field,
+            &json!(shown(v)),
+            format!("{field} in body must be of type integer,string: {:?}", type_name(v)),
+        ));
         return;
     }
     if let Some(e) = sc.get("enum").and_then(Value::as_array)
@@ -447,14 +468,22 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
                 if excl("exclusiveMinimum") && x <= min {
                     out.push(Cause::invalid(field, v, format!("{field} in body should be greater than {min}")));
                 } else if x < min {
-                    out.push(Cause::invalid(field, v, format!("{field} in body should be greater than or equal to {min}")));
+                    out.push(Cause::invalid(
+                        field,
+                        v,
+                        format!("{field} in body should be greater than or equal to {min}"),
+                    ));
                 }
             }
             if let Some(max) = sc.get("maximum").and_then(Value::as_f64) {
                 if excl("exclusiveMaximum") && x >= max {
                     out.push(Cause::invalid(field, v, format!("{field} in body should be less than {max}")));
                 } else if x > max {
-                    out.push(Cause::invalid(field, v, format!("{field} in body should be less than or equal to {max}")));
+                    out.push(Cause::invalid(
+                        field,
+                        v,
+                        format!("{field} in body should be less than or equal to {max}"),
+                    ));
                 }
             }
             if let Some(m) = sc.get("multipleOf").and_then(Value::as_f64).filter(|m| *m > 0.0)
@@ -468,7 +497,11 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
             if let Some(max) = sc.get("maxLength").and_then(Value::as_u64)
                 && n > max
             {
-                out.push(Cause { reason: "FieldValueTooLong", field: field.into(), message: format!("Too long: may not be more than {max} bytes") });
+                out.push(Cause {
+                    reason: "FieldValueTooLong",
+                    field: field.into(),
+                    message: format!("Too long: may not be more than {max} bytes"),
+                });
             }
             if let Some(min) = sc.get("minLength").and_then(Value::as_u64)
                 && n < min
@@ -488,7 +521,11 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
             if let Some(max) = sc.get("maxItems").and_then(Value::as_u64)
                 && a.len() as u64 > max
             {
-                out.push(Cause { reason: "FieldValueTooMany", field: field.into(), message: format!("Too many: {}: must have at most {max} items", a.len()) });
+                out.push(Cause {
+                    reason: "FieldValueTooMany",
+                    field: field.into(),
+                    message: format!("Too many: {}: must have at most {max} items", a.len()),
+                });
             }
             if let Some(min) = sc.get("minItems").and_then(Value::as_u64)
                 && (a.len() as u64) < min
@@ -498,7 +535,11 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
             if sc.get("uniqueItems") == Some(&json!(true)) {
                 for (i, x) in a.iter().enumerate() {
                     if a[..i].contains(x) {
-                        out.push(Cause { reason: "FieldValueDuplicate", field: format!("{field}[{i}]"), message: format!("Duplicate value: {x}") });
+                        out.push(Cause {
+                            reason: "FieldValueDuplicate",
+                            field: format!("{field}[{i}]"),
+                            message: format!("Duplicate value: {x}"),
+                        });
                     }
                 }
             }
@@ -517,12 +558,20 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
             if let Some(max) = sc.get("maxProperties").and_then(Value::as_u64)
                 && m.len() as u64 > max
             {
-                out.push(Cause { reason: "FieldValueTooMany", field: field.into(), message: format!("Too many: {}: must have at most {max} items", m.len()) });
+                out.push(Cause {
+                    reason: "FieldValueTooMany",
+                    field: field.into(),
+                    message: format!("Too many: {}: must have at most {max} items", m.len()),
+                });
             }
             if let Some(min) = sc.get("minProperties").and_then(Value::as_u64)
                 && (m.len() as u64) < min
             {
-                out.push(Cause::invalid(field, &json!(m.len()), format!("{field} in body should have at least {min} properties")));
+                out.push(Cause::invalid(
+                    field,
+                    &json!(m.len()),
+                    format!("{field} in body should have at least {min} properties"),
+                ));
             }
             let props = sc.get("properties").and_then(Value::as_object);
             let ap = sc.get("additionalProperties").filter(|a| a.is_object());
@@ -583,7 +632,9 @@ pub fn cell(c: &Column, obj: &Value, now: i64) -> Value {
 
 /// Column definitions as a Table carries them, Name first.
 pub fn column_definitions(cols: &[Column]) -> Vec<Value> {
-    let mut out = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+    let mut out = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
     for c in cols {
         let mut m = Map::new();
         m.insert("name".into(), json!(c.name));
@@ -631,8 +682,16 @@ mod tests {
         let mut causes = vec![];
         validate(&sc, &bad, "", &mut causes);
         let msgs: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
-        assert!(msgs.contains(&"spec.size: Invalid value: \"big\": spec.size in body must be of type integer: \"string\"".to_string()), "{msgs:?}");
-        assert!(msgs.contains(&"spec.color: Unsupported value: \"pink\": supported values: \"red\", \"blue\"".to_string()), "{msgs:?}");
+        assert!(
+            msgs.contains(
+                &"spec.size: Invalid value: \"big\": spec.size in body must be of type integer: \"string\"".to_string()
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.contains(&"spec.color: Unsupported value: \"pink\": supported values: \"red\", \"blue\"".to_string()),
+            "{msgs:?}"
+        );
         assert!(msgs.iter().any(|m| m.starts_with("spec.name: Too long")), "{msgs:?}");
         assert!(msgs.iter().any(|m| m.contains("should match '^[a-z]+$'")), "{msgs:?}");
         assert!(msgs.iter().any(|m| m.starts_with("spec.tags: Too many: 3")), "{msgs:?}");

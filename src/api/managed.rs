@@ -186,11 +186,7 @@ static UNTYPED: std::sync::LazyLock<TyRef> =
     std::sync::LazyLock::new(|| TyRef::Inline(std::sync::Arc::new(Ty::Untyped)));
 
 /// The shape of field `k` and whether it is a map entry (not a declared field).
-fn field_ty<'a>(
-    fields: Option<&'a BTreeMap<String, TyRef>>,
-    rest: Option<&'a TyRef>,
-    k: &str,
-) -> (&'a TyRef, bool) {
+fn field_ty<'a>(fields: Option<&'a BTreeMap<String, TyRef>>, rest: Option<&'a TyRef>, k: &str) -> (&'a TyRef, bool) {
     match fields.and_then(|f| f.get(k)) {
         Some(t) => (t, false),
         None => (rest.unwrap_or(&UNTYPED), true),
@@ -231,7 +227,8 @@ pub struct Comparison {
 
 impl Comparison {
     fn attach(&mut self, pe: &str, c: Comparison) {
-        for (mine, theirs) in [(&mut self.added, c.added), (&mut self.modified, c.modified), (&mut self.removed, c.removed)]
+        for (mine, theirs) in
+            [(&mut self.added, c.added), (&mut self.modified, c.modified), (&mut self.removed, c.removed)]
         {
             if !theirs.is_empty() {
                 mine.children.insert(pe.to_string(), theirs);
@@ -293,13 +290,7 @@ pub fn compare(types: &Types, ty: &TyRef, a: &Value, b: &Value) -> Comparison {
     out
 }
 
-fn compare_present(
-    types: &Types,
-    ty: &TyRef,
-    a: Option<&Value>,
-    b: Option<&Value>,
-    entry: bool,
-) -> Comparison {
+fn compare_present(types: &Types, ty: &TyRef, a: Option<&Value>, b: Option<&Value>, entry: bool) -> Comparison {
     match (a, b) {
         (Some(x), Some(y)) => compare(types, ty, x, y),
         (None, Some(y)) => {

@@ -108,9 +108,9 @@ impl ResourceDef {
     pub fn has_scale(&self) -> bool {
         self.custom.as_ref().is_some_and(|c| c.scale.is_some())
             || matches!(
-            (self.group, self.plural),
-            ("apps", "deployments" | "replicasets" | "statefulsets") | ("", "replicationcontrollers")
-        )
+                (self.group, self.plural),
+                ("apps", "deployments" | "replicasets" | "statefulsets") | ("", "replicationcontrollers")
+            )
     }
 
     /// Whether objects of this kind carry `metadata.generation` bumped on spec changes.
@@ -221,7 +221,6 @@ const EVENT_FIELDS: &[&str] = &[
 
 fn build() -> Vec<ResourceDef> {
     use api::admissionregistration::v1 as adm;
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     use api::apps::v1 as apps;
     use api::autoscaling::v2 as autoscaling;
     use api::batch::v1 as batch;
@@ -235,6 +234,7 @@ fn build() -> Vec<ResourceDef> {
     use api::rbac::v1 as rbac;
     use api::scheduling::v1 as sched;
     use api::storage::v1 as storage;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     vec![
         def::<core::ConfigMap>(&["cm"], NONE, false, NONE),
         def::<core::Endpoints>(&["ep"], NONE, false, NONE),

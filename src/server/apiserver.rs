@@ -249,9 +249,9 @@ impl ApiServer {
             Route::Group(g) => {
                 discovery::api_group(&reg, &g).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route)
             }
-            Route::GroupVersion(g, v) => discovery::resource_list(&reg, &g, &v)
-                .map(|v| request::json(200, &v))
-                .ok_or_else(ApiError::no_route),
+            Route::GroupVersion(g, v) => {
+                discovery::resource_list(&reg, &g, &v).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route)
+            }
             Route::OpenApiV3 => Ok(discovery::OpenApi::get().index(&reg)),
             Route::OpenApiV3Doc(p) => {
                 let o = discovery::OpenApi::get();

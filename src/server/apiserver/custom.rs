@@ -15,7 +15,10 @@ use crate::api::status::ApiError;
 /// The resources made for each CRD, by name, with the (uid, generation) they were
 /// made from, so an unchanged CRD keeps its definitions.
 #[derive(Default)]
-pub struct CustomDefs(std::sync::Mutex<HashMap<String, ((String, i64), Vec<&'static ResourceDef>)>>);
+pub struct CustomDefs(std::sync::Mutex<HashMap<String, Made>>);
+
+/// The (uid, generation) of a CRD and the resources made from it.
+type Made = ((String, i64), Vec<&'static ResourceDef>);
 
 const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
 

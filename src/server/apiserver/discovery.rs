@@ -216,11 +216,12 @@ fn gv_doc(reg: &Registry, group: &str, version: &str) -> Value {
         // Strategic merge patch is served but left out here: kubectl then computes its
         // client-side apply patches from its own compiled-in types, exactly as against
         // Kubernetes, instead of from patch metadata these schemas do not carry.
-        let media: Value = ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
-        .iter()
-        .map(|m| (m.to_string(), json!({"schema": {"type": "object"}})))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
+        let media: Value =
+            ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
+                .iter()
+                .map(|m| (m.to_string(), json!({"schema": {"type": "object"}})))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
         let params = json!([
             {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
             {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
@@ -290,9 +291,10 @@ impl OpenApi {
 
     /// `/openapi/v3/<gv path>` of a custom resource's group-version.
     pub fn custom_doc(&self, reg: &Registry, path: &str, hash: Option<&str>) -> Option<Resp> {
-        let (g, v) = reg.groups().into_iter().find_map(|(g, vs)| {
-            vs.into_iter().find(|v| gv_path(g, v) == path).map(|v| (g, v))
-        })?;
+        let (g, v) = reg
+            .groups()
+            .into_iter()
+            .find_map(|(g, vs)| vs.into_iter().find(|v| gv_path(g, v) == path).map(|v| (g, v)))?;
         let body = serde_json::to_vec(&gv_doc(reg, g, v)).expect("serialisable");
         let h = hash_of(&body);
         Some(Self::answer(path, &h, hash, body))

@@ -16,9 +16,9 @@ use super::propagation::{FOREGROUND, ORPHAN, internal_call};
 use super::request::{self, Query, Resp, Want};
 use crate::api::patch::{self, PatchType};
 use crate::api::registry::{NameRule, ResourceDef};
+use crate::api::schema::Types;
 use crate::api::selectors::{FieldSelector, LabelSelector};
 use crate::api::status::{ApiError, Cause, Target};
-use crate::api::schema::Types;
 use crate::api::{crd, defaults, managed, meta, table, validation};
 use crate::embedded::{KeyValue, StorageError};
 
@@ -280,7 +280,13 @@ impl ApiServer {
     /// What a custom resource's schema does to an object: defaults, then prunes unknown
     /// fields (reported as field validation says), then validates. Also checks
     /// CustomResourceDefinitions themselves.
-    fn schema_checks(&self, call: &Call, obj: &mut Value, fv: FieldValidation, patch: bool) -> Result<Vec<String>, ApiError> {
+    fn schema_checks(
+        &self,
+        call: &Call,
+        obj: &mut Value,
+        fv: FieldValidation,
+        patch: bool,
+    ) -> Result<Vec<String>, ApiError> {
         if call.def.group == "apiextensions.k8s.io" && call.def.plural == "customresourcedefinitions" {
             crd::default_definition(obj);
             let causes = crd::check_definition(obj);
@@ -318,8 +324,11 @@ impl ApiServer {
         }
         let msg = format!("strict decoding error: {}", problems.join(", "));
         let def = call.def;
-        let msg =
-            if patch { msg } else { format!("{} in version {:?} cannot be handled as a {}: {msg}", def.kind, def.version, def.kind) };
+        let msg = if patch {
+            msg
+        } else {
+            format!("{} in version {:?} cannot be handled as a {}: {msg}", def.kind, def.version, def.kind)
+        };
         if patch {
             let name = call.name.as_deref().unwrap_or("");
             return Err(ApiError::invalid(

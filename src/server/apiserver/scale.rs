@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 
 use super::ApiServer;
 use super::handlers::{Call, storage_error};
-use crate::api::registry::ResourceDef;
 use super::request::{self, Resp};
 use crate::api::meta;
 use crate::api::patch::{self, PatchType};
+use crate::api::registry::ResourceDef;
 use crate::api::status::{ApiError, Cause};
 use crate::embedded::StorageError;
 

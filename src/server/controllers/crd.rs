@@ -71,20 +71,26 @@ async fn establish(crds: &Api<Crd>, c: &Crd) -> Result<(), kube::Error> {
         stored.push(s);
     }
     let has = |t: &str| {
-        status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|x| x.type_ == t && x.status == "True"))
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|x| x.type_ == t && x.status == "True"))
     };
     let accepted = status.and_then(|s| serde_json::to_value(&s.accepted_names).ok()).unwrap_or(Value::Null);
-    if has("NamesAccepted") && has("Established") && accepted == names && status.and_then(|s| s.stored_versions.as_ref()) == Some(&stored) {
+    if has("NamesAccepted")
+        && has("Established")
+        && accepted == names
+        && status.and_then(|s| s.stored_versions.as_ref()) == Some(&stored)
+    {
         return Ok(());
     }
     let now = crate::api::meta::now_rfc3339();
     let patch = json!({"status": {
-        "acceptedNames": names,
-        "storedVersions": stored,
-        "conditions": [
-            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
-        ]}});
+    "acceptedNames": names,
+    "storedVersions": stored,
+    "conditions": [
+        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+    ]}});
     crds.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
 }
