@@ -460,3 +460,96 @@ async fn custom_resources_from_a_crd() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("spec.versions[1].schema.openAPIV3Schema.properties[spec].properties[size].type: Required value: must not be empty for specified object fields"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_side_apply_edit_patch_set_and_restart() {
+    let srv = TestServer::api_only().await;
+    let path = srv.dir.path().join("d.yaml");
+    let p = path.to_str().unwrap();
+    let manifest = |env: &str, sidecar: bool| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  selector: {{matchLabels: {{app: app}}}}\n  template:\n    metadata: {{labels: {{app: app}}}}\n    spec:\n      containers:\n      - name: main\n        image: 'busybox:1'\n        env: [{env}]\n{}",
+            if sidecar { "      - name: side\n        image: 'busybox:1'\n" } else { "" }
+        )
+    };
+    std::fs::write(&path, manifest("{name: A, value: '1'}, {name: B, value: '2'}", true)).unwrap();
+    srv.kubectl_ok(&["apply", "-f", p]).await;
+    // A field added by someone else survives the next apply (three-way merge).
+    srv.kubectl_ok(&["set", "env", "deployment/app", "-c", "main", "C=3"]).await;
+    // Remove env B and the sidecar from the manifest: both go, C stays.
+    std::fs::write(&path, manifest("{name: A, value: '1'}", false)).unwrap();
+    assert_eq!(srv.kubectl_ok(&["apply", "-f", p]).await, "deployment.apps/app configured\n");
+    let env = srv
+        .kubectl_ok(&["get", "deploy", "app", "-o", "jsonpath={.spec.template.spec.containers[*].env[*].name}"])
+        .await;
+    assert_eq!(env, "A C");
+    let names =
+        srv.kubectl_ok(&["get", "deploy", "app", "-o", "jsonpath={.spec.template.spec.containers[*].name}"]).await;
+    assert_eq!(names, "main");
+
+    // set image, a JSON patch, a strategic patch deleting a list item by key.
+    srv.kubectl_ok(&["set", "image", "deployment/app", "main=busybox:2"]).await;
+    srv.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "app",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/revisionHistoryLimit","value":3}]"#,
+    ])
+    .await;
+    srv.kubectl_ok(&[
+        "patch",
+        "deploy",
+        "app",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"main","env":[{"name":"C","$patch":"delete"}]}]}}}}"#,
+    ])
+    .await;
+    let got = srv
+        .kubectl_ok(&[
+            "get", "deploy", "app", "-o",
+            "jsonpath={.spec.template.spec.containers[0].image} {.spec.revisionHistoryLimit} {.spec.template.spec.containers[0].env[*].name}",
+        ])
+        .await;
+    assert_eq!(got, "busybox:2 3 A");
+
+    // rollout restart stamps the template; edit through an EDITOR script.
+    srv.kubectl_ok(&["rollout", "restart", "deployment/app"]).await;
+    let ann = srv.kubectl_ok(&["get", "deploy", "app", "-o", "jsonpath={.spec.template.metadata.annotations}"]).await;
+    assert!(ann.contains("kubectl.kubernetes.io/restartedAt"), "{ann}");
+    let editor = srv.dir.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/busybox:2/busybox:3/' \"$1\"\n").unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = tokio::process::Command::new("kubectl")
+        .args(["edit", "deployment/app"])
+        .env("KUBECONFIG", &srv.kubeconfig)
+        .env("HOME", srv.dir.path())
+        .env("KUBE_EDITOR", &editor)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "deployment.apps/app edited\n");
+    let img =
+        srv.kubectl_ok(&["get", "deploy", "app", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
+    assert_eq!(img, "busybox:3");
+
+    // Bad patches change nothing: malformed JSON, a JSON patch sent as merge, a patch
+    // making the object invalid.
+    let rv = srv.kubectl_ok(&["get", "deploy", "app", "-o", "jsonpath={.metadata.resourceVersion}"]).await;
+    for (ty, body) in [
+        ("merge", "{not json"),
+        ("merge", r#"[{"op":"remove","path":"/spec"}]"#),
+        ("json", r#"[{"op":"remove","path":"/spec/nothing"}]"#),
+        ("merge", r#"{"spec":{"replicas":"many"}}"#),
+    ] {
+        let out = srv.kubectl(&["patch", "deploy", "app", "--type", ty, "-p", body]).await;
+        assert!(!out.status.success(), "{ty} {body} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let after = srv.kubectl_ok(&["get", "deploy", "app", "-o", "jsonpath={.metadata.resourceVersion}"]).await;
+    assert_eq!(rv, after);
+}

@@ -225,7 +225,11 @@ impl Worker {
         }
         let host_network = spec.host_network == Some(true);
         if !host_network && !*self.ctx.network_ready.borrow() {
-            self.report(pod, &PodObservation::default()).await;
+            // A pod already running (rk restarted) keeps the status it has until the
+            // network is back; only a pod with no sandbox yet reports that it waits.
+            if !sandboxes.iter().any(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
+                self.report(pod, &PodObservation::default()).await;
+            }
             return Duration::from_secs(1);
         }
         let mut obs = PodObservation::default();

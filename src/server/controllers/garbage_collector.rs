@@ -111,10 +111,14 @@ fn locate<'a>(defs: &[&'static ResourceDef], key: &'a str) -> Option<(&'static R
 
 struct Gc {
     api: Arc<ApiServer>,
-    defs: Vec<&'static ResourceDef>,
 }
 
 impl Gc {
+    /// The stored kinds as of now (custom resources come and go with their CRDs).
+    fn defs(&self) -> Vec<&'static ResourceDef> {
+        self.api.reg().stored().collect()
+    }
+
     /// Whether the owner a reference names exists (same uid).
     async fn owner_exists(&self, dep_ns: Option<&str>, r: &OwnerRef) -> bool {
         let group = r.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
@@ -133,7 +137,7 @@ impl Gc {
     /// Collects one dependent if all its owners are gone, or drops references to the
     /// owners that are gone if some remain.
     async fn check(&self, dep: &Dep) {
-        let Some((def, ns, name)) = locate(&self.defs, &dep.key) else { return };
+        let Some((def, ns, name)) = locate(&self.defs(), &dep.key) else { return };
         let Ok(Some(kv)) = self.api.store.get(&dep.key).await else { return };
         let h = head(&kv.value);
         if h.uid != dep.uid || h.owner_references.is_empty() {
@@ -171,7 +175,7 @@ impl Gc {
         let store = self.api.store.clone();
         let rev: Rev = store.current_rev();
         let mut g = Graph::default();
-        for def in &self.defs {
+        for def in self.defs() {
             if def.stored_as_core_event() {
                 continue;
             }
@@ -192,7 +196,7 @@ impl Gc {
                     let h = head(&ev.kv.value);
                     if !h.owner_references.is_empty() && ev.prev.is_none() {
                         let dep = Dep { key: ev.kv.key.clone(), uid: h.uid };
-                        let me_ns = locate(&self.defs, &dep.key).and_then(|(_, ns, _)| ns.map(str::to_string));
+                        let me_ns = locate(&self.defs(), &dep.key).and_then(|(_, ns, _)| ns.map(str::to_string));
                         let mut all_gone = true;
                         for r in &h.owner_references {
                             if self.owner_exists(me_ns.as_deref(), r).await {
@@ -220,7 +224,7 @@ impl Gc {
 
 /// Runs the garbage collector until `shutdown`, starting over after a watch error.
 pub async fn run(api: Arc<ApiServer>, shutdown: CancellationToken) {
-    let gc = Gc { defs: api.reg().stored().collect(), api };
+    let gc = Gc { api };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
