@@ -227,6 +227,10 @@ fn kind_causes(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
     causes
 }
 
+fn is_crd(def: &ResourceDef) -> bool {
+    def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions"
+}
+
 fn is_service(def: &ResourceDef) -> bool {
     def.group.is_empty() && def.plural == "services"
 }
@@ -287,7 +291,7 @@ impl ApiServer {
         fv: FieldValidation,
         patch: bool,
     ) -> Result<Vec<String>, ApiError> {
-        if call.def.group == "apiextensions.k8s.io" && call.def.plural == "customresourcedefinitions" {
+        if is_crd(call.def) {
             crd::default_definition(obj);
             let causes = crd::check_definition(obj);
             if !causes.is_empty() {
@@ -606,7 +610,7 @@ impl ApiServer {
         )?;
         warnings.extend(self.schema_checks(call, &mut obj, fv, applied.is_some())?);
         warnings.extend(self.validate(call, &obj, fv, applied.is_some(), &[])?);
-        if call.def.group == "apiextensions.k8s.io" && call.def.plural == "customresourcedefinitions" {
+        if is_crd(call.def) {
             let m = meta::meta_mut(&mut obj);
             let f = m.entry("finalizers").or_insert_with(|| json!([]));
             if let Some(a) = f.as_array_mut()
