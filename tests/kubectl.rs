@@ -313,6 +313,12 @@ async fn explain_reads_the_openapi_schemas() {
     assert!(out.contains("  data\t<map[string]string>") && out.contains("  metadata\t<ObjectMeta>\n"), "{out}");
     let e = srv.kubectl(&["explain", "deployment.spec.nope"]).await;
     assert_eq!(String::from_utf8_lossy(&e.stderr), "error: field \"nope\" does not exist\n");
+    // OpenAPI v2 as JSON, for clients that read it.
+    let v2: serde_json::Value = serde_json::from_str(&srv.kubectl_ok(&["get", "--raw", "/openapi/v2"]).await).unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    let d = &v2["definitions"]["io.k8s.api.apps.v1.Deployment"];
+    assert_eq!(d["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+    assert_eq!(d["properties"]["spec"]["allOf"][0]["$ref"], "#/definitions/io.k8s.api.apps.v1.DeploymentSpec");
 }
 
 const WIDGET_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1

@@ -73,6 +73,7 @@ enum Route {
     Apis,
     Group(String),
     GroupVersion(String, String),
+    OpenApiV2,
     OpenApiV3,
     OpenApiV3Doc(String),
     Resource {
@@ -111,6 +112,7 @@ fn route(reg: &Registry, path: &str) -> Result<Route, ApiError> {
         ["healthz", ..] => return Ok(Route::Health("healthz")),
         ["livez", ..] => return Ok(Route::Health("livez")),
         ["readyz", ..] => return Ok(Route::Health("readyz")),
+        ["openapi", "v2"] => return Ok(Route::OpenApiV2),
         ["openapi", "v3"] => return Ok(Route::OpenApiV3),
         ["openapi", "v3", rest @ ..] => return Ok(Route::OpenApiV3Doc(rest.join("/"))),
         ["api"] => return Ok(Route::Api),
@@ -252,6 +254,7 @@ impl ApiServer {
             Route::GroupVersion(g, v) => {
                 discovery::resource_list(&reg, &g, &v).map(|v| request::json(200, &v)).ok_or_else(ApiError::no_route)
             }
+            Route::OpenApiV2 => discovery::openapi_v2(&reg, &parts.headers),
             Route::OpenApiV3 => Ok(discovery::OpenApi::get().index(&reg)),
             Route::OpenApiV3Doc(p) => {
                 let o = discovery::OpenApi::get();

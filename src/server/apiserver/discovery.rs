@@ -328,3 +328,26 @@ impl OpenApi {
         r
     }
 }
+
+/// `/openapi/v2` as JSON (Swagger 2.0 definitions of every kind, built-in and custom).
+/// kubectl asks only for the protobuf form, as a fallback it tolerates missing, so a
+/// request that does not accept JSON gets 404 as from a server without v2.
+pub fn openapi_v2(reg: &Registry, headers: &HeaderMap) -> Result<Resp, crate::api::status::ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
+        return Err(crate::api::status::ApiError::no_route());
+    }
+    let builtin: Vec<&ResourceDef> = reg.all().iter().copied().filter(|d| d.custom.is_none()).collect();
+    let custom: Vec<&ResourceDef> = reg.all().iter().copied().filter(|d| d.custom.is_some()).collect();
+    let mut defs = crate::api::schema::openapi_schemas(&builtin);
+    defs.extend(crate::api::schema::custom_openapi_schemas(&custom));
+    let mut body = serde_json::to_string(&json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0")},
+        "paths": {},
+        "definitions": defs,
+    }))
+    .expect("serialisable");
+    body = body.replace("#/components/schemas/", "#/definitions/");
+    Ok(bytes_response(200, "application/json", bytes::Bytes::from(body)))
+}
