@@ -200,6 +200,11 @@ pub async fn start(
     tracker: &TaskTracker,
 ) -> Result<Running, ServerError> {
     let t0 = std::time::Instant::now();
+    // The kinds' shapes (for managedFields) take a few ms to build; every write needs
+    // them, so build them while the store opens rather than in the first write.
+    std::thread::spawn(|| {
+        crate::api::schema::Types::builtin();
+    });
     let server_dir = cfg.data_dir.join("server");
     let db_dir = server_dir.join("db");
     let store = LogStore::open(&db_dir, LogStoreOptions::default())
