@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use super::meta::str_at as s;
 use super::registry::ResourceDef;
 use super::schema::{Ty, TyRef};
 use super::status::Cause;
@@ -60,10 +61,6 @@ fn untyped(v: &Value) -> Result<Value, String> {
 
 fn no_schema(_: &mut schemars::SchemaGenerator) -> String {
     String::new()
-}
-
-fn s<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
 /// The resources a CRD serves, one per served version (leaked: a definition lives as

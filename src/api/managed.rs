@@ -465,7 +465,8 @@ pub fn sent(obj: &Value) -> bool {
     obj.pointer("/metadata/managedFields").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
 }
 
-fn write(obj: &mut Value, entries: &[Entry]) {
+/// Sets an object's managedFields to `entries` (none: the field goes).
+pub fn write(obj: &mut Value, entries: &[Entry]) {
     let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) else { return };
     let list: Vec<Value> = entries.iter().filter(|e| !e.set.is_empty()).map(Entry::to_json).collect();
     if list.is_empty() {
@@ -526,10 +527,6 @@ impl Writer<'_> {
         v
     }
 
-    fn now() -> Option<String> {
-        Some(super::meta::now_rfc3339())
-    }
-
     /// Records a create, update or non-apply patch from `old` (None on create) to `new`
     /// in `new`'s managedFields. `base` are the entries to start from (the stored ones,
     /// or the client's when it sent its own).
@@ -558,7 +555,7 @@ impl Writer<'_> {
         set.union(&changed);
         set.prune();
         if set != mine.set || mine.time.is_none() {
-            mine.time = Self::now();
+            mine.time = Some(super::meta::now_rfc3339());
         }
         mine.set = set;
         mine.api_version = self.api_version.clone();
@@ -612,7 +609,7 @@ impl Writer<'_> {
         }
         let time = match &last {
             Some(l) if l.set == applied => l.time.clone(),
-            _ => Self::now(),
+            _ => Some(super::meta::now_rfc3339()),
         };
         let mine = Entry {
             manager: self.manager.to_string(),

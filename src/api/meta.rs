@@ -69,3 +69,8 @@ pub fn object_labels_iter(obj: &Value) -> impl Iterator<Item = (&str, &str)> {
         .into_iter()
         .flat_map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v))))
 }
+
+/// The string at a JSON pointer, or "".
+pub fn str_at<'a>(obj: &'a Value, p: &str) -> &'a str {
+    obj.pointer(p).and_then(Value::as_str).unwrap_or("")
+}

@@ -204,10 +204,15 @@ impl Types {
     }
 }
 
+/// A generator of OpenAPI v3 definitions (`#/components/schemas/...` references).
+fn generator() -> schemars::SchemaGenerator {
+    schemars::generate::SchemaSettings::openapi3().with(|s| s.meta_schema = None).into_generator()
+}
+
 /// The OpenAPI v3 definitions of every kind in a registry (with every type they refer
 /// to), and each kind's definition name by (apiVersion, kind).
 pub fn definitions(reg: &Registry) -> (Map<String, Value>, HashMap<(String, String), String>) {
-    let mut g = schemars::generate::SchemaSettings::openapi3().with(|s| s.meta_schema = None).into_generator();
+    let mut g = generator();
     let mut roots = HashMap::new();
     for d in reg.all() {
         let name = (d.schema)(&mut g);
@@ -220,7 +225,7 @@ pub fn definitions(reg: &Registry) -> (Map<String, Value>, HashMap<(String, Stri
 /// definitions and everything they refer to, shaped as Kubernetes publishes them (a
 /// described reference wrapped in `allOf`, each kind's `x-kubernetes-group-version-kind`).
 pub fn openapi_schemas(kinds: &[&ResourceDef]) -> Map<String, Value> {
-    let mut g = schemars::generate::SchemaSettings::openapi3().with(|s| s.meta_schema = None).into_generator();
+    let mut g = generator();
     let mut roots = Vec::new();
     for d in kinds {
         let name = (d.schema)(&mut g);
@@ -251,7 +256,7 @@ pub fn openapi_schemas(kinds: &[&ResourceDef]) -> Map<String, Value> {
 /// it refers to.
 pub fn custom_openapi_schemas(kinds: &[&ResourceDef]) -> Map<String, Value> {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    let mut g = schemars::generate::SchemaSettings::openapi3().with(|s| s.meta_schema = None).into_generator();
+    let mut g = generator();
     g.subschema_for::<ObjectMeta>();
     let mut defs = g.take_definitions(true);
     for v in defs.values_mut() {

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::meta;
+use super::meta::str_at;
 
 /// A column: name, OpenAPI type, priority (0 = always shown, 1 = `-o wide`).
 pub struct Col(pub &'static str, pub &'static str, pub u8);
@@ -180,10 +181,6 @@ fn since(ts: Option<&str>, now: i64) -> String {
 
 fn age(obj: &Value, now: i64) -> Value {
     json!(since(meta::meta_str(obj, "creationTimestamp"), now))
-}
-
-fn str_at<'a>(obj: &'a Value, p: &str) -> &'a str {
-    obj.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
 fn int_at(obj: &Value, p: &str) -> i64 {

@@ -327,12 +327,6 @@ impl ApiServer {
             return Ok(problems);
         }
         let msg = format!("strict decoding error: {}", problems.join(", "));
-        let def = call.def;
-        let msg = if patch {
-            msg
-        } else {
-            format!("{} in version {:?} cannot be handled as a {}: {msg}", def.kind, def.version, def.kind)
-        };
         if patch {
             let name = call.name.as_deref().unwrap_or("");
             return Err(ApiError::invalid(
@@ -342,7 +336,11 @@ impl ApiServer {
                 vec![Cause::invalid("patch", &json!(""), msg)],
             ));
         }
-        Err(ApiError::bad_request(msg))
+        let def = call.def;
+        Err(ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {msg}",
+            def.kind, def.version, def.kind
+        )))
     }
 
     /// Refuses writes into a missing or terminating namespace.
@@ -767,17 +765,14 @@ impl ApiServer {
         patch: bool,
         applied: bool,
     ) -> Result<(Value, Vec<String>), ApiError> {
-        let sent = managed::sent(&new);
-        let applied_fields = if applied { new.pointer("/metadata/managedFields").cloned() } else { None };
+        // The entries the request carries (an apply's result, or a client's own), taken
+        // before the status path rebuilds the object from the stored one.
+        let theirs = managed::sent(&new).then(|| managed::read(&new));
         let mut new = self.prepare_update(call, old, new)?;
         if applied {
-            let m = meta::meta_mut(&mut new);
-            match applied_fields {
-                Some(f) => m.insert("managedFields".into(), f),
-                None => m.remove("managedFields"),
-            };
+            managed::write(&mut new, &theirs.unwrap_or_default());
         } else {
-            let base = managed::read(if sent { &new } else { old });
+            let base = theirs.unwrap_or_else(|| managed::read(old));
             call.writer(&call.manager()?).update(Some(old), &mut new, base);
         }
         let before = if patch || call.sub.is_some() { unknown_of(call.def, old) } else { vec![] };
