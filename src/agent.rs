@@ -64,7 +64,10 @@ pub struct AgentConfig {
 
 /// Runs the agent until `shutdown`.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let kubeconfig = join::join(&cfg.server, &cfg.token, cfg.ca_file.as_deref(), &cfg.node_name, &cfg.data_dir).await?;
+    let creds =
+        join::join(&cfg.server, &cfg.token, cfg.ca_file.as_deref(), &cfg.node_name, &cfg.data_dir, cfg.simulate > 0)
+            .await?;
+    let kubeconfig = creds.node;
     let client = join::client(&kubeconfig).await?;
     if cfg.simulate == 0 {
         let kcfg = kubelet::KubeletConfig {
@@ -95,9 +98,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             resolv_conf: cfg.resolv_conf.clone().unwrap_or_else(|| PathBuf::from("/etc/resolv.conf")),
             pod_network: cfg.pod_network,
         };
+        let net_client = join::client(&creds.network).await?;
         return tokio::select! {
             r = kubelet::run(client.clone(), kcfg, shutdown.clone()) => r,
-            () = net::run(client, ncfg, shutdown) => Ok(()),
+            () = net::run(net_client, client, ncfg, shutdown) => Ok(()),
         };
     }
     let sim = simulate::SimConfig {

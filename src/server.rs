@@ -4,6 +4,7 @@
 //! bootstrap objects → ready. Each stage waits on the one before, never on a sleep.
 
 pub mod apiserver;
+pub mod auth;
 pub mod client;
 pub mod controllers;
 pub mod scheduler;
@@ -176,6 +177,9 @@ pub enum ServerError {
     /// Creating the bootstrap objects failed.
     #[error("creating bootstrap objects: {0}")]
     Bootstrap(#[from] crate::api::status::ApiError),
+    /// The service-account signing key could not be read or made.
+    #[error("the service-account signing key: {0}")]
+    SigningKey(String),
 }
 
 /// A running server, for tests and for the in-process agent.
@@ -227,17 +231,27 @@ pub async fn start(
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let api = apiserver::ApiServer::new(Arc::new(store.clone()), shutdown.clone(), addr.to_string(), cfg.service_cidr);
     let _ = api.identity.set(Arc::new(identity.clone()));
+    let issuer = format!("https://kubernetes.default.svc.{}", cfg.cluster_domain);
+    let key = server_dir.join("tls").join("service-account.key");
+    let signer = auth::token::Signer::load_or_create(&key, &issuer).map_err(ServerError::SigningKey)?;
+    let _ = api.signer.set(Arc::new(signer));
     api.load_custom().await?;
+    // RBAC's caches, kept by the API server's own (system:masters) client.
+    let publisher = client::in_process(api.clone(), "system:apiserver", &["system:masters"]);
+    let rbac = auth::rbac::Rbac::start(&publisher, &shutdown);
+    let _ = api.rbac.set(rbac.clone());
+    api.bootstrap(&cfg.service_ip().to_string(), &cfg.dns_ip().to_string(), addr.port()).await?;
+    if tokio::time::timeout(Duration::from_secs(30), rbac.ready()).await.is_err() {
+        tracing::warn!("the RBAC caches did not fill within 30s; serving anyway");
+    }
     tracker.spawn(api.clone().serve(listener, tls_cfg, certs, shutdown.clone(), tracker.clone()));
     tracing::info!(%addr, "API server listening");
 
-    api.bootstrap(&cfg.service_ip().to_string(), &cfg.dns_ip().to_string(), addr.port()).await?;
     let advertise = match (cfg.node_ip, cfg.bind_address) {
         (Some(ip), _) => ip,
         (None, b) if !b.is_unspecified() && !b.is_loopback() => b,
         _ => crate::agent::kubelet::node::node_ip(None),
     };
-    let publisher = client::in_process(api.clone(), "system:apiserver", &["system:masters"]);
     if let Err(e) = controllers::endpoints::publish_apiserver(&publisher, advertise, addr.port()).await {
         tracing::warn!(error = %e, "publishing the kubernetes Service's endpoints failed");
     }

@@ -121,23 +121,38 @@ pub fn token_ca_hash(token: &str) -> Option<&str> {
     token.strip_prefix("K10")?.split_once("::").map(|(h, _)| h).filter(|h| !h.is_empty())
 }
 
-/// Where the agent keeps its kubeconfig.
+/// Where the agent keeps its kubeconfig (the node's, or with `--simulate` the
+/// simulator's).
 pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
     data_dir.join("agent").join("kubeconfig.yaml")
 }
 
-/// Joins (or, on restart, reuses the credentials from a previous join); returns the
-/// agent's kubeconfig.
+/// Where the agent keeps the kubeconfig of its network components.
+pub fn network_kubeconfig_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent").join("network-kubeconfig.yaml")
+}
+
+/// An agent's credentials, as kubeconfig texts.
+pub struct Credentials {
+    /// The node's (`system:node:<name>`), or the simulator's.
+    pub node: String,
+    /// The network components' (`system:rk-network`).
+    pub network: String,
+}
+
+/// Joins (or, on restart, reuses the credentials from a previous join).
 pub async fn join(
     server: &str,
     token: &str,
     ca_file: Option<&Path>,
     node_name: &str,
     data_dir: &Path,
-) -> anyhow::Result<String> {
+    simulate: bool,
+) -> anyhow::Result<Credentials> {
     let path = kubeconfig_path(data_dir);
-    if let Ok(k) = std::fs::read_to_string(&path) {
-        return Ok(k);
+    let net_path = network_kubeconfig_path(data_dir);
+    if let (Ok(node), Ok(network)) = (std::fs::read_to_string(&path), std::fs::read_to_string(&net_path)) {
+        return Ok(Credentials { node, network });
     }
     let url: http::Uri = server.parse().with_context(|| format!("server URL {server:?}"))?;
     if url.scheme_str() != Some("https") {
@@ -163,7 +178,9 @@ pub async fn join(
         bail!("the server's CA does not match the hash in the token: not joining {server}");
     }
     let password = node_password(data_dir)?;
-    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"nodeName": node_name, "nodePassword": password}))?);
+    let body = Bytes::from(serde_json::to_vec(
+        &serde_json::json!({"nodeName": node_name, "nodePassword": password, "simulate": simulate}),
+    )?);
     let (code, resp) =
         https(trusting(&ca_pem)?, &url, http::Method::POST, "/v1-rk/node-credentials", Some(token), body).await?;
     match code {
@@ -183,14 +200,23 @@ pub async fn join(
         cert_pem: v["certificate"].as_str().unwrap_or_default().to_string(),
         key_pem: v["key"].as_str().unwrap_or_default().to_string(),
     };
+    let net = CertKey {
+        cert_pem: v["network"]["certificate"].as_str().unwrap_or_default().to_string(),
+        key_pem: v["network"]["key"].as_str().unwrap_or_default().to_string(),
+    };
+    if cert.cert_pem.is_empty() || net.cert_pem.is_empty() {
+        bail!("the server's node credentials lack a certificate");
+    }
     let server_url = format!("https://{}", url.authority().map(|a| a.as_str()).unwrap_or_default());
     let kubeconfig = tls::kubeconfig(&server_url, &ca_pem, &cert);
+    let network = tls::kubeconfig(&server_url, &ca_pem, &net);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     tls::write_kubeconfig(&path, &kubeconfig, 0o600).context("writing the agent kubeconfig")?;
+    tls::write_kubeconfig(&net_path, &network, 0o600).context("writing the network kubeconfig")?;
     tracing::info!(server, node = node_name, "joined the cluster");
-    Ok(kubeconfig)
+    Ok(Credentials { node: kubeconfig, network })
 }
 
 /// This host's node password (`<data-dir>/agent/node-password`, made at first join):

@@ -132,7 +132,10 @@ async fn publish_vtep(client: &kube::Client, me: &str, nodes: &[Arc<Node>], mode
 /// Runs routes, proxy and DNS for this node until `shutdown`. The rules and routes
 /// stay when rk stops, so running pods keep their network across a restart (the
 /// killall script removes them).
-pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationToken) {
+///
+/// `client` is the network components' (`system:rk-network`); `node_client` the
+/// node's, for what only the node may write (its own Node's VTEP annotation).
+pub async fn run(client: kube::Client, node_client: kube::Client, cfg: NetConfig, shutdown: CancellationToken) {
     routes::enable_forwarding();
     let (nodes, nodes_run) = cache::<Node>(&client, watcher::Config::default());
     let (services, services_run) = cache::<Service>(&client, watcher::Config::default());
@@ -163,7 +166,7 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
         let mut changed = nodes.changed.clone();
         let store = nodes.store.clone();
         let me = cfg.node.clone();
-        let (client, mode) = (client.clone(), cfg.pod_network);
+        let (node_client, mode) = (node_client.clone(), cfg.pod_network);
         async move {
             if store.wait_until_ready().await.is_err() {
                 return;
@@ -172,7 +175,7 @@ pub async fn run(client: kube::Client, cfg: NetConfig, shutdown: CancellationTok
             loop {
                 let state = store.state();
                 if !vtep_ready {
-                    vtep_ready = publish_vtep(&client, &me, &state, mode).await;
+                    vtep_ready = publish_vtep(&node_client, &me, &state, mode).await;
                 }
                 routes::sync(mode, &routes::peers(&me, &state)).await;
                 let mut rx = [&mut changed];

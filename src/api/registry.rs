@@ -98,6 +98,9 @@ impl ResourceDef {
         if self.group.is_empty() && self.plural == "nodes" {
             s.push("proxy");
         }
+        if self.group.is_empty() && self.plural == "serviceaccounts" {
+            s.push("token");
+        }
         if self.group.is_empty() && self.plural == "pods" {
             s.extend(["binding", "eviction", "log", "exec", "attach", "portforward"]);
         }

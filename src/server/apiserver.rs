@@ -1,6 +1,7 @@
 //! The Kubernetes API server: routing, authentication, the HTTPS listener and the
 //! objects every cluster starts with.
 
+mod authn;
 mod binding;
 mod custom;
 pub mod discovery;
@@ -34,7 +35,8 @@ use self::request::{Query, Resp};
 use crate::api::registry::{Registry, ResourceDef};
 use crate::api::status::ApiError;
 use crate::embedded::Storage;
-use crate::server::tls::{CertUser, ClientCerts};
+use crate::server::auth::{self, Attrs, User};
+use crate::server::tls::ClientCerts;
 
 /// Paths anyone may read without credentials, as Kubernetes's
 /// `system:public-info-viewer` allows.
@@ -59,6 +61,10 @@ pub struct ApiServer {
     pub(crate) tunnels: tunnel::Tunnels,
     /// The resources made from CustomResourceDefinitions.
     custom: custom::CustomDefs,
+    /// The key service-account tokens are signed with (set once the server has it).
+    pub(crate) signer: std::sync::OnceLock<Arc<auth::token::Signer>>,
+    /// The RBAC caches (set once their reflectors run).
+    pub(crate) rbac: std::sync::OnceLock<auth::rbac::Rbac>,
 }
 
 /// Where a request goes.
@@ -76,6 +82,12 @@ enum Route {
     OpenApiV2,
     OpenApiV3,
     OpenApiV3Doc(String),
+    /// `/.well-known/openid-configuration`, for service-account token issuer discovery.
+    OpenIdConfig,
+    /// `/openid/v1/jwks`: the public key tokens are signed with.
+    Jwks,
+    /// One of the review APIs (and the namespace of a LocalSubjectAccessReview).
+    Review(authn::Review, Option<String>),
     Resource {
         def: &'static ResourceDef,
         ns: Option<String>,
@@ -115,6 +127,14 @@ fn route(reg: &Registry, path: &str) -> Result<Route, ApiError> {
         ["openapi", "v2"] => return Ok(Route::OpenApiV2),
         ["openapi", "v3"] => return Ok(Route::OpenApiV3),
         ["openapi", "v3", rest @ ..] => return Ok(Route::OpenApiV3Doc(rest.join("/"))),
+        [".well-known", "openid-configuration"] => return Ok(Route::OpenIdConfig),
+        ["openid", "v1", "jwks"] => return Ok(Route::Jwks),
+        ["apis", g, v, p] if authn::Review::at(g, v, p).is_some() => {
+            return Ok(Route::Review(authn::Review::at(g, v, p).expect("matched"), None));
+        }
+        ["apis", g, v, "namespaces", ns, p] if authn::Review::at(g, v, p) == Some(authn::Review::LocalAccess) => {
+            return Ok(Route::Review(authn::Review::LocalAccess, Some(ns.to_string())));
+        }
         ["api"] => return Ok(Route::Api),
         ["apis"] => return Ok(Route::Apis),
         ["api", "v1"] => return Ok(Route::GroupVersion(String::new(), "v1".into())),
@@ -152,6 +172,31 @@ fn route(reg: &Registry, path: &str) -> Result<Route, ApiError> {
     Ok(Route::Resource { def, ns, name, sub, watch })
 }
 
+/// The attributes a routed request is authorized under; None for the join endpoints
+/// (which check the join token themselves).
+fn attributes(r: &Route, method: &Method, query: &Query, path: &str) -> Option<Attrs> {
+    match r {
+        Route::CaCerts | Route::NodeCredentials => None,
+        Route::Resource { def, ns, name, sub, watch } => {
+            let sub = sub.as_deref().unwrap_or("");
+            let verb = auth::resource_verb(method, name.is_some(), *watch || query.flag("watch"), sub);
+            let name = name.as_deref().unwrap_or("");
+            // A namespace's own requests are in that namespace, as Kubernetes has it.
+            let ns = match ns {
+                Some(n) => n.as_str(),
+                None if def.group.is_empty() && def.plural == "namespaces" => name,
+                None => "",
+            };
+            Some(Attrs::resource(verb, def.group, def.plural, sub, ns, name))
+        }
+        Route::Review(review, ns) => {
+            let (group, plural, _) = review.names();
+            Some(Attrs::resource("create", group, plural, "", ns.as_deref().unwrap_or(""), ""))
+        }
+        _ => Some(Attrs::path(&auth::path_verb(method), path)),
+    }
+}
+
 impl ApiServer {
     /// A server over `store`; `server_addr` is what discovery reports (`host:port`).
     pub fn new(
@@ -172,6 +217,8 @@ impl ApiServer {
             identity: std::sync::OnceLock::new(),
             tunnels: tunnel::Tunnels::default(),
             custom: custom::CustomDefs::default(),
+            signer: std::sync::OnceLock::new(),
+            rbac: std::sync::OnceLock::new(),
         })
     }
 
@@ -190,29 +237,55 @@ impl ApiServer {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Handles one request from an authenticated (or anonymous) user.
-    pub async fn handle<B>(self: &Arc<Self>, mut req: Request<B>, user: Option<&CertUser>) -> Resp
+    /// Handles one request; `user` is who its connection's client certificate (or the
+    /// in-process client) proves it is from; otherwise its bearer token decides.
+    pub async fn handle<B>(self: &Arc<Self>, mut req: Request<B>, user: Option<&User>) -> Resp
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // The join endpoint takes the join token as its bearer credential and checks it
+        // itself; it is good for nothing else.
+        let joining = req.uri().path() == "/v1-rk/node-credentials";
+        let user = match self.authenticate(user, req.headers()).await {
+            Ok(u) => u,
+            Err(_) if joining => None,
+            Err(e) => return request::error(&e),
+        };
+        let user = match user {
+            Some(u) if req.headers().keys().any(|k| k.as_str().starts_with("impersonate-")) => {
+                match self.impersonate(u, req.headers()).await {
+                    Ok(u) => Some(u),
+                    Err(e) => return request::error(&e),
+                }
+            }
+            u => u,
+        };
+        let user = user.map(Arc::new);
         if req.uri().path() == "/v1-rk/tunnel" {
-            return self.accept_tunnel(&mut req, user);
+            return self.accept_tunnel(&mut req, user.as_deref());
         }
-        if user.is_some()
+        if let Some(u) = &user
             && let Some(rest) = req.uri().path().strip_prefix("/api/v1/nodes/")
             && let Some((node, path)) = rest.split_once("/proxy")
         {
             let (node, path) = (node.to_string(), format!("/{}", path.trim_start_matches('/')));
+            let verb = auth::resource_verb(req.method(), true, false, "proxy");
+            if let Err(e) = self.check(u, &Attrs::resource(verb, "", "nodes", "proxy", "", &node)).await {
+                return request::error(&e);
+            }
             let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
             if req.method() != Method::GET {
                 return request::error(&ApiError::method_not_allowed(req.method().as_str(), "nodes/proxy"));
             }
             return self.node_proxy(&node, &format!("{path}{q}")).await.unwrap_or_else(|e| request::error(&e));
         }
-        if user.is_some()
+        if let Some(u) = &user
             && let Some((ns, name, sub)) = stream_target(req.uri().path())
         {
+            if let Err(e) = self.check(u, &Attrs::resource("create", "", "pods", &sub, &ns, &name)).await {
+                return request::error(&e);
+            }
             return self.pod_stream(&mut req, &sub, &ns, &name).await.unwrap_or_else(|e| request::error(&e));
         }
         let (parts, body) = req.into_parts();
@@ -226,6 +299,12 @@ impl ApiServer {
             Ok(r) => r,
             Err(e) => return request::error(&e),
         };
+        if let Some(u) = &user
+            && let Some(a) = attributes(&r, &parts.method, &query, &path)
+            && let Err(e) = self.check(u, &a).await
+        {
+            return request::error(&e);
+        }
         let res = match r {
             Route::Version => Ok(request::json(200, &discovery::version())),
             Route::CaCerts => match self.identity.get() {
@@ -262,12 +341,30 @@ impl ApiServer {
                     .or_else(|| o.custom_doc(&reg, &p, query.get("hash")))
                     .ok_or_else(ApiError::no_route)
             }
+            Route::OpenIdConfig | Route::Jwks => match self.signer.get() {
+                Some(s) if matches!(r, Route::Jwks) => {
+                    let body = Bytes::from(serde_json::to_vec(&s.jwks()).expect("json"));
+                    Ok(request::bytes_response(200, "application/jwk-set+json", body))
+                }
+                Some(s) => Ok(request::json(200, &s.openid_configuration())),
+                None => Err(ApiError::unavailable("the service-account signing key is not ready")),
+            },
+            Route::Review(review, ns) => {
+                let body = match request::read_body(&parts.headers, body).await {
+                    Ok(b) => b,
+                    Err(e) => return request::error(&e),
+                };
+                match (&parts.method, &user) {
+                    (&Method::POST, Some(u)) => self.review(review, u, ns.as_deref(), &parts.headers, &body).await,
+                    (m, _) => Err(ApiError::method_not_allowed(m.as_str(), review.names().1)),
+                }
+            }
             Route::Resource { def, ns, name, sub, watch } => {
                 let body = match request::read_body(&parts.headers, body).await {
                     Ok(b) => b,
                     Err(e) => return request::error(&e),
                 };
-                let call = Call { def, ns, name, sub, query, headers: parts.headers };
+                let call = Call { def, ns, name, sub, query, headers: parts.headers, user };
                 self.dispatch(parts.method, call, body, watch).await
             }
         };
@@ -299,7 +396,8 @@ impl ApiServer {
             }
             (&Method::POST, Some(_)) if call.sub.as_deref() == Some("binding") => self.bind(&call, body).await,
             (&Method::POST, Some(_)) if call.sub.as_deref() == Some("eviction") => self.evict(&call, body).await,
-            (_, Some(_)) if matches!(call.sub.as_deref(), Some("binding" | "eviction")) => {
+            (&Method::POST, Some(_)) if call.sub.as_deref() == Some("token") => self.token_request(&call, body).await,
+            (_, Some(_)) if matches!(call.sub.as_deref(), Some("binding" | "eviction" | "token")) => {
                 Err(ApiError::method_not_allowed(method.as_str(), &what))
             }
             (&Method::GET, Some(n)) => {
@@ -370,6 +468,7 @@ impl ApiServer {
     /// the agent, so it has no selector); resumes the cleanup of namespaces left
     /// terminating.
     pub async fn bootstrap(self: &Arc<Self>, service_ip: &str, dns_ip: &str, https_port: u16) -> Result<(), ApiError> {
+        self.ensure_policy().await?;
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             self.ensure("", "namespaces", None, json!({"metadata": {"name": ns}})).await?;
         }

@@ -11,13 +11,13 @@ use std::task::{Context, Poll};
 
 use super::apiserver::ApiServer;
 use super::apiserver::request::Resp;
-use super::tls::CertUser;
+use super::auth::User;
 
 /// The tower service behind the in-process client.
 #[derive(Clone)]
 pub struct InProcess {
     api: Arc<ApiServer>,
-    user: Arc<CertUser>,
+    user: Arc<User>,
 }
 
 impl tower::Service<http::Request<kube::client::Body>> for InProcess {
@@ -42,6 +42,6 @@ impl tower::Service<http::Request<kube::client::Body>> for InProcess {
 
 /// A client for the component `name` (a user such as `system:kube-scheduler`).
 pub fn in_process(api: Arc<ApiServer>, name: &str, groups: &[&str]) -> kube::Client {
-    let user = CertUser { name: name.to_string(), groups: groups.iter().map(|g| g.to_string()).collect() };
+    let user = User::new(name, groups);
     kube::Client::new(InProcess { api, user: Arc::new(user) }, "default")
 }

@@ -3,6 +3,7 @@
 //! Each acts only once its caches have synced (kube-runtime's guarantee) and records
 //! Events as kube-controller-manager does.
 
+mod clusterrole_aggregation;
 mod crd;
 pub mod cronjob;
 pub mod daemonset;
@@ -90,10 +91,15 @@ pub fn start(
     shutdown: CancellationToken,
 ) {
     if cfg.scheduler {
-        tracker.spawn(super::scheduler::run(client.clone(), shutdown.clone()));
+        let sched = super::client::in_process(api.clone(), "system:kube-scheduler", &[]);
+        tracker.spawn(super::scheduler::run(sched, shutdown.clone()));
     }
-    // Part of the API server (apiextensions), so it runs without the controller manager.
-    tracker.spawn(crd::run(api.clone(), client.clone(), shutdown.clone()));
+    // Part of the API server (apiextensions), so it runs without the controller manager,
+    // as the API server's own user.
+    let apiserver = super::client::in_process(api.clone(), "system:apiserver", &[crate::server::auth::MASTERS]);
+    tracker.spawn(crd::run(api.clone(), apiserver, shutdown.clone()));
+    // Aggregated ClusterRoles (admin, edit, view) are what RBAC judges by.
+    tracker.spawn(clusterrole_aggregation::run(client.clone(), shutdown.clone()));
     if !cfg.controllers {
         return;
     }

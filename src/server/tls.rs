@@ -18,6 +18,8 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::auth::User;
 use sha2::Digest;
 use time::{Duration, OffsetDateTime};
 
@@ -381,15 +383,6 @@ impl fmt::Debug for ClientCerts {
     }
 }
 
-/// A user proven by a client certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertUser {
-    /// The subject CN.
-    pub name: String,
-    /// The subject O values.
-    pub groups: Vec<String>,
-}
-
 impl ClientCerts {
     fn new(ca_pem: &str, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<ClientCerts, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
@@ -403,15 +396,16 @@ impl ClientCerts {
         Ok(ClientCerts { inner })
     }
 
-    /// The user named by a verified client certificate chain, or None.
-    pub fn authenticate(&self, chain: &[CertificateDer<'_>]) -> Option<CertUser> {
+    /// The user named by a verified client certificate chain (subject CN, and O as
+    /// groups), or None.
+    pub fn authenticate(&self, chain: &[CertificateDer<'_>]) -> Option<User> {
         let (leaf, rest) = chain.split_first()?;
         self.inner.verify_client_cert(leaf, rest, UnixTime::now()).ok()?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
         let subject = cert.subject();
         let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-        let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
-        Some(CertUser { name, groups })
+        let groups: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
+        Some(User::new(name, &groups))
     }
 }
 
@@ -521,10 +515,7 @@ mod tests {
         let id = Identity::load_or_create(&spec(dir.path())).unwrap();
         let (_, certs) = id.server_config().unwrap();
         let admin = pem_certs(&id.admin.cert_pem).unwrap();
-        assert_eq!(
-            certs.authenticate(&admin),
-            Some(CertUser { name: "system:admin".into(), groups: vec!["system:masters".into()] })
-        );
+        assert_eq!(certs.authenticate(&admin), Some(User::new("system:admin", &["system:masters"])));
         let other = foreign_ca().unwrap();
         let stranger = issue_client_cert(&other, "system:admin", &["system:masters"]).unwrap();
         assert_eq!(certs.authenticate(&pem_certs(&stranger.cert_pem).unwrap()), None);

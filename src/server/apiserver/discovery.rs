@@ -39,6 +39,7 @@ fn subresource_kind(d: &ResourceDef, sub: &str) -> (&'static str, &'static str, 
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
         "eviction" => ("policy", "v1", "Eviction"),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest"),
         _ => (d.group, d.version, d.kind),
     }
 }
@@ -46,7 +47,7 @@ fn subresource_kind(d: &ResourceDef, sub: &str) -> (&'static str, &'static str, 
 /// The verbs a subresource answers.
 fn subresource_verbs(sub: &str) -> &'static [&'static str] {
     match sub {
-        "binding" | "eviction" => &["create"],
+        "binding" | "eviction" | "token" => &["create"],
         _ => &["get", "patch", "update"],
     }
 }
@@ -87,16 +88,37 @@ fn group_entry(name: &str, versions: &[&str]) -> Value {
     json!({"name": name, "versions": gvs, "preferredVersion": gvs[0]})
 }
 
+/// The served groups and their versions, the review APIs' groups included.
+fn all_groups(reg: &Registry) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out = reg.groups();
+    for (g, ..) in super::authn::REVIEWS {
+        if !out.iter().any(|(x, _)| x == g) {
+            out.push((g, vec!["v1"]));
+        }
+    }
+    out
+}
+
+/// The review APIs of a group-version, as discovery entries (create only).
+fn reviews_in(
+    group: &str,
+    version: &str,
+) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, bool)> {
+    let v1 = version == "v1";
+    let group = group.to_string();
+    super::authn::REVIEWS.iter().filter(move |(g, ..)| v1 && *g == group)
+}
+
 /// `/apis`.
 pub fn api_groups(reg: &Registry) -> Value {
     let groups: Vec<Value> =
-        reg.groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_entry(g, &vs)).collect();
+        all_groups(reg).into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_entry(g, &vs)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>`.
 pub fn api_group(reg: &Registry, group: &str) -> Option<Value> {
-    let (g, vs) = reg.groups().into_iter().find(|(g, _)| *g == group && !g.is_empty())?;
+    let (g, vs) = all_groups(reg).into_iter().find(|(g, _)| *g == group && !g.is_empty())?;
     let mut v = group_entry(g, &vs);
     v["kind"] = json!("APIGroup");
     v["apiVersion"] = json!("v1");
@@ -105,7 +127,10 @@ pub fn api_group(reg: &Registry, group: &str) -> Option<Value> {
 
 /// `/api/v1`, `/apis/<group>/<version>`.
 pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<Value> = reg.in_group_version(group, version).flat_map(resource_entry).collect();
+    let mut resources: Vec<Value> = reg.in_group_version(group, version).flat_map(resource_entry).collect();
+    resources.extend(reviews_in(group, version).map(|(_, plural, kind, namespaced)| {
+        json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["create"]})
+    }));
     if resources.is_empty() {
         return None;
     }
@@ -133,14 +158,18 @@ pub fn aggregated_version(headers: &HeaderMap) -> Option<&'static str> {
 
 /// The aggregated discovery document for `/api` (core) or `/apis` (groups).
 pub fn aggregated(reg: &Registry, core: bool, ver: &str) -> Resp {
-    let items: Vec<Value> = reg
-        .groups()
+    let items: Vec<Value> = all_groups(reg)
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, vs)| {
             let versions: Vec<Value> = vs
                 .iter()
                 .map(|v| {
+                    let reviews = reviews_in(g, v).map(|(group, plural, kind, namespaced)| {
+                        json!({"resource": plural, "singularResource": "",
+                               "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                               "responseKind": {"group": group, "version": "v1", "kind": kind}, "verbs": ["create"]})
+                    });
                     let resources: Vec<Value> = reg
                         .in_group_version(g, v)
                         .map(|d| {
@@ -171,6 +200,7 @@ pub fn aggregated(reg: &Registry, core: bool, ver: &str) -> Resp {
                             }
                             r
                         })
+                        .chain(reviews)
                         .collect();
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })

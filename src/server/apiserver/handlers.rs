@@ -39,6 +39,8 @@ pub struct Call {
     pub query: Query,
     /// Request headers.
     pub headers: HeaderMap,
+    /// Who asks; None for the server's own internal calls.
+    pub user: Option<std::sync::Arc<crate::server::auth::User>>,
 }
 
 impl Call {
@@ -608,6 +610,7 @@ impl ApiServer {
         )?;
         warnings.extend(self.schema_checks(call, &mut obj, fv, applied.is_some())?);
         warnings.extend(self.validate(call, &obj, fv, applied.is_some(), &[])?);
+        self.check_escalation(call, &obj).await?;
         if is_crd(call.def) {
             let m = meta::meta_mut(&mut obj);
             let f = m.entry("finalizers").or_insert_with(|| json!([]));
@@ -778,6 +781,7 @@ impl ApiServer {
         let before = if patch || call.sub.is_some() { unknown_of(call.def, old) } else { vec![] };
         let mut warnings = self.schema_checks(call, &mut new, fv, patch)?;
         warnings.extend(self.validate(call, &new, fv, patch, &before)?);
+        self.check_escalation(call, &new).await?;
         let _svc = self.service_update_lock(call, old, &mut new).await?;
         Ok((self.commit_update(call, cur, old, new).await?, warnings))
     }

@@ -56,11 +56,25 @@ impl ApiServer {
         if password.is_empty() {
             return Err(ApiError::bad_request("nodePassword is required"));
         }
+        let simulate = req.get("simulate").and_then(Value::as_bool).unwrap_or(false);
         self.check_node_password(name, password).await?;
-        let cert = tls::issue_client_cert(&id.ca, &format!("system:node:{name}"), &["system:nodes"])
+        let cert = if simulate {
+            // `rk agent --simulate` acts for many nodes at once, as its own user.
+            tls::issue_client_cert(&id.ca, crate::server::auth::policy::SIMULATOR_USER, &[])
+        } else {
+            tls::issue_client_cert(&id.ca, &format!("system:node:{name}"), &[crate::server::auth::NODES])
+        }
+        .map_err(ApiError::internal)?;
+        // The agent's network components (service proxy, DNS, ingress, network policy)
+        // act as their own user, with the rights k3s gives its agent controller.
+        let network = tls::issue_client_cert(&id.ca, crate::server::auth::policy::NETWORK_USER, &[])
             .map_err(ApiError::internal)?;
-        tracing::info!(node = name, "issued node credentials");
-        Ok(request::json(200, &json!({"ca": id.ca.cert_pem, "certificate": cert.cert_pem, "key": cert.key_pem})))
+        tracing::info!(node = name, simulate, "issued node credentials");
+        Ok(request::json(
+            200,
+            &json!({"ca": id.ca.cert_pem, "certificate": cert.cert_pem, "key": cert.key_pem,
+                    "network": {"certificate": network.cert_pem, "key": network.key_pem}}),
+        ))
     }
 
     /// Records the password of a new node name, or checks it against the recorded one.

@@ -194,5 +194,13 @@ impl ApiServer {
 
 /// A request context for rk's own calls through the handlers.
 pub(super) fn internal_call(def: &'static ResourceDef, ns: Option<&str>) -> Call {
-    Call { def, ns: ns.map(str::to_string), name: None, sub: None, query: Query::default(), headers: HeaderMap::new() }
+    Call {
+        def,
+        ns: ns.map(str::to_string),
+        name: None,
+        sub: None,
+        query: Query::default(),
+        headers: HeaderMap::new(),
+        user: None,
+    }
 }

@@ -19,7 +19,7 @@ use super::ApiServer;
 use super::handlers::Call;
 use super::request::{self, Resp};
 use crate::api::status::{ApiError, Target};
-use crate::server::tls::CertUser;
+use crate::server::auth::User;
 
 /// The header carrying an upgrade request's headers to the kubelet, and the
 /// runtime's answer back.
@@ -42,17 +42,13 @@ impl Tunnels {
 }
 
 /// The node a certificate user is, if it is one (`system:node:<name>` in `system:nodes`).
-fn node_of(user: Option<&CertUser>) -> Option<String> {
-    let u = user?;
-    if !u.groups.iter().any(|g| g == "system:nodes") {
-        return None;
-    }
-    u.name.strip_prefix("system:node:").map(String::from)
+fn node_of(user: Option<&User>) -> Option<String> {
+    user?.node().map(String::from)
 }
 
 impl ApiServer {
     /// `GET /v1-rk/tunnel`: takes over the connection of an agent.
-    pub(super) fn accept_tunnel<B>(&self, req: &mut Request<B>, user: Option<&CertUser>) -> Resp {
+    pub(super) fn accept_tunnel<B>(&self, req: &mut Request<B>, user: Option<&User>) -> Resp {
         let Some(node) = node_of(user) else {
             return request::error(&ApiError::forbidden(
                 Target { group: "", resource: "nodes/proxy", name: "" },
