@@ -290,6 +290,24 @@ fn build() -> Vec<ResourceDef> {
     ]
 }
 
+/// The review kinds (TokenReview, SubjectAccessReview, ...): create-only, never
+/// stored, so not in the registry; listed in discovery and OpenAPI from here.
+pub fn reviews() -> &'static [ResourceDef] {
+    use api::authentication::v1 as authn;
+    use api::authorization::v1 as authz;
+    static R: OnceLock<Vec<ResourceDef>> = OnceLock::new();
+    R.get_or_init(|| {
+        vec![
+            def::<authn::SelfSubjectReview>(NONE, NONE, false, NONE),
+            def::<authn::TokenReview>(NONE, NONE, false, NONE),
+            def::<authz::LocalSubjectAccessReview>(NONE, NONE, false, NONE),
+            def::<authz::SelfSubjectAccessReview>(NONE, NONE, false, NONE),
+            def::<authz::SelfSubjectRulesReview>(NONE, NONE, false, NONE),
+            def::<authz::SubjectAccessReview>(NONE, NONE, false, NONE),
+        ]
+    })
+}
+
 /// The registry: every served resource, and lookups by group/version/plural.
 pub struct Registry {
     defs: Vec<&'static ResourceDef>,

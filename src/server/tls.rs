@@ -237,6 +237,12 @@ pub fn issue_client_cert(ca: &CertKey, cn: &str, orgs: &[&str]) -> Result<CertKe
     issue_leaf(ca, cn, orgs, &[], false, LEAF_DAYS)
 }
 
+/// Signs a client certificate valid for `days` from now; negative is already expired
+/// (for tests of expiry).
+pub fn issue_client_cert_for_days(ca: &CertKey, cn: &str, orgs: &[&str], days: i64) -> Result<CertKey, TlsError> {
+    issue_leaf(ca, cn, orgs, &[], false, days)
+}
+
 /// Creates a throwaway CA, for tests that need a certificate the cluster does not trust.
 pub fn foreign_ca() -> Result<CertKey, TlsError> {
     new_ca()

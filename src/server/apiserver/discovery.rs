@@ -91,22 +91,17 @@ fn group_entry(name: &str, versions: &[&str]) -> Value {
 /// The served groups and their versions, the review APIs' groups included.
 fn all_groups(reg: &Registry) -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out = reg.groups();
-    for (g, ..) in super::authn::REVIEWS {
-        if !out.iter().any(|(x, _)| x == g) {
-            out.push((g, vec!["v1"]));
+    for d in crate::api::registry::reviews() {
+        if !out.iter().any(|(x, _)| *x == d.group) {
+            out.push((d.group, vec![d.version]));
         }
     }
     out
 }
 
-/// The review APIs of a group-version, as discovery entries (create only).
-fn reviews_in(
-    group: &str,
-    version: &str,
-) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, bool)> {
-    let v1 = version == "v1";
-    let group = group.to_string();
-    super::authn::REVIEWS.iter().filter(move |(g, ..)| v1 && *g == group)
+/// The review kinds of a group-version (create only, never stored).
+fn reviews_in<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static ResourceDef> + 'a {
+    crate::api::registry::reviews().iter().filter(move |d| d.group == group && d.version == version)
 }
 
 /// `/apis`.
@@ -128,8 +123,8 @@ pub fn api_group(reg: &Registry, group: &str) -> Option<Value> {
 /// `/api/v1`, `/apis/<group>/<version>`.
 pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let mut resources: Vec<Value> = reg.in_group_version(group, version).flat_map(resource_entry).collect();
-    resources.extend(reviews_in(group, version).map(|(_, plural, kind, namespaced)| {
-        json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["create"]})
+    resources.extend(reviews_in(group, version).map(|d| {
+        json!({"name": d.plural, "singularName": "", "namespaced": d.namespaced, "kind": d.kind, "verbs": ["create"]})
     }));
     if resources.is_empty() {
         return None;
@@ -165,10 +160,11 @@ pub fn aggregated(reg: &Registry, core: bool, ver: &str) -> Resp {
             let versions: Vec<Value> = vs
                 .iter()
                 .map(|v| {
-                    let reviews = reviews_in(g, v).map(|(group, plural, kind, namespaced)| {
-                        json!({"resource": plural, "singularResource": "",
-                               "scope": if *namespaced { "Namespaced" } else { "Cluster" },
-                               "responseKind": {"group": group, "version": "v1", "kind": kind}, "verbs": ["create"]})
+                    let reviews = reviews_in(g, v).map(|d| {
+                        json!({"resource": d.plural, "singularResource": "",
+                               "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
+                               "responseKind": {"group": d.group, "version": d.version, "kind": d.kind},
+                               "verbs": ["create"]})
                     });
                     let resources: Vec<Value> = reg
                         .in_group_version(g, v)
@@ -283,7 +279,9 @@ fn gv_doc(reg: &Registry, group: &str, version: &str) -> Value {
             }}),
         );
     }
-    let kinds: Vec<&ResourceDef> = reg.in_group_version(group, version).collect();
+    let mut kinds: Vec<&ResourceDef> = reg.in_group_version(group, version).collect();
+    // The review kinds have no PATCH; their schemas are there for kubectl's validation.
+    kinds.extend(reviews_in(group, version));
     let schemas = if kinds.iter().any(|d| d.custom.is_some()) {
         crate::api::schema::custom_openapi_schemas(&kinds)
     } else {
@@ -301,7 +299,7 @@ impl OpenApi {
             let reg = Registry::builtin();
             let mut index = serde_json::Map::new();
             let mut docs = Vec::new();
-            for (g, vs) in reg.groups() {
+            for (g, vs) in all_groups(reg) {
                 for v in vs {
                     let body = serde_json::to_vec(&gv_doc(reg, g, v)).expect("serialisable");
                     let p = gv_path(g, v);
