@@ -370,3 +370,71 @@ async fn service_account_tokens_nodes_and_escalation() {
     s.kubectl_ok(&["--kubeconfig", kc, "-n", "team", "create", "role", "r2", "--verb=get", "--resource=configmaps"])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_pod_security_and_quota() {
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "locked"]).await;
+    s.kubectl_ok(&["label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted"]).await;
+    let out = s.kubectl(&["-n", "locked", "run", "p", "--image=x", "--privileged"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"pods "p" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "p" must set securityContext.allowPrivilegeEscalation=false)"#)
+            && err.contains(r#"privileged (container "p" must not set securityContext.privileged=true)"#),
+        "{err}"
+    );
+    // A pod that follows the restricted profile is let in.
+    let good = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ok", "namespace": "locked"},
+                      "spec": {"securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                               "containers": [{"name": "c", "image": "x",
+                                               "securityContext": {"allowPrivilegeEscalation": false,
+                                                                   "capabilities": {"drop": ["ALL"]}}}]}});
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&good.to_string())).await;
+    s.kubectl_ok(&["-n", "locked", "get", "pod", "ok"]).await;
+    // warn: the pod goes in, with the upstream warning.
+    s.kubectl_ok(&["create", "namespace", "loose"]).await;
+    s.kubectl_ok(&["label", "namespace", "loose", "pod-security.kubernetes.io/warn=baseline"]).await;
+    let out = s.kubectl(&["-n", "loose", "run", "p", "--image=x", "--privileged"]).await;
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"Warning: would violate PodSecurity "baseline:latest": privileged"#), "{err}");
+
+    // Quota: the pod over it is refused, and the quota's status counts.
+    s.kubectl_ok(&["create", "namespace", "q"]).await;
+    s.kubectl_ok(&["-n", "q", "create", "quota", "q1", "--hard=pods=2,requests.cpu=1"]).await;
+    let pod = |name: &str, cpu: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "q"},
+               "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}}]}})
+        .to_string()
+    };
+    let out = s.kubectl_stdin(&["create", "-f", "-"], Some(&pod("a", "500m"))).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.kubectl_stdin(&["create", "-f", "-"], Some(&pod("b", "600m"))).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"pods "b" is forbidden: exceeded quota: q1, requested: requests.cpu=600m, used: requests.cpu=500m, limited: requests.cpu=1"#),
+        "{err}"
+    );
+    let out = s.kubectl(&["-n", "q", "run", "nocpu", "--image=x"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"pods "nocpu" is forbidden: failed quota: q1: must specify requests.cpu for: nocpu"#),
+        "{err}"
+    );
+    s.kubectl_stdin(&["create", "-f", "-"], Some(&pod("c", "500m"))).await;
+    let out = s.kubectl_stdin(&["create", "-f", "-"], Some(&pod("d", "100m"))).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exceeded quota: q1, requested: pods=1,requests.cpu=100m, used: pods=2,requests.cpu=1"),
+        "{err}"
+    );
+    let mut described = String::new();
+    for _ in 0..50 {
+        described = s.kubectl_ok(&["-n", "q", "describe", "quota", "q1"]).await;
+        if described.contains("requests.cpu  1 ") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(described.contains("pods          2     2"), "{described}");
+}

@@ -1,6 +1,7 @@
 //! The Kubernetes API server: routing, authentication, the HTTPS listener and the
 //! objects every cluster starts with.
 
+mod admission;
 mod authn;
 mod binding;
 mod custom;
@@ -55,6 +56,8 @@ pub struct ApiServer {
     pub(crate) service_cidr: ipnet::Ipv4Net,
     /// Serialises Service writes, so two cannot take the same IP or port.
     pub(crate) svc_lock: tokio::sync::Mutex<()>,
+    /// Serialises creates in namespaces with quotas, so two cannot both take the last unit.
+    pub(crate) quota_lock: tokio::sync::Mutex<()>,
     /// The cluster identity, for the join endpoints (set once the server has it).
     pub(crate) identity: std::sync::OnceLock<Arc<super::tls::Identity>>,
     /// Connections to the kubelets, opened by the agents.
@@ -214,6 +217,7 @@ impl ApiServer {
             server_addr,
             service_cidr,
             svc_lock: tokio::sync::Mutex::new(()),
+            quota_lock: tokio::sync::Mutex::new(()),
             identity: std::sync::OnceLock::new(),
             tunnels: tunnel::Tunnels::default(),
             custom: custom::CustomDefs::default(),

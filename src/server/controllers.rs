@@ -17,6 +17,7 @@ pub mod node_lifecycle;
 pub mod podgc;
 pub mod replicaset;
 pub mod replicationcontroller;
+mod resourcequota;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
@@ -103,6 +104,7 @@ pub fn start(
     if !cfg.controllers {
         return;
     }
+    tracker.spawn(resourcequota::run(api.clone(), client.clone(), shutdown.clone()));
     tracker.spawn(garbage_collector::run(api, shutdown.clone()));
     tracker.spawn(serviceaccount::run(
         Ctx::new(client.clone(), "serviceaccount-controller"),

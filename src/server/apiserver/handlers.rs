@@ -611,6 +611,7 @@ impl ApiServer {
         warnings.extend(self.schema_checks(call, &mut obj, fv, applied.is_some())?);
         warnings.extend(self.validate(call, &obj, fv, applied.is_some(), &[])?);
         self.check_escalation(call, &obj).await?;
+        warnings.extend(self.admit_pod_security(call, &obj, None).await?);
         if is_crd(call.def) {
             let m = meta::meta_mut(&mut obj);
             let f = m.entry("finalizers").or_insert_with(|| json!([]));
@@ -654,6 +655,7 @@ impl ApiServer {
             let base = managed::read(&obj);
             call.writer(&manager).update(None, &mut obj, base);
         }
+        let _quota = self.admit_quota(call, &obj).await?;
         if call.dry_run()? {
             return Ok(request::with_warnings(self.render(call, obj, 201), &warnings));
         }
@@ -782,6 +784,7 @@ impl ApiServer {
         let mut warnings = self.schema_checks(call, &mut new, fv, patch)?;
         warnings.extend(self.validate(call, &new, fv, patch, &before)?);
         self.check_escalation(call, &new).await?;
+        warnings.extend(self.admit_pod_security(call, &new, Some(old)).await?);
         let _svc = self.service_update_lock(call, old, &mut new).await?;
         Ok((self.commit_update(call, cur, old, new).await?, warnings))
     }

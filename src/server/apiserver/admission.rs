@@ -1,0 +1,186 @@
+//! Admission beyond validation: PodSecurity (namespace labels
+//! `pod-security.kubernetes.io/enforce|warn`, baseline and restricted, with the
+//! upstream messages) and ResourceQuota (a write that would take a namespace over a
+//! quota is refused with Kubernetes's `exceeded quota` message).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::ApiServer;
+use super::handlers::Call;
+use crate::api::podsecurity::{self, Level};
+use crate::api::quota;
+use crate::api::status::ApiError;
+
+/// The pod spec inside an object: the pod's own, or a workload's template.
+fn pod_spec<'a>(group: &str, plural: &str, obj: &'a Value) -> Option<&'a Value> {
+    match (group, plural) {
+        ("", "pods") => Some(&obj["spec"]),
+        ("", "replicationcontrollers" | "podtemplates")
+        | ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets")
+        | ("batch", "jobs") => Some(&obj["spec"]["template"]["spec"]).filter(|s| s.is_object()),
+        ("batch", "cronjobs") => {
+            Some(&obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]).filter(|s| s.is_object())
+        }
+        _ => None,
+    }
+}
+
+impl ApiServer {
+    async fn namespace_labels(&self, ns: &str) -> Result<BTreeMap<String, String>, ApiError> {
+        let def = self.reg().get("", "v1", "namespaces").ok_or_else(ApiError::no_route)?;
+        let Some(kv) = self.store.get(&def.key(None, ns)).await.map_err(ApiError::internal)? else {
+            return Ok(BTreeMap::new());
+        };
+        let v: Value = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
+        Ok(serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default())
+    }
+
+    /// PodSecurity for a create (old None) or an update of a pod or pod template:
+    /// refuses a pod its namespace's `enforce` level forbids; returns the warnings
+    /// its `warn` level asks for.
+    pub(super) async fn admit_pod_security(
+        &self,
+        call: &Call,
+        obj: &Value,
+        old: Option<&Value>,
+    ) -> Result<Vec<String>, ApiError> {
+        let (Some(ns), None) = (call.ns.as_deref(), call.sub.as_deref()) else { return Ok(vec![]) };
+        let Some(spec) = pod_spec(call.def.group, call.def.plural, obj) else { return Ok(vec![]) };
+        // Updates that leave the pod spec alone (labels, status) are not re-judged.
+        if let Some(o) = old
+            && pod_spec(call.def.group, call.def.plural, o) == Some(spec)
+        {
+            return Ok(vec![]);
+        }
+        let labels = self.namespace_labels(ns).await?;
+        let level = |mode: &str| {
+            let l = labels.get(&format!("pod-security.kubernetes.io/{mode}")).and_then(|l| Level::parse(l))?;
+            let v = labels.get(&format!("pod-security.kubernetes.io/{mode}-version")).cloned();
+            Some((l, v.unwrap_or_else(|| "latest".to_string())))
+        };
+        let is_pod = call.def.group.is_empty() && call.def.plural == "pods";
+        if is_pod && let Some((l, v)) = level("enforce") {
+            let bad = podsecurity::check(l, spec);
+            if !bad.is_empty() {
+                let name = crate::api::meta::name(obj);
+                return Err(ApiError::forbidden(
+                    call.target(name),
+                    format!(
+                        "{} {name:?} is forbidden: {}",
+                        call.target(name).qualified(),
+                        podsecurity::message(l, &v, &bad)
+                    ),
+                ));
+            }
+        }
+        let mut warnings = Vec::new();
+        if let Some((l, v)) = level("warn") {
+            let bad = podsecurity::check(l, spec);
+            if !bad.is_empty() {
+                let msg = podsecurity::message(l, &v, &bad);
+                warnings.push(format!("would {}", msg.replacen("violates", "violate", 1)));
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// The live objects of a kind in a namespace, decoded.
+    async fn objects_in(&self, group: &str, plural: &str, ns: &str) -> Result<Vec<Value>, ApiError> {
+        let reg = self.reg();
+        let Some(def) = reg.all().iter().find(|d| d.group == group && d.plural == plural) else { return Ok(vec![]) };
+        let prefix = format!("{}{ns}/", def.key_prefix());
+        let page = self.store.list(&prefix, None, 0, 0).await.map_err(ApiError::internal)?;
+        Ok(page.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    }
+
+    /// What a namespace uses of each of `keys`.
+    pub(crate) async fn quota_used(&self, ns: &str, keys: &[String]) -> Result<BTreeMap<String, f64>, ApiError> {
+        let mut cache: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+        let mut used = BTreeMap::new();
+        for k in keys {
+            let Some(kind) = quota::kind_of(k) else { continue };
+            if !cache.contains_key(&kind) {
+                let objs = self.objects_in(&kind.0, &kind.1, ns).await?;
+                cache.insert(kind.clone(), objs);
+            }
+            used.insert(k.clone(), cache[&kind].iter().map(|o| quota::usage(k, o)).sum());
+        }
+        Ok(used)
+    }
+
+    /// ResourceQuota for a create: refuses `obj` if it would take its namespace over
+    /// a quota, or if a quota on compute resources finds a container that sets none.
+    /// The guard it returns serialises quota'd creates until the caller has stored.
+    pub(super) async fn admit_quota(
+        &self,
+        call: &Call,
+        obj: &Value,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ApiError> {
+        let Some(ns) = call.ns.as_deref() else { return Ok(None) };
+        if call.sub.is_some() {
+            return Ok(None);
+        }
+        let quotas = self.objects_in("", "resourcequotas", ns).await?;
+        if quotas.is_empty() {
+            return Ok(None);
+        }
+        let serial = self.quota_lock.lock().await;
+        let name = crate::api::meta::name(obj).to_string();
+        let forbidden = |msg: String| {
+            ApiError::forbidden(
+                call.target(&name),
+                format!("{} {name:?} is forbidden: {msg}", call.target(&name).qualified()),
+            )
+        };
+        for q in &quotas {
+            let qname = crate::api::meta::name(q);
+            let hard: BTreeMap<String, String> = serde_json::from_value(q["spec"]["hard"].clone()).unwrap_or_default();
+            let keys: Vec<String> = hard
+                .keys()
+                .filter(|k| quota::kind_of(k).is_some_and(|(g, p)| g == call.def.group && p == call.def.plural))
+                .cloned()
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let is_pod = call.def.group.is_empty() && call.def.plural == "pods";
+            if is_pod {
+                let missing: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| {
+                        let m = quota::missing(obj, k);
+                        (!m.is_empty()).then(|| format!("{k} for: {}", m.join(",")))
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(forbidden(format!("failed quota: {qname}: must specify {}", missing.join("; "))));
+                }
+            }
+            let used = self.quota_used(ns, &keys).await?;
+            let mut over = Vec::new();
+            for k in &keys {
+                let limit = hard[k].as_str();
+                let Some(limit_v) = crate::server::scheduler::parse_quantity(limit) else { continue };
+                let want = quota::usage(k, obj);
+                let have = used.get(k).copied().unwrap_or(0.0);
+                if want > 0.0 && have + want > limit_v + 1e-9 {
+                    over.push((k.clone(), want, have, limit.to_string()));
+                }
+            }
+            if !over.is_empty() {
+                let list = |f: &dyn Fn(&(String, f64, f64, String)) -> String| {
+                    over.iter().map(|o| format!("{}={}", o.0, f(o))).collect::<Vec<_>>().join(",")
+                };
+                return Err(forbidden(format!(
+                    "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
+                    list(&|o| quota::format(&o.0, o.1)),
+                    list(&|o| quota::format(&o.0, o.2)),
+                    list(&|o| o.3.clone()),
+                )));
+            }
+        }
+        Ok(Some(serial))
+    }
+}
