@@ -29,6 +29,28 @@ pub enum Command {
     Agent(AgentArgs),
     /// Manage the images of rk's containerd (import archives, list).
     Images(ImagesArgs),
+    /// Secrets encryption at rest: show its state, or rotate the key.
+    SecretsEncrypt(SecretsEncryptArgs),
+}
+
+/// `rk secrets-encrypt`.
+#[derive(Args, Debug, Clone)]
+pub struct SecretsEncryptArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SecretsEncryptCommand,
+    /// The admin kubeconfig of the server.
+    #[arg(long, env = "RK_KUBECONFIG", default_value = "/etc/rk/rk.yaml", global = true)]
+    pub kubeconfig: PathBuf,
+}
+
+/// `rk secrets-encrypt` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum SecretsEncryptCommand {
+    /// Whether Secrets are encrypted, with which key, and how many are.
+    Status,
+    /// Make a new key, re-encrypt every Secret with it, drop the old keys.
+    RotateKeys,
 }
 
 /// `rk images`.
@@ -260,6 +282,9 @@ pub struct ServerArgs {
     /// Run no scheduler.
     #[arg(long, env = "RK_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
+    /// Store Secrets encrypted (AES-GCM, keys under the data dir).
+    #[arg(long, env = "RK_SECRETS_ENCRYPTION")]
+    pub secrets_encryption: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub node: NodeArgs,
@@ -335,6 +360,7 @@ impl ServerArgs {
             node_monitor_grace: crate::server::NODE_MONITOR_GRACE,
             disable_controller_manager: self.disable_controller_manager,
             disable_scheduler: self.disable_scheduler,
+            secrets_encryption: self.secrets_encryption,
             node_ip: self.node.node_ip,
             node_external_ip: self.node.node_external_ip,
             resolv_conf: self.node.resolv_conf.clone(),

@@ -31,7 +31,49 @@ fn main() -> ExitCode {
             start(&level, args.into_config(), rk::agent::run)
         }
         Command::Images(args) => run(images(args)),
+        Command::SecretsEncrypt(args) => run(secrets_encrypt(args)),
     }
+}
+
+/// `rk secrets-encrypt status|rotate-keys`, through the server's API as its admin.
+async fn secrets_encrypt(args: cli::SecretsEncryptArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(&args.kubeconfig)
+        .with_context(|| format!("reading the admin kubeconfig {}", args.kubeconfig.display()))?;
+    let kc = kube::config::Kubeconfig::from_yaml(&text)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(cfg)?;
+    let (method, uri) = match args.command {
+        cli::SecretsEncryptCommand::Status => ("GET", "/v1-rk/secrets-encrypt"),
+        cli::SecretsEncryptCommand::RotateKeys => ("POST", "/v1-rk/secrets-encrypt?action=rotate-keys"),
+    };
+    let req = http::Request::builder().method(method).uri(uri).body(Vec::new())?;
+    let s: serde_json::Value = client.request(req).await.map_err(|e| match e {
+        kube::Error::Api(s) => anyhow::anyhow!("{}", s.message),
+        e => anyhow::anyhow!(e),
+    })?;
+    if let Some(n) = s["reencrypted"].as_u64() {
+        println!("Keys rotated: {n} Secrets re-encrypted");
+    }
+    let enabled = s["enabled"].as_bool().unwrap_or(false);
+    println!("Encryption Status: {}", if enabled { "Enabled" } else { "Disabled" });
+    println!(
+        "Secrets: {} encrypted, {} plaintext",
+        s["encryptedSecrets"].as_u64().unwrap_or(0),
+        s["plaintextSecrets"].as_u64().unwrap_or(0)
+    );
+    let keys: Vec<&str> =
+        s["keys"].as_array().map(|k| k.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    if !keys.is_empty() {
+        println!();
+        println!("Active  Key Type  Name");
+        println!("------  --------  ----");
+        for k in keys {
+            let active = if s["currentKey"].as_str() == Some(k) { " *" } else { "  " };
+            println!("{active:<8}AES-GCM   {k}");
+        }
+    }
+    Ok(())
 }
 
 /// `rk images import|ls` against rk's containerd (or the one given).

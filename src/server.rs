@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client;
 pub mod controllers;
 pub mod scheduler;
+pub mod secrets_encryption;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     pub disable_controller_manager: bool,
     /// Run no scheduler (`--disable-scheduler`).
     pub disable_scheduler: bool,
+    /// Store Secrets encrypted (`--secrets-encryption`).
+    pub secrets_encryption: bool,
     /// The own agent's `--node-ip`.
     pub node_ip: Option<IpAddr>,
     /// `--node-external-ip` for its own node.
@@ -97,6 +100,7 @@ impl ServerConfig {
             node_monitor_grace: NODE_MONITOR_GRACE,
             disable_controller_manager: false,
             disable_scheduler: false,
+            secrets_encryption: false,
             node_ip: None,
             node_external_ip: None,
             resolv_conf: None,
@@ -177,8 +181,8 @@ pub enum ServerError {
     /// Creating the bootstrap objects failed.
     #[error("creating bootstrap objects: {0}")]
     Bootstrap(#[from] crate::api::status::ApiError),
-    /// The service-account signing key could not be read or made.
-    #[error("the service-account signing key: {0}")]
+    /// A key (service-account signing, secrets encryption) could not be read or made.
+    #[error("keys: {0}")]
     SigningKey(String),
 }
 
@@ -229,7 +233,26 @@ pub async fn start(
     let addr = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
     let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
-    let api = apiserver::ApiServer::new(Arc::new(store.clone()), shutdown.clone(), addr.to_string(), cfg.service_cidr);
+    // Secrets encryption is a layer over the store; it stays (to read what it wrote)
+    // when the flag is later dropped, and then writes plaintext.
+    let keys_path = server_dir.join("cred").join("encryption-keys.json");
+    let mut api_store: Arc<dyn Storage> = Arc::new(store.clone());
+    let mut encrypted = None;
+    if cfg.secrets_encryption || keys_path.exists() {
+        let keys =
+            secrets_encryption::Keys::load(&keys_path, cfg.secrets_encryption).map_err(ServerError::SigningKey)?;
+        let e = Arc::new(secrets_encryption::EncryptedStore::new(api_store.clone(), keys));
+        if cfg.secrets_encryption {
+            let n = e.reencrypt().await.map_err(|e| ServerError::SigningKey(e.to_string()))?;
+            tracing::info!(rewritten = n, "secrets encryption on");
+        }
+        api_store = e.clone();
+        encrypted = Some(e);
+    }
+    let api = apiserver::ApiServer::new(api_store, shutdown.clone(), addr.to_string(), cfg.service_cidr);
+    if let Some(e) = encrypted {
+        let _ = api.secrets.set(e);
+    }
     let _ = api.identity.set(Arc::new(identity.clone()));
     let issuer = format!("https://kubernetes.default.svc.{}", cfg.cluster_domain);
     let key = server_dir.join("tls").join("service-account.key");

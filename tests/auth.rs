@@ -438,3 +438,46 @@ async fn admission_pod_security_and_quota() {
     }
     assert!(described.contains("pods          2     2"), "{described}");
 }
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest() {
+    use base64::Engine;
+    let s = TestServer::start_with(|c| c.secrets_encryption = true).await;
+    let value = "correct-horse-battery-staple-4f1d";
+    s.kubectl_ok(&["create", "secret", "generic", "s1", &format!("--from-literal=password={value}")]).await;
+    let got = s.kubectl_ok(&["get", "secret", "s1", "-o", "jsonpath={.data.password}"]).await;
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(got.trim()).unwrap(), value.as_bytes());
+    let rk = env!("CARGO_BIN_EXE_rk");
+    let kc = s.kubeconfig.to_str().unwrap().to_string();
+    let status =
+        std::process::Command::new(rk).args(["secrets-encrypt", "status", "--kubeconfig", &kc]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("Encryption Status: Enabled") && text.contains("0 plaintext"), "{text}");
+    let rotated =
+        std::process::Command::new(rk).args(["secrets-encrypt", "rotate-keys", "--kubeconfig", &kc]).output().unwrap();
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let got = s.kubectl_ok(&["get", "secret", "s1", "-o", "jsonpath={.data.password}"]).await;
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(got.trim()).unwrap(), value.as_bytes());
+    // No file of the store holds the value, plain or base64.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    let mut files = Vec::new();
+    files_under(&s.dir.path().join("data"), &mut files);
+    assert!(files.iter().any(|(p, _)| p.to_string_lossy().contains("db")), "the store files are scanned");
+    for (p, bytes) in &files {
+        for needle in [value.as_bytes(), b64.as_bytes()] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} holds the Secret value", p.display());
+        }
+    }
+}

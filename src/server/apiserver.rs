@@ -68,6 +68,8 @@ pub struct ApiServer {
     pub(crate) signer: std::sync::OnceLock<Arc<auth::token::Signer>>,
     /// The RBAC caches (set once their reflectors run).
     pub(crate) rbac: std::sync::OnceLock<auth::rbac::Rbac>,
+    /// The secrets-encryption layer of the store, when there is one.
+    pub secrets: std::sync::OnceLock<Arc<crate::server::secrets_encryption::EncryptedStore>>,
 }
 
 /// Where a request goes.
@@ -76,6 +78,8 @@ enum Route {
     CaCerts,
     /// Node credentials for an agent holding the join token.
     NodeCredentials,
+    /// `rk secrets-encrypt`: GET the state, POST `?action=rotate-keys`.
+    SecretsEncrypt,
     Version,
     Health(&'static str),
     Api,
@@ -124,6 +128,7 @@ fn route(reg: &Registry, path: &str) -> Result<Route, ApiError> {
         ["version"] => return Ok(Route::Version),
         ["cacerts"] => return Ok(Route::CaCerts),
         ["v1-rk", "node-credentials"] => return Ok(Route::NodeCredentials),
+        ["v1-rk", "secrets-encrypt"] => return Ok(Route::SecretsEncrypt),
         ["healthz", ..] => return Ok(Route::Health("healthz")),
         ["livez", ..] => return Ok(Route::Health("livez")),
         ["readyz", ..] => return Ok(Route::Health("readyz")),
@@ -223,6 +228,7 @@ impl ApiServer {
             custom: custom::CustomDefs::default(),
             signer: std::sync::OnceLock::new(),
             rbac: std::sync::OnceLock::new(),
+            secrets: std::sync::OnceLock::new(),
         })
     }
 
@@ -345,6 +351,29 @@ impl ApiServer {
                     .or_else(|| o.custom_doc(&reg, &p, query.get("hash")))
                     .ok_or_else(ApiError::no_route)
             }
+            Route::SecretsEncrypt => match (&user, self.secrets.get()) {
+                (None, _) => Err(ApiError::unauthorized()),
+                (Some(_), None) => Ok(request::json(
+                    200,
+                    &json!({"enabled": false, "currentKey": null, "keys": [], "encryptedSecrets": 0}),
+                )),
+                (Some(_), Some(e)) => {
+                    let rotate = parts.method == Method::POST && query.get("action") == Some("rotate-keys");
+                    if parts.method == Method::POST && !rotate {
+                        Err(ApiError::bad_request("action must be rotate-keys"))
+                    } else if rotate {
+                        match e.rotate().await {
+                            Ok(n) => e.status().await.map_err(ApiError::internal).map(|mut s| {
+                                s["reencrypted"] = json!(n);
+                                request::json(200, &s)
+                            }),
+                            Err(m) => Err(ApiError::bad_request(m)),
+                        }
+                    } else {
+                        e.status().await.map_err(ApiError::internal).map(|s| request::json(200, &s))
+                    }
+                }
+            },
             Route::OpenIdConfig | Route::Jwks => match self.signer.get() {
                 Some(s) if matches!(r, Route::Jwks) => {
                     let body = Bytes::from(serde_json::to_vec(&s.jwks()).expect("json"));
