@@ -180,6 +180,23 @@ fn real_pods_on_two_nodes() {
     let up = lab.path("up.txt");
     lab.kubectl_ok(&["cp", up.to_str().unwrap(), "hello:/tmp/up.txt"]);
     assert_eq!(lab.kubectl_ok(&["exec", "hello", "--", "cat", "/tmp/up.txt"]), "copied up\n");
+    // The pod's API credentials (ServiceAccount admission, the kubelet's bound token):
+    // the token authenticates as the pod's account, the CA and namespace are there, and
+    // the API's Service is in the environment.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let token = lab.kubectl_ok(&["exec", "hello", "--", "cat", &format!("{sa}/token")]);
+    assert_eq!(lab.kubectl_ok(&["exec", "hello", "--", "cat", &format!("{sa}/namespace")]), "default");
+    assert!(lab.kubectl_ok(&["exec", "hello", "--", "cat", &format!("{sa}/ca.crt")]).contains("BEGIN CERTIFICATE"));
+    let env = lab.kubectl_ok(&["exec", "hello", "--", "env"]);
+    assert!(env.contains("KUBERNETES_SERVICE_HOST=10.43.0.1") && env.contains("KUBERNETES_SERVICE_PORT=443"), "{env}");
+    let review = format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{}"}}}}"#,
+        token.trim()
+    );
+    let out = lab.kubectl_stdin(&["create", "--validate=false", "-o", "json", "-f", "-"], Some(&review));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a TokenReview");
+    assert_eq!(v["status"]["user"]["username"], "system:serviceaccount:default:default", "{v}");
+    assert_eq!(v["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"], serde_json::json!(["hello"]));
     let down = lab.path("down.txt");
     lab.kubectl_ok(&["cp", "hello:/tmp/up.txt", down.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(&down).unwrap(), "copied up\n");

@@ -131,6 +131,26 @@ pub async fn container_env(
         vars.insert(k.clone(), v.clone());
         out.push((k, v));
     };
+    // The API server's Service, as every pod sees it (what in-cluster clients use).
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    if let Ok(Some(k)) = svcs.get_opt("kubernetes").await
+        && let Some(ip) = k.spec.as_ref().and_then(|s| s.cluster_ip.clone()).filter(|ip| !ip.is_empty() && ip != "None")
+    {
+        let port =
+            k.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|p| p.first()).map(|p| p.port).unwrap_or(443);
+        for (key, v) in [
+            ("KUBERNETES_SERVICE_HOST", ip.clone()),
+            ("KUBERNETES_SERVICE_PORT", port.to_string()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+            ("KUBERNETES_PORT", format!("tcp://{ip}:{port}")),
+            (&format!("KUBERNETES_PORT_{port}_TCP"), format!("tcp://{ip}:{port}")),
+            (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".to_string()),
+            (&format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
+            (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.clone()),
+        ] {
+            set(&mut out, &mut vars, key.to_string(), v);
+        }
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {

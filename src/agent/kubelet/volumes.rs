@@ -259,7 +259,11 @@ pub async fn setup(ctx: &VolumeCtx<'_>, pod: &Pod) -> Result<BTreeMap<String, Pa
                         ctx.host_ip,
                     )?);
                 }
-                // serviceAccountToken sources wait for the TokenRequest API (security issue).
+                if let Some(t) = &s.service_account_token {
+                    let file = p.join("..data").join(&t.path);
+                    let token = sa_token(ctx, pod, t, &file).await?;
+                    files.insert(t.path.clone(), (token.into_bytes(), mode));
+                }
             }
             atomic_write(&p, &files)?;
             p
@@ -272,6 +276,58 @@ pub async fn setup(ctx: &VolumeCtx<'_>, pod: &Pod) -> Result<BTreeMap<String, Pa
         out.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+/// A service-account token for the pod, bound to it (TokenRequest as the node): the
+/// one already in the volume while it has more than a fifth of its life left, else a
+/// new one, as the kubelet's token manager rotates them.
+async fn sa_token(
+    ctx: &VolumeCtx<'_>,
+    pod: &Pod,
+    src: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+    current: &Path,
+) -> Result<String, MountError> {
+    use base64::Engine;
+    if let Ok(old) = std::fs::read_to_string(current) {
+        let claims = old
+            .split('.')
+            .nth(1)
+            .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let Some(c) = claims
+            && let (Some(iat), Some(exp)) = (c["iat"].as_i64(), c["exp"].as_i64())
+        {
+            let now = chrono::Utc::now().timestamp();
+            if now < iat + (exp - iat) * 4 / 5 {
+                return Ok(old);
+            }
+        }
+    }
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let mut spec = serde_json::json!({
+        "expirationSeconds": src.expiration_seconds.unwrap_or(3600),
+        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.metadata.name, "uid": pod.metadata.uid},
+    });
+    if let Some(a) = src.audience.as_ref().filter(|a| !a.is_empty()) {
+        spec["audiences"] = serde_json::json!([a]);
+    }
+    let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).unwrap_or_default())
+        .map_err(|e| MountError(e.to_string()))?;
+    let out: serde_json::Value = ctx
+        .client
+        .request(req)
+        .await
+        .map_err(|e| MountError(format!("requesting a token for service account \"{sa}\": {e}")))?;
+    out["status"]["token"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| MountError(format!("no token for service account \"{sa}\"")))
 }
 
 /// The files a configMap volume (or projected source) holds.

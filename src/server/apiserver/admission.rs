@@ -184,3 +184,82 @@ impl ApiServer {
         Ok(Some(serial))
     }
 }
+
+/// Where the ServiceAccount admission plugin mounts a pod's API credentials.
+pub const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl ApiServer {
+    /// The ServiceAccount admission plugin (mutating, on pod create): the pod runs as
+    /// `default` unless it names an account, and, unless it or its account opts out
+    /// with `automountServiceAccountToken: false`, gets Kubernetes's
+    /// `kube-api-access-<suffix>` projected volume (a bound token the kubelet keeps
+    /// fresh, `ca.crt`, `namespace`) mounted in every container.
+    pub(super) async fn admit_service_account(&self, call: &Call, obj: &mut Value) -> Result<(), ApiError> {
+        if !(call.def.group.is_empty() && call.def.plural == "pods") || call.sub.is_some() {
+            return Ok(());
+        }
+        // Mirror pods (static pods) get nothing, as in Kubernetes.
+        if obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string() {
+            return Ok(());
+        }
+        let ns = call.ns.clone().unwrap_or_default();
+        let spec = &mut obj["spec"];
+        let sa = spec["serviceAccountName"]
+            .as_str()
+            .or(spec["serviceAccount"].as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        spec["serviceAccountName"] = Value::String(sa.clone());
+        let automount = match spec["automountServiceAccountToken"].as_bool() {
+            Some(b) => b,
+            None => {
+                let def = self.reg().get("", "v1", "serviceaccounts").ok_or_else(ApiError::no_route)?;
+                match self.store.get(&def.key(Some(&ns), &sa)).await.map_err(ApiError::internal)? {
+                    Some(kv) => serde_json::from_slice::<Value>(&kv.value)
+                        .ok()
+                        .and_then(|v| v["automountServiceAccountToken"].as_bool())
+                        .unwrap_or(true),
+                    None => true,
+                }
+            }
+        };
+        if !automount {
+            return Ok(());
+        }
+        let kinds = ["initContainers", "containers"];
+        let mounted = kinds
+            .iter()
+            .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+            .any(|c| c["volumeMounts"].as_array().is_some_and(|m| m.iter().any(|m| m["mountPath"] == SA_MOUNT)));
+        if mounted {
+            return Ok(());
+        }
+        let suffix: String = {
+            use rand::Rng;
+            const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+            let mut rng = rand::rng();
+            (0..5).map(|_| ALPHA[rng.random_range(0..ALPHA.len())] as char).collect()
+        };
+        let name = format!("kube-api-access-{suffix}");
+        let volume = serde_json::json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}});
+        match spec["volumes"].as_array_mut() {
+            Some(v) => v.push(volume),
+            None => spec["volumes"] = serde_json::json!([volume]),
+        }
+        let mount = serde_json::json!({"name": name, "readOnly": true, "mountPath": SA_MOUNT});
+        for k in kinds {
+            for c in spec[k].as_array_mut().into_iter().flatten() {
+                match c["volumeMounts"].as_array_mut() {
+                    Some(m) => m.push(mount.clone()),
+                    None => c["volumeMounts"] = serde_json::json!([mount.clone()]),
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -602,6 +602,7 @@ impl ApiServer {
         if call.def.group.is_empty() && call.def.plural == "pods" {
             defaults::default_toleration_seconds(&mut obj);
         }
+        self.admit_service_account(call, &mut obj).await?;
         let mut warnings = self.field_problems(
             call,
             dups.iter().map(|d| format!("duplicate field {d:?}")).collect(),
