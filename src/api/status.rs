@@ -145,6 +145,15 @@ impl ApiError {
     }
 
     /// 413 RequestEntityTooLarge.
+    pub fn object_too_large(size: usize, limit: usize) -> ApiError {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("request entity too large: the object is {size} bytes, the store's limit is {limit} bytes"),
+        )
+    }
+
+    /// 413 for a request body over the limit.
     pub fn too_large(limit: usize) -> ApiError {
         ApiError::new(413, "RequestEntityTooLarge", format!("request entity too large: limit is {limit} bytes"))
     }

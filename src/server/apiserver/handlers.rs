@@ -213,9 +213,31 @@ fn name_causes(def: &ResourceDef, name: &str) -> Vec<Cause> {
 }
 
 /// Kind-specific validation beyond what decoding checks.
+/// The largest object the store takes, as etcd's default request limit.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+/// ConfigMaps and Secrets hold at most this much data, as in Kubernetes.
+const MAX_CONFIG_DATA: usize = 1024 * 1024;
+
 fn kind_causes(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     if matches!(def.plural, "configmaps" | "secrets") && def.group.is_empty() {
+        let secret = def.plural == "secrets";
+        let mut total = 0usize;
+        for field in ["data", "binaryData", "stringData"] {
+            for (k, v) in obj.get(field).and_then(Value::as_object).into_iter().flatten() {
+                let len = v.as_str().map(str::len).unwrap_or(0);
+                let base64 = field == "binaryData" || (secret && field == "data");
+                total += if secret { 0 } else { k.len() } + if base64 { len / 4 * 3 } else { len };
+            }
+        }
+        if total > MAX_CONFIG_DATA {
+            let field = if secret { "data" } else { "[]" };
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                field: field.into(),
+                message: format!("Too long: must have at most {MAX_CONFIG_DATA} bytes"),
+            });
+        }
         for field in ["data", "binaryData", "stringData"] {
             if let Some(m) = obj.get(field).and_then(Value::as_object) {
                 for k in m.keys() {
@@ -657,14 +679,15 @@ impl ApiServer {
             call.writer(&manager).update(None, &mut obj, base);
         }
         let _quota = self.admit_quota(call, &obj).await?;
+        let encoded = call.encode(&obj);
+        if encoded.len() > MAX_OBJECT_BYTES {
+            return Err(ApiError::object_too_large(encoded.len(), MAX_OBJECT_BYTES));
+        }
         if call.dry_run()? {
             return Ok(request::with_warnings(self.render(call, obj, 201), &warnings));
         }
-        let rev = self
-            .store
-            .create(&call.key(&name), call.encode(&obj))
-            .await
-            .map_err(|e| storage_error(call.target(&name), e))?;
+        let rev =
+            self.store.create(&call.key(&name), encoded).await.map_err(|e| storage_error(call.target(&name), e))?;
         Ok(request::with_warnings(self.render(call, with_rv(obj, rev), 201), &warnings))
     }
 
@@ -810,7 +833,11 @@ impl ApiServer {
             let (rev, _) = self.store.delete(&cur.key, Some(cur.mod_rev)).await.map_err(|e| storage_error(t, e))?;
             return Ok(with_rv(obj, rev));
         }
-        let rev = self.store.update(&cur.key, call.encode(&obj), cur.mod_rev).await.map_err(|e| storage_error(t, e))?;
+        let encoded = call.encode(&obj);
+        if encoded.len() > MAX_OBJECT_BYTES {
+            return Err(ApiError::object_too_large(encoded.len(), MAX_OBJECT_BYTES));
+        }
+        let rev = self.store.update(&cur.key, encoded, cur.mod_rev).await.map_err(|e| storage_error(t, e))?;
         Ok(with_rv(obj, rev))
     }
 
