@@ -373,6 +373,37 @@ async fn main() {
     })
     .await;
 
+    // The same GETs as a user RBAC authorizes (view, through a RoleBinding), beside
+    // the admin's (system:masters, no RBAC lookup): what authorization costs.
+    let rb = Bytes::from_static(
+        br#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{"name":"bench-view"},
+             "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},
+             "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"bench-viewer"}]}"#,
+    );
+    let admin1 = rk_conns(&running, 1).await;
+    assert_eq!(
+        admin1[0].call("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings", rb).await,
+        201
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let viewer = rk::server::tls::issue_client_cert(&running.identity.ca, "bench-viewer", &[]).unwrap();
+    let vtls = rk_tls(&running.identity.ca.cert_pem, &viewer.cert_pem, &viewer.key_pem);
+    let mut vconns = Vec::new();
+    for _ in 0..16 {
+        vconns.push(RkConn::new(running.addr, vtls.clone()).await);
+    }
+    let vconns = Arc::new(vconns);
+    let viewer_get_rate = rate(64, gets, move |i| {
+        let conns = vconns.clone();
+        async move {
+            assert_eq!(
+                conns[i % conns.len()].call("GET", "/api/v1/namespaces/default/configmaps/s0-0", Bytes::new()).await,
+                200
+            );
+        }
+    })
+    .await;
+
     // LIST latency of 10,000 objects in their own namespace.
     let nsb = Bytes::from_static(br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"list"}}"#);
     rk_conns(&running, 1).await[0].call("POST", "/api/v1/namespaces", nsb).await;
@@ -449,6 +480,10 @@ async fn main() {
         ratio(&st64, &et64)
     );
     println!("| GETs/s, 64 in flight | {get_rate:.0} | | |");
+    println!(
+        "| GETs/s, 64 in flight, as a user RBAC authorizes (admin's above, same run) | {viewer_get_rate:.0} | | {:.2}x of admin |",
+        viewer_get_rate / get_rate
+    );
     println!("| LIST of {count} objects, median ms | {:.1} | | |", median(lat));
     println!(
         "| watch fan-out: {writes} writes to {watchers} watchers, s until all delivered ({delivered} complete) | {fan:.2} | | |"
