@@ -46,18 +46,7 @@ async fn token_client(s: &TestServer, token: &str) -> kube::Client {
 /// The HTTP status of one request.
 async fn status(c: &kube::Client, method: &str, path: &str, body: Option<&Value>) -> u16 {
     let ct = if method == "PATCH" { "application/merge-patch+json" } else { "application/json" };
-    let body = body.map(|v| serde_json::to_vec(v).unwrap()).unwrap_or_default();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::CONTENT_TYPE, ct)
-        .body(kube::client::Body::from(body))
-        .unwrap();
-    match c.send(req).await {
-        Ok(r) => r.status().as_u16(),
-        Err(kube::Error::Api(s)) => s.code,
-        Err(e) => panic!("{method} {path}: {e}"),
-    }
+    common::code(c, method, path, ct, body.map(|v| serde_json::to_vec(v).unwrap()).unwrap_or_default()).await
 }
 
 /// One resource of the matrix: its collection path, an existing object's name, and a

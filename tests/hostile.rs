@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::TestServer;
+use common::{TestServer, code as send};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -161,20 +161,6 @@ fn rss_kb() -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
         .unwrap_or(0)
-}
-
-async fn send(c: &kube::Client, method: &str, path: &str, ct: &str, body: Vec<u8>) -> u16 {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::CONTENT_TYPE, ct)
-        .body(kube::client::Body::from(body))
-        .unwrap();
-    match c.send(req).await {
-        Ok(r) => r.status().as_u16(),
-        Err(kube::Error::Api(s)) => s.code,
-        Err(e) => panic!("{method} {path}: {e}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,3 +103,18 @@ pub async fn client_from_yaml(yaml: &str) -> kube::Client {
     let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
     kube::Client::try_from(cfg).unwrap()
 }
+
+/// The HTTP status of one raw request (the body is sent as is, with `ct`).
+pub async fn code(c: &kube::Client, method: &str, path: &str, ct: &str, body: Vec<u8>) -> u16 {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::CONTENT_TYPE, ct)
+        .body(kube::client::Body::from(body))
+        .unwrap();
+    match c.send(req).await {
+        Ok(r) => r.status().as_u16(),
+        Err(kube::Error::Api(s)) => s.code,
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}

@@ -79,45 +79,54 @@ impl Rbac {
         }
     }
 
-    /// Calls `f` with the rules of every role bound to `user` that apply in `ns`
-    /// ("" for cluster-wide only), until it returns true.
-    fn visit(&self, user: &User, ns: &str, mut f: impl FnMut(&[PolicyRule]) -> bool) -> bool {
-        for b in self.cluster_bindings.state() {
-            if applies(b.subjects.as_deref(), "", user)
-                && let Some(rules) = self.role_rules(&b.role_ref, "")
-                && f(&rules)
-            {
-                return true;
+    /// Whether the role a binding in `ns` refers to has a rule allowing `a`, read in
+    /// place (no copies: this is on every request's path).
+    fn role_allows(&self, r: &RoleRef, ns: &str, a: &Attrs) -> bool {
+        let any = |rules: &Option<Vec<PolicyRule>>| rules.iter().flatten().any(|rule| rule_allows(rule, a));
+        match r.kind.as_str() {
+            "ClusterRole" => self.cluster_roles.get(&ObjectRef::new(&r.name)).is_some_and(|c| any(&c.rules)),
+            "Role" if !ns.is_empty() => {
+                self.roles.get(&ObjectRef::new(&r.name).within(ns)).is_some_and(|c| any(&c.rules))
             }
+            _ => false,
         }
-        if ns.is_empty() {
-            return false;
-        }
-        for b in self.bindings.state() {
-            if b.metadata.namespace.as_deref() == Some(ns)
-                && applies(b.subjects.as_deref(), ns, user)
-                && let Some(rules) = self.role_rules(&b.role_ref, ns)
-                && f(&rules)
-            {
-                return true;
-            }
-        }
-        false
     }
 
-    /// Whether RBAC allows `attrs` for `user`.
+    /// Whether RBAC allows `attrs` for `user`: some binding of the user's, cluster-wide
+    /// or in the request's namespace, refers to a role with a rule that matches.
     pub fn allows(&self, user: &User, attrs: &Attrs) -> bool {
         let ns = attrs.resource.as_ref().map(|r| r.namespace.as_str()).unwrap_or("");
-        self.visit(user, ns, |rules| rules.iter().any(|r| rule_allows(r, attrs)))
+        let cluster = self
+            .cluster_bindings
+            .find(|b| applies(b.subjects.as_deref(), "", user) && self.role_allows(&b.role_ref, "", attrs));
+        if cluster.is_some() {
+            return true;
+        }
+        !ns.is_empty()
+            && self
+                .bindings
+                .find(|b| {
+                    b.metadata.namespace.as_deref() == Some(ns)
+                        && applies(b.subjects.as_deref(), ns, user)
+                        && self.role_allows(&b.role_ref, ns, attrs)
+                })
+                .is_some()
     }
 
     /// Every rule that applies to `user` in `ns`, as SelfSubjectRulesReview lists them.
     pub fn rules_for(&self, user: &User, ns: &str) -> Vec<PolicyRule> {
         let mut out = Vec::new();
-        self.visit(user, ns, |rules| {
-            out.extend_from_slice(rules);
-            false
-        });
+        for b in self.cluster_bindings.state() {
+            if applies(b.subjects.as_deref(), "", user) {
+                out.extend(self.role_rules(&b.role_ref, "").unwrap_or_default());
+            }
+        }
+        for b in self.bindings.state() {
+            if !ns.is_empty() && b.metadata.namespace.as_deref() == Some(ns) && applies(b.subjects.as_deref(), ns, user)
+            {
+                out.extend(self.role_rules(&b.role_ref, ns).unwrap_or_default());
+            }
+        }
         out
     }
 
