@@ -127,6 +127,20 @@ async fn rk_conns(running: &rk::server::Running, n: usize) -> Arc<Vec<RkConn>> {
     Arc::new(v)
 }
 
+/// GETs/s of one object, 64 in flight over `conns`.
+async fn gets_per_s(conns: Arc<Vec<RkConn>>, gets: usize) -> f64 {
+    rate(64, gets, move |i| {
+        let conns = conns.clone();
+        async move {
+            assert_eq!(
+                conns[i % conns.len()].call("GET", "/api/v1/namespaces/default/configmaps/s0-0", Bytes::new()).await,
+                200
+            );
+        }
+    })
+    .await
+}
+
 fn cm_body(name: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&cm(name.to_string())).unwrap())
 }
@@ -362,16 +376,7 @@ async fn main() {
     // GET throughput on one object, 64 in flight over 16 connections.
     let conns = rk_conns(&running, 16).await;
     let gets = if quick() { 10000 } else { 60000 };
-    let get_rate = rate(64, gets, move |i| {
-        let conns = conns.clone();
-        async move {
-            assert_eq!(
-                conns[i % conns.len()].call("GET", "/api/v1/namespaces/default/configmaps/s0-0", Bytes::new()).await,
-                200
-            );
-        }
-    })
-    .await;
+    let get_rate = gets_per_s(conns, gets).await;
 
     // The same GETs as a user RBAC authorizes (view, through a RoleBinding), beside
     // the admin's (system:masters, no RBAC lookup): what authorization costs.
@@ -393,16 +398,7 @@ async fn main() {
         vconns.push(RkConn::new(running.addr, vtls.clone()).await);
     }
     let vconns = Arc::new(vconns);
-    let viewer_get_rate = rate(64, gets, move |i| {
-        let conns = vconns.clone();
-        async move {
-            assert_eq!(
-                conns[i % conns.len()].call("GET", "/api/v1/namespaces/default/configmaps/s0-0", Bytes::new()).await,
-                200
-            );
-        }
-    })
-    .await;
+    let viewer_get_rate = gets_per_s(vconns, gets).await;
 
     // LIST latency of 10,000 objects in their own namespace.
     let nsb = Bytes::from_static(br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"list"}}"#);

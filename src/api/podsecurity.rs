@@ -113,24 +113,28 @@ pub fn check(level: Level, spec: &Value) -> Vec<String> {
             );
         }
     }
+    // Per container: the capabilities it adds beyond `allowed`.
+    let adds_beyond = |allowed: &[&str]| -> Vec<String> {
+        all.iter()
+            .filter_map(|c| {
+                let added: Vec<String> = arr(&c["securityContext"]["capabilities"]["add"])
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|cap| !allowed.contains(cap))
+                    .map(String::from)
+                    .collect();
+                (!added.is_empty()).then(|| {
+                    format!(
+                        "{} must not include {} in securityContext.capabilities.add",
+                        containers(&[name(c)]),
+                        quoted(&added)
+                    )
+                })
+            })
+            .collect()
+    };
     // capabilities (baseline: only the default set may be added)
-    let mut cap_details = Vec::new();
-    for c in &all {
-        let added: Vec<String> = arr(&c["securityContext"]["capabilities"]["add"])
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|cap| !BASELINE_CAPS.contains(cap))
-            .map(String::from)
-            .collect();
-        if !added.is_empty() {
-            cap_details.push(format!(
-                "{} must not include {} in securityContext.capabilities.add",
-                containers(&[name(c)]),
-                quoted(&added)
-            ));
-        }
-    }
-    add("non-default capabilities", cap_details);
+    add("non-default capabilities", adds_beyond(BASELINE_CAPS));
     // capabilities (restricted: drop ALL, add at most NET_BIND_SERVICE)
     if restricted {
         let no_drop: Vec<String> = all
@@ -142,21 +146,7 @@ pub fn check(level: Level, spec: &Value) -> Vec<String> {
         if !no_drop.is_empty() {
             details.push(format!("{} must set securityContext.capabilities.drop=[\"ALL\"]", containers(&no_drop)));
         }
-        for c in &all {
-            let added: Vec<String> = arr(&c["securityContext"]["capabilities"]["add"])
-                .iter()
-                .filter_map(Value::as_str)
-                .filter(|cap| *cap != "NET_BIND_SERVICE")
-                .map(String::from)
-                .collect();
-            if !added.is_empty() {
-                details.push(format!(
-                    "{} must not include {} in securityContext.capabilities.add",
-                    containers(&[name(c)]),
-                    quoted(&added)
-                ));
-            }
-        }
+        details.extend(adds_beyond(&["NET_BIND_SERVICE"]));
         add("unrestricted capabilities", details);
     }
     // hostNamespaces

@@ -94,7 +94,7 @@ enum Route {
     /// `/openid/v1/jwks`: the public key tokens are signed with.
     Jwks,
     /// One of the review APIs (and the namespace of a LocalSubjectAccessReview).
-    Review(authn::Review, Option<String>),
+    Review(&'static ResourceDef, Option<String>),
     Resource {
         def: &'static ResourceDef,
         ns: Option<String>,
@@ -137,11 +137,11 @@ fn route(reg: &Registry, path: &str) -> Result<Route, ApiError> {
         ["openapi", "v3", rest @ ..] => return Ok(Route::OpenApiV3Doc(rest.join("/"))),
         [".well-known", "openid-configuration"] => return Ok(Route::OpenIdConfig),
         ["openid", "v1", "jwks"] => return Ok(Route::Jwks),
-        ["apis", g, v, p] if authn::Review::at(g, v, p).is_some() => {
-            return Ok(Route::Review(authn::Review::at(g, v, p).expect("matched"), None));
+        ["apis", g, v, p] if authn::review_at(g, v, p).is_some_and(|d| !d.namespaced) => {
+            return Ok(Route::Review(authn::review_at(g, v, p).expect("matched"), None));
         }
-        ["apis", g, v, "namespaces", ns, p] if authn::Review::at(g, v, p) == Some(authn::Review::LocalAccess) => {
-            return Ok(Route::Review(authn::Review::LocalAccess, Some(ns.to_string())));
+        ["apis", g, v, "namespaces", ns, p] if authn::review_at(g, v, p).is_some_and(|d| d.namespaced) => {
+            return Ok(Route::Review(authn::review_at(g, v, p).expect("matched"), Some(ns.to_string())));
         }
         ["api"] => return Ok(Route::Api),
         ["apis"] => return Ok(Route::Apis),
@@ -197,9 +197,8 @@ fn attributes(r: &Route, method: &Method, query: &Query, path: &str) -> Option<A
             };
             Some(Attrs::resource(verb, def.group, def.plural, sub, ns, name))
         }
-        Route::Review(review, ns) => {
-            let (group, plural, _) = review.names();
-            Some(Attrs::resource("create", group, plural, "", ns.as_deref().unwrap_or(""), ""))
+        Route::Review(def, ns) => {
+            Some(Attrs::resource("create", def.group, def.plural, "", ns.as_deref().unwrap_or(""), ""))
         }
         _ => Some(Attrs::path(&auth::path_verb(method), path)),
     }
@@ -382,14 +381,14 @@ impl ApiServer {
                 Some(s) => Ok(request::json(200, &s.openid_configuration())),
                 None => Err(ApiError::unavailable("the service-account signing key is not ready")),
             },
-            Route::Review(review, ns) => {
+            Route::Review(def, ns) => {
                 let body = match request::read_body(&parts.headers, body).await {
                     Ok(b) => b,
                     Err(e) => return request::error(&e),
                 };
                 match (&parts.method, &user) {
-                    (&Method::POST, Some(u)) => self.review(review, u, ns.as_deref(), &parts.headers, &body).await,
-                    (m, _) => Err(ApiError::method_not_allowed(m.as_str(), review.names().1)),
+                    (&Method::POST, Some(u)) => self.review(def, u, ns.as_deref(), &parts.headers, &body).await,
+                    (m, _) => Err(ApiError::method_not_allowed(m.as_str(), def.plural)),
                 }
             }
             Route::Resource { def, ns, name, sub, watch } => {

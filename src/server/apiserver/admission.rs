@@ -29,12 +29,8 @@ fn pod_spec<'a>(group: &str, plural: &str, obj: &'a Value) -> Option<&'a Value> 
 
 impl ApiServer {
     async fn namespace_labels(&self, ns: &str) -> Result<BTreeMap<String, String>, ApiError> {
-        let def = self.reg().get("", "v1", "namespaces").ok_or_else(ApiError::no_route)?;
-        let Some(kv) = self.store.get(&def.key(None, ns)).await.map_err(ApiError::internal)? else {
-            return Ok(BTreeMap::new());
-        };
-        let v: Value = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
-        Ok(serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default())
+        let v = self.stored("namespaces", None, ns).await.map_err(ApiError::internal)?;
+        Ok(v.and_then(|v| serde_json::from_value(v["metadata"]["labels"].clone()).ok()).unwrap_or_default())
     }
 
     /// PodSecurity for a create (old None) or an update of a pod or pod template:
@@ -87,7 +83,7 @@ impl ApiServer {
     }
 
     /// The live objects of a kind in a namespace, decoded.
-    async fn objects_in(&self, group: &str, plural: &str, ns: &str) -> Result<Vec<Value>, ApiError> {
+    pub(super) async fn objects_in(&self, group: &str, plural: &str, ns: &str) -> Result<Vec<Value>, ApiError> {
         let reg = self.reg();
         let Some(def) = reg.all().iter().find(|d| d.group == group && d.plural == plural) else { return Ok(vec![]) };
         let prefix = format!("{}{ns}/", def.key_prefix());
@@ -159,25 +155,25 @@ impl ApiServer {
                 }
             }
             let used = self.quota_used(ns, &keys).await?;
-            let mut over = Vec::new();
+            // The exceeded resources, as `key=value` for what is asked, used and allowed.
+            let (mut requested, mut in_use, mut limited) = (Vec::new(), Vec::new(), Vec::new());
             for k in &keys {
                 let limit = hard[k].as_str();
                 let Some(limit_v) = crate::server::scheduler::parse_quantity(limit) else { continue };
                 let want = quota::usage(k, obj);
                 let have = used.get(k).copied().unwrap_or(0.0);
                 if want > 0.0 && have + want > limit_v + 1e-9 {
-                    over.push((k.clone(), want, have, limit.to_string()));
+                    requested.push(format!("{k}={}", quota::format(k, want)));
+                    in_use.push(format!("{k}={}", quota::format(k, have)));
+                    limited.push(format!("{k}={limit}"));
                 }
             }
-            if !over.is_empty() {
-                let list = |f: &dyn Fn(&(String, f64, f64, String)) -> String| {
-                    over.iter().map(|o| format!("{}={}", o.0, f(o))).collect::<Vec<_>>().join(",")
-                };
+            if !requested.is_empty() {
                 return Err(forbidden(format!(
                     "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
-                    list(&|o| quota::format(&o.0, o.1)),
-                    list(&|o| quota::format(&o.0, o.2)),
-                    list(&|o| o.3.clone()),
+                    requested.join(","),
+                    in_use.join(","),
+                    limited.join(","),
                 )));
             }
         }
@@ -214,14 +210,8 @@ impl ApiServer {
         let automount = match spec["automountServiceAccountToken"].as_bool() {
             Some(b) => b,
             None => {
-                let def = self.reg().get("", "v1", "serviceaccounts").ok_or_else(ApiError::no_route)?;
-                match self.store.get(&def.key(Some(&ns), &sa)).await.map_err(ApiError::internal)? {
-                    Some(kv) => serde_json::from_slice::<Value>(&kv.value)
-                        .ok()
-                        .and_then(|v| v["automountServiceAccountToken"].as_bool())
-                        .unwrap_or(true),
-                    None => true,
-                }
+                let account = self.stored("serviceaccounts", Some(&ns), &sa).await.map_err(ApiError::internal)?;
+                account.and_then(|v| v["automountServiceAccountToken"].as_bool()).unwrap_or(true)
             }
         };
         if !automount {

@@ -13,53 +13,16 @@ use serde_json::{Value, json};
 use super::ApiServer;
 use super::handlers::Call;
 use super::request::{self, Resp};
+use crate::api::registry::ResourceDef;
 use crate::api::status::{ApiError, Cause, Target};
 use crate::server::auth::node::{self, Need};
 use crate::server::auth::token::{Claims, KubeClaims, ObjRef, looks_like_jwt};
 use crate::server::auth::{Attrs, Decision, SERVICE_ACCOUNTS, User, rbac};
 
-/// The reviews served under authentication.k8s.io and authorization.k8s.io.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Review {
-    /// TokenReview.
-    Token,
-    /// SelfSubjectReview.
-    SelfSubject,
-    /// SelfSubjectAccessReview.
-    SelfAccess,
-    /// SubjectAccessReview.
-    Access,
-    /// LocalSubjectAccessReview.
-    LocalAccess,
-    /// SelfSubjectRulesReview.
-    SelfRules,
-}
-
-impl Review {
-    /// The review at `group/version/plural`.
-    pub fn at(group: &str, version: &str, plural: &str) -> Option<Review> {
-        Some(match (group, version, plural) {
-            ("authentication.k8s.io", "v1", "tokenreviews") => Review::Token,
-            ("authentication.k8s.io", "v1", "selfsubjectreviews") => Review::SelfSubject,
-            ("authorization.k8s.io", "v1", "selfsubjectaccessreviews") => Review::SelfAccess,
-            ("authorization.k8s.io", "v1", "subjectaccessreviews") => Review::Access,
-            ("authorization.k8s.io", "v1", "localsubjectaccessreviews") => Review::LocalAccess,
-            ("authorization.k8s.io", "v1", "selfsubjectrulesreviews") => Review::SelfRules,
-            _ => return None,
-        })
-    }
-
-    /// Group, plural and kind.
-    pub fn names(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Review::Token => ("authentication.k8s.io", "tokenreviews", "TokenReview"),
-            Review::SelfSubject => ("authentication.k8s.io", "selfsubjectreviews", "SelfSubjectReview"),
-            Review::SelfAccess => ("authorization.k8s.io", "selfsubjectaccessreviews", "SelfSubjectAccessReview"),
-            Review::Access => ("authorization.k8s.io", "subjectaccessreviews", "SubjectAccessReview"),
-            Review::LocalAccess => ("authorization.k8s.io", "localsubjectaccessreviews", "LocalSubjectAccessReview"),
-            Review::SelfRules => ("authorization.k8s.io", "selfsubjectrulesreviews", "SelfSubjectRulesReview"),
-        }
-    }
+/// The review kind (TokenReview, SubjectAccessReview, ...) served at
+/// `group/version/plural`, from the registry's table of them.
+pub fn review_at(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
+    crate::api::registry::reviews().iter().find(|d| d.group == group && d.version == version && d.plural == plural)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -97,7 +60,8 @@ impl ApiServer {
         }
     }
 
-    async fn stored(&self, plural: &str, ns: Option<&str>, name: &str) -> Result<Option<Value>, String> {
+    /// A core/v1 object as stored, or None.
+    pub(super) async fn stored(&self, plural: &str, ns: Option<&str>, name: &str) -> Result<Option<Value>, String> {
         let reg = self.reg();
         let def = reg.get("", "v1", plural).ok_or("no such kind")?;
         match self.store.get(&def.key(ns, name)).await.map_err(|e| e.to_string())? {
@@ -279,15 +243,8 @@ impl ApiServer {
             };
             return Box::pin(self.node_refers(node, "pvc", cns, cname)).await;
         }
-        let prefix = format!("/registry/pods/{ns}/");
-        let page = self.store.list(&prefix, None, 0, 0).await.map_err(|e| e.to_string())?;
-        for kv in &page.kvs {
-            let Ok(pod) = serde_json::from_slice::<Value>(&kv.value) else { continue };
-            if pod["spec"]["nodeName"].as_str() == Some(node) && node::pod_refers(&pod, kind, name) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let pods = self.objects_in("", "pods", ns).await.map_err(|e| e.message)?;
+        Ok(pods.iter().any(|p| p["spec"]["nodeName"].as_str() == Some(node) && node::pod_refers(p, kind, name)))
     }
 
     /// `POST .../serviceaccounts/<name>/token`: a token for the account, bound to a
@@ -428,21 +385,21 @@ impl ApiServer {
     /// The review APIs: each answers its request with a status, stores nothing.
     pub(super) async fn review(
         &self,
-        review: Review,
+        def: &'static ResourceDef,
         user: &User,
         ns: Option<&str>,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Resp, ApiError> {
-        let (group, _, kind) = review.names();
+        let (group, kind) = (def.group, def.kind);
         let (mut obj, _) = request::decode_object(&request::content_type(headers), body)?;
         obj["apiVersion"] = json!(format!("{group}/v1"));
         obj["kind"] = json!(kind);
         let spec = obj["spec"].clone();
         let invalid = |c: Cause| ApiError::invalid(group, kind, "", vec![c]);
-        let status = match review {
-            Review::SelfSubject => json!({"userInfo": user.user_info()}),
-            Review::Token => {
+        let status = match kind {
+            "SelfSubjectReview" => json!({"userInfo": user.user_info()}),
+            "TokenReview" => {
                 let token = spec["token"].as_str().unwrap_or_default();
                 if token.is_empty() {
                     return Err(invalid(Cause::required("spec.token", "")));
@@ -464,16 +421,16 @@ impl ApiServer {
                     Err(e) => json!({"authenticated": false, "user": {}, "error": e}),
                 }
             }
-            Review::SelfRules => {
+            "SelfSubjectRulesReview" => {
                 let ns = spec["namespace"].as_str().unwrap_or_default();
                 if ns.is_empty() {
                     return Err(invalid(Cause::required("spec.namespace", "")));
                 }
                 self.rules_review(user, ns)
             }
-            Review::SelfAccess | Review::Access | Review::LocalAccess => {
-                let subject = match review {
-                    Review::SelfAccess => user.clone(),
+            _ => {
+                let subject = match kind {
+                    "SelfSubjectAccessReview" => user.clone(),
                     _ => {
                         let name = spec["user"].as_str().unwrap_or_default();
                         let groups = str_list(&spec["groups"]);
@@ -494,7 +451,7 @@ impl ApiServer {
                 let a = if let Some(r) = spec["resourceAttributes"].as_object() {
                     let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default();
                     let rns = s("namespace");
-                    if review == Review::LocalAccess && rns != ns.unwrap_or_default() {
+                    if def.namespaced && rns != ns.unwrap_or_default() {
                         return Err(invalid(Cause::invalid(
                             "spec.resourceAttributes.namespace",
                             &json!(rns),

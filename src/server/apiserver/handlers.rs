@@ -79,6 +79,15 @@ impl Call {
         if self.def.stored_as_core_event() { encode(&crate::api::events::to_core(obj)) } else { encode(obj) }
     }
 
+    /// The stored form, or 413 when it is over what the store takes.
+    fn encode_within_limit(&self, obj: &Value) -> Result<Bytes, ApiError> {
+        let b = self.encode(obj);
+        if b.len() > MAX_OBJECT_BYTES {
+            return Err(ApiError::object_too_large(b.len(), MAX_OBJECT_BYTES));
+        }
+        Ok(b)
+    }
+
     pub(super) fn dry_run(&self) -> Result<bool, ApiError> {
         match self.query.get("dryRun") {
             None | Some("") => Ok(false),
@@ -679,10 +688,7 @@ impl ApiServer {
             call.writer(&manager).update(None, &mut obj, base);
         }
         let _quota = self.admit_quota(call, &obj).await?;
-        let encoded = call.encode(&obj);
-        if encoded.len() > MAX_OBJECT_BYTES {
-            return Err(ApiError::object_too_large(encoded.len(), MAX_OBJECT_BYTES));
-        }
+        let encoded = call.encode_within_limit(&obj)?;
         if call.dry_run()? {
             return Ok(request::with_warnings(self.render(call, obj, 201), &warnings));
         }
@@ -833,10 +839,7 @@ impl ApiServer {
             let (rev, _) = self.store.delete(&cur.key, Some(cur.mod_rev)).await.map_err(|e| storage_error(t, e))?;
             return Ok(with_rv(obj, rev));
         }
-        let encoded = call.encode(&obj);
-        if encoded.len() > MAX_OBJECT_BYTES {
-            return Err(ApiError::object_too_large(encoded.len(), MAX_OBJECT_BYTES));
-        }
+        let encoded = call.encode_within_limit(&obj)?;
         let rev = self.store.update(&cur.key, encoded, cur.mod_rev).await.map_err(|e| storage_error(t, e))?;
         Ok(with_rv(obj, rev))
     }
