@@ -400,6 +400,25 @@ async fn main() {
     let vconns = Arc::new(vconns);
     let viewer_get_rate = gets_per_s(vconns, gets).await;
 
+    // The same admin GETs against a second server that writes every request to an
+    // audit log at Metadata level: what auditing costs.
+    let adir = tempfile::tempdir_in(&base).unwrap();
+    let mut acfg = ServerConfig::loopback(adir.path());
+    acfg.audit = Some(rk::server::audit::AuditConfig {
+        path: adir.path().join("audit.log"),
+        policy: Arc::new(rk::server::audit::Policy::metadata_for_all()),
+        max_age_days: 0,
+        max_backups: 0,
+        max_size_mb: 0,
+    });
+    let ashutdown = CancellationToken::new();
+    let audited = server::start(&acfg, ashutdown.clone(), &TaskTracker::new()).await.unwrap();
+    rk_create_rate(&audited, "default", 1, 1, "s0".into()).await;
+    let audited_get_rate = gets_per_s(rk_conns(&audited, 16).await, gets).await;
+    let plain_get_rate = gets_per_s(rk_conns(&running, 16).await, gets).await;
+    let audit_lines = std::fs::read_to_string(adir.path().join("audit.log")).map(|t| t.lines().count()).unwrap_or(0);
+    ashutdown.cancel();
+
     // LIST latency of 10,000 objects in their own namespace.
     let nsb = Bytes::from_static(br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"list"}}"#);
     rk_conns(&running, 1).await[0].call("POST", "/api/v1/namespaces", nsb).await;
@@ -479,6 +498,10 @@ async fn main() {
     println!(
         "| GETs/s, 64 in flight, as a user RBAC authorizes (admin's above, same run) | {viewer_get_rate:.0} | | {:.2}x of admin |",
         viewer_get_rate / get_rate
+    );
+    println!(
+        "| GETs/s, 64 in flight, audit log at Metadata ({audit_lines} Events; unaudited {plain_get_rate:.0} just after) | {audited_get_rate:.0} | | {:.2}x of unaudited |",
+        audited_get_rate / plain_get_rate
     );
     println!("| LIST of {count} objects, median ms | {:.1} | | |", median(lat));
     println!(

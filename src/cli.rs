@@ -177,6 +177,21 @@ pub struct AgentArgs {
     /// The cluster DNS domain.
     #[arg(long, env = "RK_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = parse_domain)]
     pub cluster_domain: String,
+    /// Write an audit log (JSON lines of audit.k8s.io/v1 Events) here; `-` is stdout.
+    #[arg(long, env = "RK_AUDIT_LOG_PATH")]
+    pub audit_log_path: Option<PathBuf>,
+    /// The audit policy (audit.k8s.io/v1 Policy); without one every request is logged at Metadata.
+    #[arg(long, env = "RK_AUDIT_POLICY_FILE")]
+    pub audit_policy_file: Option<PathBuf>,
+    /// Days to keep rotated audit logs (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxage: u64,
+    /// Rotated audit logs to keep (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxbackup: usize,
+    /// Size in megabytes at which the audit log is rotated (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxsize: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub node: NodeArgs,
@@ -285,6 +300,21 @@ pub struct ServerArgs {
     /// Store Secrets encrypted (AES-GCM, keys under the data dir).
     #[arg(long, env = "RK_SECRETS_ENCRYPTION")]
     pub secrets_encryption: bool,
+    /// Write an audit log (JSON lines of audit.k8s.io/v1 Events) here; `-` is stdout.
+    #[arg(long, env = "RK_AUDIT_LOG_PATH")]
+    pub audit_log_path: Option<PathBuf>,
+    /// The audit policy (audit.k8s.io/v1 Policy); without one every request is logged at Metadata.
+    #[arg(long, env = "RK_AUDIT_POLICY_FILE")]
+    pub audit_policy_file: Option<PathBuf>,
+    /// Days to keep rotated audit logs (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxage: u64,
+    /// Rotated audit logs to keep (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxbackup: usize,
+    /// Size in megabytes at which the audit log is rotated (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxsize: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub node: NodeArgs,
@@ -344,7 +374,22 @@ impl ServerArgs {
             anyhow::bail!("--node-name {node_name:?}: {e}");
         }
         let (node_labels, node_taints) = self.node.parse()?;
+        let audit = match (self.audit_log_path, &self.audit_policy_file) {
+            (None, Some(_)) => anyhow::bail!("--audit-policy-file needs --audit-log-path"),
+            (None, None) => None,
+            (Some(path), policy) => Some(crate::server::audit::AuditConfig {
+                path,
+                policy: std::sync::Arc::new(match policy {
+                    Some(f) => crate::server::audit::Policy::load(f).map_err(anyhow::Error::msg)?,
+                    None => crate::server::audit::Policy::metadata_for_all(),
+                }),
+                max_age_days: self.audit_log_maxage,
+                max_backups: self.audit_log_maxbackup,
+                max_size_mb: self.audit_log_maxsize,
+            }),
+        };
         Ok(ServerConfig {
+            audit,
             data_dir: self.data_dir,
             bind_address: self.bind_address,
             https_listen_port: self.https_listen_port,

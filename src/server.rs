@@ -4,6 +4,7 @@
 //! bootstrap objects → ready. Each stage waits on the one before, never on a sleep.
 
 pub mod apiserver;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod controllers;
@@ -78,6 +79,8 @@ pub struct ServerConfig {
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// The own agent's `--container-runtime-endpoint`.
     pub runtime_endpoint: Option<PathBuf>,
+    /// The audit log, when `--audit-log-path` is given.
+    pub audit: Option<audit::AuditConfig>,
 }
 
 impl ServerConfig {
@@ -108,6 +111,7 @@ impl ServerConfig {
             node_labels: Default::default(),
             node_taints: vec![],
             runtime_endpoint: None,
+            audit: None,
         }
     }
 
@@ -184,6 +188,9 @@ pub enum ServerError {
     /// A key (service-account signing, secrets encryption) could not be read or made.
     #[error("keys: {0}")]
     SigningKey(String),
+    /// The audit log could not be opened.
+    #[error("{0}")]
+    Audit(String),
 }
 
 /// A running server, for tests and for the in-process agent.
@@ -254,6 +261,11 @@ pub async fn start(
         let _ = api.secrets.set(e);
     }
     let _ = api.identity.set(Arc::new(identity.clone()));
+    if let Some(a) = &cfg.audit {
+        let log = audit::AuditLog::open(a).map_err(ServerError::Audit)?;
+        tracing::info!(path = %a.path.display(), "audit log on");
+        let _ = api.audit.set(log);
+    }
     let issuer = format!("https://kubernetes.default.svc.{}", cfg.cluster_domain);
     let key = server_dir.join("tls").join("service-account.key");
     let signer = auth::token::Signer::load_or_create(&key, &issuer).map_err(ServerError::SigningKey)?;

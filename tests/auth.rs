@@ -470,3 +470,119 @@ async fn secrets_are_encrypted_at_rest() {
         }
     }
 }
+
+/// The audit log's Events, once the lines matching `want` are there.
+async fn audit_events(path: &std::path::Path, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let evs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect();
+        if want(&evs) {
+            return evs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the audit log never had the Events wanted:\n{}", std::fs::read_to_string(path).unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_follows_its_policy() {
+    use rk::server::audit::{AuditConfig, Policy};
+    let policy = r#"
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    nonResourceURLs: ["/healthz*", "/readyz*", "/livez*"]
+  - level: None
+    userGroups: ["system:masters"]
+    users: ["system:apiserver", "system:kube-controller-manager", "system:kube-scheduler"]
+  - level: None
+    users: ["system:apiserver", "system:kube-controller-manager", "system:kube-scheduler"]
+  - level: RequestResponse
+    omitManagedFields: true
+    resources: [{group: "", resources: ["configmaps"]}]
+  - level: Request
+    resources: [{group: "", resources: ["secrets"]}]
+  - level: Metadata
+"#;
+    let mut log = std::path::PathBuf::new();
+    let s = TestServer::start_with(|c| {
+        log = c.data_dir.parent().unwrap().join("audit").join("audit.log");
+        c.audit = Some(AuditConfig {
+            path: log.clone(),
+            policy: std::sync::Arc::new(Policy::parse(policy).unwrap()),
+            max_age_days: 0,
+            max_backups: 0,
+            max_size_mb: 0,
+        });
+    })
+    .await;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+    s.kubectl_ok(&["create", "configmap", "c1", "--from-literal=k=v"]).await;
+    s.kubectl_ok(&["create", "secret", "generic", "s1", "--from-literal=p=hunter2"]).await;
+    s.kubectl_ok(&["get", "secrets"]).await;
+    let denied = s.kubectl(&["get", "secrets", "--as", "jane", "--as-group", "devs"]).await;
+    assert!(!denied.status.success());
+    let bad = token_client(&s, "not-a-token").await;
+    assert_eq!(status(&bad, "GET", "/api/v1/namespaces/default/pods", None).await, 401);
+    let admin = s.client().await;
+    assert_eq!(status(&admin, "GET", "/healthz", None).await, 200);
+    // A watch: ResponseStarted when it begins, ResponseComplete when it ends.
+    let _ = s.kubectl(&["get", "configmaps", "--watch", "--request-timeout=1s"]).await;
+    let evs = audit_events(&log, |evs| {
+        evs.iter().any(|e| e["verb"] == "watch" && e["stage"] == "ResponseComplete")
+            && evs.iter().any(|e| e["responseStatus"]["code"] == 401)
+    })
+    .await;
+    let find = |verb: &str, res: &str| -> Vec<&Value> {
+        evs.iter().filter(|e| e["verb"] == verb && e["objectRef"]["resource"] == res).collect()
+    };
+    for e in &evs {
+        assert_eq!((&e["kind"], &e["apiVersion"]), (&json!("Event"), &json!("audit.k8s.io/v1")));
+        assert_ne!(e["stage"], "RequestReceived", "omitted by the policy");
+        assert!(!e["requestURI"].as_str().unwrap().starts_with("/healthz"), "level None");
+        assert!(e["user"]["username"] != "system:apiserver", "level None: {e}");
+        assert!(e["requestReceivedTimestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    // RequestResponse for configmaps, without managedFields.
+    let cm = find("create", "configmaps");
+    assert_eq!(cm.len(), 1, "{cm:?}");
+    let cm = cm[0];
+    assert_eq!(cm["level"], "RequestResponse");
+    assert_eq!(cm["objectRef"], json!({"resource": "configmaps", "namespace": "default", "name": "c1", "apiVersion": "v1"}));
+    assert_eq!(cm["responseStatus"]["code"], 201);
+    assert_eq!(cm["requestObject"]["data"]["k"], "v");
+    assert_eq!(cm["responseObject"]["metadata"]["name"], "c1");
+    assert!(cm["responseObject"]["metadata"].get("managedFields").is_none());
+    assert_eq!(cm["user"]["username"], "system:admin");
+    assert_eq!(cm["annotations"]["authorization.k8s.io/decision"], "allow");
+    // Request for secrets: the request body, not the response.
+    let sec = find("create", "secrets")[0];
+    assert_eq!(sec["level"], "Request");
+    assert!(sec["requestObject"]["data"]["p"].is_string() && sec.get("responseObject").is_none());
+    // Metadata for the rest: no bodies; a refusal says who was impersonated and why.
+    let lists = find("list", "secrets");
+    let forbid = lists.iter().find(|e| e["responseStatus"]["code"] == 403).expect("the refused list");
+    assert_eq!(forbid["level"], "Request");
+    assert_eq!(forbid["impersonatedUser"]["username"], "jane");
+    assert_eq!(forbid["user"]["username"], "system:admin");
+    assert_eq!(forbid["annotations"]["authorization.k8s.io/decision"], "forbid");
+    assert_eq!(forbid["responseStatus"]["reason"], "Forbidden");
+    let pods = find("list", "pods");
+    let unauth = pods.iter().find(|e| e["responseStatus"]["code"] == 401).expect("the 401");
+    assert_eq!(unauth["user"], json!({}));
+    assert_eq!(unauth["level"], "Metadata");
+    assert!(unauth.get("requestObject").is_none());
+    let watch = find("watch", "configmaps");
+    let started = watch.iter().find(|e| e["stage"] == "ResponseStarted").expect("ResponseStarted");
+    let done = watch.iter().find(|e| e["stage"] == "ResponseComplete").expect("ResponseComplete");
+    assert_eq!(started["auditID"], done["auditID"]);
+    assert!(done["stageTimestamp"].as_str() >= started["stageTimestamp"].as_str());
+    // Every response carries its Audit-Id.
+    let req = http::Request::get("/version").body(kube::client::Body::empty()).unwrap();
+    let resp = admin.send(req).await.unwrap();
+    let id = resp.headers().get("audit-id").expect("Audit-Id header").to_str().unwrap().to_string();
+    audit_events(&log, |evs| evs.iter().any(|e| e["auditID"] == id.as_str() && e["requestURI"] == "/version")).await;
+}

@@ -36,6 +36,7 @@ use self::request::{Query, Resp};
 use crate::api::registry::{Registry, ResourceDef};
 use crate::api::status::ApiError;
 use crate::embedded::Storage;
+use crate::server::audit::Trail;
 use crate::server::auth::{self, Attrs, User};
 use crate::server::tls::ClientCerts;
 
@@ -70,6 +71,8 @@ pub struct ApiServer {
     pub(crate) rbac: std::sync::OnceLock<auth::rbac::Rbac>,
     /// The secrets-encryption layer of the store, when there is one.
     pub secrets: std::sync::OnceLock<Arc<crate::server::secrets_encryption::EncryptedStore>>,
+    /// The audit log, when `--audit-log-path` is given.
+    pub audit: std::sync::OnceLock<crate::server::audit::AuditLog>,
 }
 
 /// Where a request goes.
@@ -204,6 +207,14 @@ fn attributes(r: &Route, method: &Method, query: &Query, path: &str) -> Option<A
     }
 }
 
+/// The API version a route is to, for the audit log.
+fn route_version(r: &Route) -> &'static str {
+    match r {
+        Route::Resource { def, .. } | Route::Review(def, _) => def.version,
+        _ => "",
+    }
+}
+
 impl ApiServer {
     /// A server over `store`; `server_addr` is what discovery reports (`host:port`).
     pub fn new(
@@ -228,6 +239,7 @@ impl ApiServer {
             signer: std::sync::OnceLock::new(),
             rbac: std::sync::OnceLock::new(),
             secrets: std::sync::OnceLock::new(),
+            audit: std::sync::OnceLock::new(),
         })
     }
 
@@ -248,7 +260,29 @@ impl ApiServer {
 
     /// Handles one request; `user` is who its connection's client certificate (or the
     /// in-process client) proves it is from; otherwise its bearer token decides.
-    pub async fn handle<B>(self: &Arc<Self>, mut req: Request<B>, user: Option<&User>) -> Resp
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>, user: Option<&User>) -> Resp
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(log) = self.audit.get() else { return self.serve_request(req, user, &mut Trail::off()).await };
+        let mut trail = Trail::start(&req);
+        let resp = self.serve_request(req, user, &mut trail).await;
+        log.finish(trail, resp).await
+    }
+
+    /// 403 unless `user` may do `a`; the decision goes into the audit record.
+    async fn guard(&self, user: &User, a: &Attrs, trail: &mut Trail) -> Result<(), ApiError> {
+        let d = self.authorize(user, a).await;
+        match &d {
+            auth::Decision::Allow => trail.decision(true, ""),
+            auth::Decision::Deny(why) => trail.decision(false, why),
+            auth::Decision::NoOpinion => trail.decision(false, ""),
+        }
+        a.outcome(user, d)
+    }
+
+    async fn serve_request<B>(self: &Arc<Self>, mut req: Request<B>, user: Option<&User>, trail: &mut Trail) -> Resp
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -259,18 +293,35 @@ impl ApiServer {
         let user = match self.authenticate(user, req.headers()).await {
             Ok(u) => u,
             Err(_) if joining => None,
-            Err(e) => return request::error(&e),
+            Err(e) => {
+                if trail.on() {
+                    // Logged with what it asked for, as Kubernetes's failed-authentication Events are.
+                    let q = Query::parse(req.uri().query());
+                    let path = req.uri().path();
+                    if let Ok(r) = route(&self.reg(), path)
+                        && let Some(a) = attributes(&r, req.method(), &q, path)
+                    {
+                        trail.attrs(&a, route_version(&r), &q);
+                    }
+                    trail.authn_failed();
+                }
+                return request::error(&e);
+            }
         };
+        let user = user.map(Arc::new);
+        trail.user(user.as_ref());
         let user = match user {
             Some(u) if req.headers().keys().any(|k| k.as_str().starts_with("impersonate-")) => {
-                match self.impersonate(u, req.headers()).await {
-                    Ok(u) => Some(u),
+                match self.impersonate(u.as_ref().clone(), req.headers()).await {
+                    Ok(u) => {
+                        trail.impersonated(&u);
+                        Some(Arc::new(u))
+                    }
                     Err(e) => return request::error(&e),
                 }
             }
             u => u,
         };
-        let user = user.map(Arc::new);
         if req.uri().path() == "/v1-rk/tunnel" {
             return self.accept_tunnel(&mut req, user.as_deref());
         }
@@ -280,7 +331,9 @@ impl ApiServer {
         {
             let (node, path) = (node.to_string(), format!("/{}", path.trim_start_matches('/')));
             let verb = auth::resource_verb(req.method(), true, false, "proxy");
-            if let Err(e) = self.check(u, &Attrs::resource(verb, "", "nodes", "proxy", "", &node)).await {
+            let a = Attrs::resource(verb, "", "nodes", "proxy", "", &node);
+            trail.attrs(&a, "v1", &Query::parse(req.uri().query()));
+            if let Err(e) = self.guard(u, &a, trail).await {
                 return request::error(&e);
             }
             let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -292,7 +345,9 @@ impl ApiServer {
         if let Some(u) = &user
             && let Some((ns, name, sub)) = stream_target(req.uri().path())
         {
-            if let Err(e) = self.check(u, &Attrs::resource("create", "", "pods", &sub, &ns, &name)).await {
+            let a = Attrs::resource("create", "", "pods", &sub, &ns, &name);
+            trail.attrs(&a, "v1", &Query::parse(req.uri().query()));
+            if let Err(e) = self.guard(u, &a, trail).await {
                 return request::error(&e);
             }
             return self.pod_stream(&mut req, &sub, &ns, &name).await.unwrap_or_else(|e| request::error(&e));
@@ -308,9 +363,13 @@ impl ApiServer {
             Ok(r) => r,
             Err(e) => return request::error(&e),
         };
+        let attrs = attributes(&r, &parts.method, &query, &path);
+        if let Some(a) = &attrs {
+            trail.attrs(a, route_version(&r), &query);
+        }
         if let Some(u) = &user
-            && let Some(a) = attributes(&r, &parts.method, &query, &path)
-            && let Err(e) = self.check(u, &a).await
+            && let Some(a) = &attrs
+            && let Err(e) = self.guard(u, a, trail).await
         {
             return request::error(&e);
         }
@@ -386,6 +445,7 @@ impl ApiServer {
                     Ok(b) => b,
                     Err(e) => return request::error(&e),
                 };
+                trail.body(&request::content_type(&parts.headers), &body);
                 match (&parts.method, &user) {
                     (&Method::POST, Some(u)) => self.review(def, u, ns.as_deref(), &parts.headers, &body).await,
                     (m, _) => Err(ApiError::method_not_allowed(m.as_str(), def.plural)),
@@ -396,6 +456,7 @@ impl ApiServer {
                     Ok(b) => b,
                     Err(e) => return request::error(&e),
                 };
+                trail.body(&request::content_type(&parts.headers), &body);
                 let call = Call { def, ns, name, sub, query, headers: parts.headers, user };
                 self.dispatch(parts.method, call, body, watch).await
             }
@@ -605,8 +666,9 @@ impl ApiServer {
         };
         let user = tls.get_ref().1.peer_certificates().and_then(|c| certs.authenticate(c));
         let user = Arc::new(user);
-        let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
             let (api, user) = (self.clone(), user.clone());
+            req.extensions_mut().insert(peer);
             async move { Ok::<_, Infallible>(api.handle(req, user.as_ref().as_ref()).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

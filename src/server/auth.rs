@@ -137,6 +137,15 @@ impl Attrs {
         Attrs { verb: verb.to_string(), resource: None, path: path.to_string() }
     }
 
+    /// Ok for an allowed request, else the 403 below.
+    pub fn outcome(&self, user: &User, d: Decision) -> Result<(), ApiError> {
+        match d {
+            Decision::Allow => Ok(()),
+            Decision::Deny(why) => Err(self.forbidden(user, &why)),
+            Decision::NoOpinion => Err(self.forbidden(user, "")),
+        }
+    }
+
     /// The 403 Kubernetes answers when `user` may not do this, word for word.
     pub fn forbidden(&self, user: &User, reason: &str) -> ApiError {
         let why = if reason.is_empty() { String::new() } else { format!(": {reason}") };

@@ -225,11 +225,7 @@ impl ApiServer {
 
     /// 403 unless `user` may do `a`.
     pub(crate) async fn check(&self, user: &User, a: &Attrs) -> Result<(), ApiError> {
-        match self.authorize(user, a).await {
-            Decision::Allow => Ok(()),
-            Decision::Deny(why) => Err(a.forbidden(user, &why)),
-            Decision::NoOpinion => Err(a.forbidden(user, "")),
-        }
+        a.outcome(user, self.authorize(user, a).await)
     }
 
     /// Whether a pod bound to `node` refers to the object (see [`node::pod_refers`]).
