@@ -4,6 +4,7 @@
 pub mod crd;
 pub mod defaults;
 pub mod events;
+pub mod limitrange;
 pub mod managed;
 pub mod meta;
 pub mod patch;

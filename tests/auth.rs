@@ -428,6 +428,109 @@ async fn admission_pod_security_and_quota() {
     assert!(described.contains("pods          2     2"), "{described}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_limit_ranges_and_priority() {
+    let s = TestServer::start().await;
+    let apply = |doc: Value| {
+        let s = &s;
+        async move {
+            let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(&doc.to_string())).await;
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    };
+    // LimitRanger: defaults land in the pod (with the annotation), limits are held.
+    s.kubectl_ok(&["create", "namespace", "lim"]).await;
+    let lr = json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "lr", "namespace": "lim"},
+                    "spec": {"limits": [{"type": "Container", "default": {"cpu": "500m", "memory": "128Mi"},
+                                         "defaultRequest": {"cpu": "100m"}, "max": {"cpu": "1"},
+                                         "min": {"cpu": "50m"}},
+                                        {"type": "PersistentVolumeClaim", "max": {"storage": "2Gi"}}]}});
+    let (ok, err) = apply(lr).await;
+    assert!(ok, "{err}");
+    let stored = s.kubectl_ok(&["-n", "lim", "get", "limitrange", "lr", "-o", "json"]).await;
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["spec"]["limits"][0]["defaultRequest"], json!({"cpu": "100m", "memory": "128Mi"}));
+    s.kubectl_ok(&["-n", "lim", "run", "plain", "--image=x"]).await;
+    let pod: Value = serde_json::from_str(&s.kubectl_ok(&["-n", "lim", "get", "pod", "plain", "-o", "json"]).await).unwrap();
+    let res = &pod["spec"]["containers"][0]["resources"];
+    assert_eq!(res["limits"], json!({"cpu": "500m", "memory": "128Mi"}));
+    assert_eq!(res["requests"], json!({"cpu": "100m", "memory": "128Mi"}));
+    assert_eq!(
+        pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"],
+        "LimitRanger plugin set: cpu, memory request for container plain; cpu, memory limit for container plain"
+    );
+    assert_eq!(pod["status"]["qosClass"], "Burstable");
+    let big = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "big", "namespace": "lim"},
+                     "spec": {"containers": [{"name": "c", "image": "x",
+                                              "resources": {"requests": {"cpu": "10m"}, "limits": {"cpu": "2"}}}]}});
+    let (ok, err) = apply(big).await;
+    assert!(!ok);
+    assert!(
+        err.contains(r#"pods "big" is forbidden: [minimum cpu usage per Container is 50m, but request is 10m, maximum cpu usage per Container is 1, but limit is 2]"#),
+        "{err}"
+    );
+    let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "c", "namespace": "lim"},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}});
+    let (ok, err) = apply(pvc).await;
+    assert!(!ok);
+    assert!(
+        err.contains(r#"persistentvolumeclaims "c" is forbidden: maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 5Gi"#),
+        "{err}"
+    );
+    // A pod whose requests equal its limits is Guaranteed.
+    let g = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "g", "namespace": "lim"},
+                   "spec": {"containers": [{"name": "c", "image": "x",
+                                            "resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}}]}});
+    assert!(apply(g).await.0);
+    assert_eq!(s.kubectl_ok(&["-n", "lim", "get", "pod", "g", "-o", "jsonpath={.status.qosClass}"]).await, "Guaranteed");
+
+    // Priority: the system classes exist; a pod gets its class's value, or the
+    // default class's; unknown classes and hand-set values are refused.
+    let classes = s.kubectl_ok(&["get", "priorityclasses"]).await;
+    assert!(classes.contains("system-node-critical") && classes.contains("2000001000"), "{classes}");
+    let pc = |name: &str, value: i64, default: bool| {
+        json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+               "value": value, "globalDefault": default})
+    };
+    assert!(apply(pc("high", 1000, false)).await.0);
+    assert!(apply(pc("low", 10, true)).await.0);
+    let (ok, err) = apply(pc("other", 5, true)).await;
+    assert!(!ok);
+    assert!(err.contains("PriorityClass low is already marked as default. Only one default can exist"), "{err}");
+    let (ok, err) = apply(pc("huge", 2_000_000_000, false)).await;
+    assert!(!ok && err.contains("maximum allowed value of a user defined priority is 1000000000"), "{err}");
+    let (ok, err) = apply(pc("system-mine", 1, false)).await;
+    assert!(!ok && err.contains("priority class names with 'system-' prefix are reserved for system use only"), "{err}");
+    let pod = |name: &str, extra: Value| {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+                           "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        for (k, v) in extra.as_object().unwrap() {
+            p["spec"][k] = v.clone();
+        }
+        p
+    };
+    assert!(apply(pod("hi", json!({"priorityClassName": "high"}))).await.0);
+    assert!(apply(pod("dflt", json!({}))).await.0);
+    let got = |n: &str| {
+        let s = &s;
+        let n = n.to_string();
+        async move {
+            s.kubectl_ok(&["get", "pod", &n, "-o", "jsonpath={.spec.priorityClassName}/{.spec.priority}/{.spec.preemptionPolicy}"])
+                .await
+        }
+    };
+    assert_eq!(got("hi").await, "high/1000/PreemptLowerPriority");
+    assert_eq!(got("dflt").await, "low/10/PreemptLowerPriority");
+    let (ok, err) = apply(pod("nope", json!({"priorityClassName": "missing"}))).await;
+    assert!(!ok && err.contains(r#"pods "nope" is forbidden: no PriorityClass with name missing was found"#), "{err}");
+    let (ok, err) = apply(pod("forced", json!({"priorityClassName": "high", "priority": 5}))).await;
+    assert!(!ok);
+    assert!(
+        err.contains("the integer value of priority (5) must not be provided in pod spec; priority admission controller computed 1000 from the given PriorityClass name"),
+        "{err}"
+    );
+}
+
 /// Every file under `dir`, read whole.
 fn files_under(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {

@@ -163,8 +163,21 @@ pub fn apply(group: &str, plural: &str, obj: &mut Value) {
         ("", "pods") => {
             if let Some(spec) = obj.get_mut("spec") {
                 pod_spec(spec);
+                // SetDefaults_Pod: a container's limits are its requests where it sets none.
+                for field in ["containers", "initContainers"] {
+                    each(spec, &[field], |c| {
+                        let Some(limits) = c.pointer("/resources/limits").and_then(Value::as_object).cloned() else {
+                            return;
+                        };
+                        for (k, v) in limits {
+                            set(c, &["resources", "requests", &k], v);
+                        }
+                    });
+                }
             }
         }
+        ("", "limitranges") => crate::api::limitrange::default_range(obj),
+        ("scheduling.k8s.io", "priorityclasses") => set(obj, &["preemptionPolicy"], json!("PreemptLowerPriority")),
         ("", "replicationcontrollers") => {
             set(obj, &["spec", "replicas"], json!(1));
             template(obj);
@@ -226,12 +239,40 @@ pub fn apply(group: &str, plural: &str, obj: &mut Value) {
     }
 }
 
+/// The QoS class Kubernetes gives a pod from its containers' cpu and memory requests
+/// and limits: Guaranteed when every container limits both and requests what it
+/// limits, BestEffort when none asks for either, else Burstable.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers = ["containers", "initContainers"].into_iter().flat_map(|f| spec[f].as_array().into_iter().flatten());
+    let (mut any, mut guaranteed) = (false, true);
+    let num = |v: &Value| v.as_str().and_then(crate::server::scheduler::parse_quantity).or(v.as_f64());
+    for c in containers {
+        let (req, lim) = (&c["resources"]["requests"], &c["resources"]["limits"]);
+        for res in ["cpu", "memory"] {
+            let (r, l) = (num(&req[res]), num(&lim[res]));
+            if r.is_some_and(|r| r != 0.0) || l.is_some_and(|l| l != 0.0) {
+                any = true;
+            }
+            if l.is_none_or(|l| l == 0.0) || r.is_some_and(|r| Some(r) != l) {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 /// The status a new object starts with: Kubernetes's create strategies reset what the
 /// client sent (nodes keep theirs).
 pub fn initial_status(group: &str, plural: &str, obj: &mut Value) {
     obj["status"] = match (group, plural) {
         ("", "nodes") => return,
-        ("", "pods") => json!({"phase": "Pending", "qosClass": "BestEffort"}),
+        ("", "pods") => json!({"phase": "Pending", "qosClass": qos_class(&obj["spec"])}),
         ("", "namespaces") => json!({"phase": "Active"}),
         ("", "services") => json!({"loadBalancer": {}}),
         ("", "persistentvolumeclaims" | "persistentvolumes") => json!({"phase": "Pending"}),

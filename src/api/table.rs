@@ -127,6 +127,11 @@ pub fn columns(group: &str, plural: &str) -> Vec<Col> {
             w("VolumeMode"),
         ],
         ("apiextensions.k8s.io", "customresourcedefinitions") => vec![NAME, Col("Created At", "date", 0)],
+        ("", "limitranges") => vec![NAME, Col("Created At", "date", 0)],
+        ("", "resourcequotas") => vec![NAME, AGE, s("Request"), s("Limit")],
+        ("scheduling.k8s.io", "priorityclasses") => {
+            vec![NAME, i("Value"), Col("Global-Default", "boolean", 0), AGE, s("PreemptionPolicy")]
+        }
         _ => vec![NAME, AGE],
     }
 }
@@ -708,9 +713,30 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
                 json!(or_none(str_at(obj, "/spec/volumeMode").into())),
             ]
         }
-        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+        ("apiextensions.k8s.io", "customresourcedefinitions") | ("", "limitranges") => {
             vec![name, json!(str_at(obj, "/metadata/creationTimestamp"))]
         }
+        ("", "resourcequotas") => {
+            // "key: used/hard" for each hard limit, limits.* in their own column.
+            let (mut req, mut lim) = (Vec::new(), Vec::new());
+            if let Some(hard) = obj.pointer("/status/hard").and_then(Value::as_object) {
+                let mut keys: Vec<&String> = hard.keys().collect();
+                keys.sort();
+                for k in keys {
+                    let used = obj.pointer("/status/used").and_then(|u| u.get(k.as_str())).and_then(Value::as_str);
+                    let cell = format!("{k}: {}/{}", used.unwrap_or("0"), hard[k.as_str()].as_str().unwrap_or(""));
+                    if k.split('.').next() == Some("limits") && k.contains('.') { lim.push(cell) } else { req.push(cell) }
+                }
+            }
+            vec![name, age(obj, now), json!(req.join(", ")), json!(lim.join(", "))]
+        }
+        ("scheduling.k8s.io", "priorityclasses") => vec![
+            name,
+            json!(obj.get("value").and_then(Value::as_i64).unwrap_or(0)),
+            json!(obj.get("globalDefault").and_then(Value::as_bool).unwrap_or(false)),
+            age(obj, now),
+            json!(str_at(obj, "/preemptionPolicy")),
+        ],
         _ => vec![name, age(obj, now)],
     }
 }

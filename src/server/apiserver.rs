@@ -592,6 +592,15 @@ impl ApiServer {
         {
             tracing::warn!(error = %e.message, "creating the kube-dns Service failed");
         }
+        for (name, value, description) in admission::SYSTEM_PRIORITY_CLASSES {
+            self.ensure(
+                "scheduling.k8s.io",
+                "priorityclasses",
+                None,
+                json!({"metadata": {"name": name}, "value": value, "description": description}),
+            )
+            .await?;
+        }
         if let Err(e) = self
             .ensure(
                 "networking.k8s.io",

@@ -197,33 +197,10 @@ fn phase(pod: &Pod, obs: &PodObservation, statuses: &[Value], init_statuses: &[V
     }
 }
 
-/// The QoS class Kubernetes gives a pod from its containers' requests and limits.
+/// The QoS class Kubernetes gives a pod (see [`crate::api::defaults::qos_class`]).
 pub fn qos_class(pod: &Pod) -> &'static str {
-    let Some(spec) = pod.spec.as_ref() else { return "BestEffort" };
-    let all = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-    let (mut any, mut guaranteed) = (false, true);
-    for c in all {
-        let r = c.resources.as_ref();
-        let req = r.and_then(|r| r.requests.as_ref());
-        let lim = r.and_then(|r| r.limits.as_ref());
-        if req.is_some_and(|m| !m.is_empty()) || lim.is_some_and(|m| !m.is_empty()) {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let l = lim.and_then(|m| m.get(res)).map(|q| q.0.clone());
-            let q = req.and_then(|m| m.get(res)).map(|q| q.0.clone()).or(l.clone());
-            if l.is_none() || l != q {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    let spec = pod.spec.as_ref().and_then(|s| serde_json::to_value(s).ok()).unwrap_or_default();
+    crate::api::defaults::qos_class(&spec)
 }
 
 /// The pod's status: phase, conditions, container statuses, IPs, QoS class.

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::ApiServer;
 use super::handlers::Call;
+use crate::api::limitrange;
 use crate::api::podsecurity::{self, Level};
 use crate::api::quota;
 use crate::api::status::ApiError;
@@ -82,11 +83,11 @@ impl ApiServer {
         Ok(warnings)
     }
 
-    /// The live objects of a kind in a namespace, decoded.
+    /// The live objects of a kind in a namespace (all of a cluster-scoped kind), decoded.
     pub(super) async fn objects_in(&self, group: &str, plural: &str, ns: &str) -> Result<Vec<Value>, ApiError> {
         let reg = self.reg();
         let Some(def) = reg.all().iter().find(|d| d.group == group && d.plural == plural) else { return Ok(vec![]) };
-        let prefix = format!("{}{ns}/", def.key_prefix());
+        let prefix = def.list_prefix(Some(ns));
         let page = self.store.list(&prefix, None, 0, 0).await.map_err(ApiError::internal)?;
         Ok(page.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
     }
@@ -248,6 +249,155 @@ impl ApiServer {
                     Some(m) => m.push(mount.clone()),
                     None => c["volumeMounts"] = serde_json::json!([mount.clone()]),
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The PriorityClasses every cluster has, with their values and descriptions.
+pub const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [
+    ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+];
+
+/// The highest priority a user's PriorityClass may have.
+const MAX_USER_PRIORITY: i64 = 1_000_000_000;
+
+impl ApiServer {
+    /// A 403 for `obj` with Kubernetes's admission wording.
+    fn refused(call: &Call, obj: &Value, why: &str) -> ApiError {
+        let name = crate::api::meta::name(obj);
+        ApiError::forbidden(call.target(name), format!("{} {name:?} is forbidden: {why}", call.target(name).qualified()))
+    }
+
+    /// LimitRanger on create: a pod's containers get the defaults of their
+    /// namespace's LimitRanges, then pods and claims are held to the ranges' limits.
+    pub(super) async fn admit_limits(&self, call: &Call, obj: &mut Value) -> Result<(), ApiError> {
+        let (Some(ns), None, "") = (call.ns.as_deref(), call.sub.as_deref(), call.def.group) else { return Ok(()) };
+        if !matches!(call.def.plural, "pods" | "persistentvolumeclaims") {
+            return Ok(());
+        }
+        let ranges = self.objects_in("", "limitranges", ns).await?;
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let r = if call.def.plural == "pods" {
+            limitrange::admit_pod(&ranges, obj)
+        } else {
+            limitrange::admit_claim(&ranges, obj)
+        };
+        r.map_err(|errs| Self::refused(call, obj, &limitrange::aggregate(&errs)))
+    }
+
+    /// The Priority plugin on create. A pod gets the value (and preemption policy) of
+    /// its PriorityClass, or of the cluster's default class, or 0; a class that does
+    /// not exist, or a value the pod sets itself that differs, is refused. A new
+    /// PriorityClass may not be a second default, take a `system-` name or exceed the
+    /// highest user priority.
+    pub(super) async fn admit_priority(&self, call: &Call, obj: &mut Value) -> Result<(), ApiError> {
+        if call.sub.is_some() {
+            return Ok(());
+        }
+        match (call.def.group, call.def.plural) {
+            ("", "pods") => self.admit_pod_priority(call, obj).await,
+            ("scheduling.k8s.io", "priorityclasses") => self.admit_priority_class(call, obj, None).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn admit_pod_priority(&self, call: &Call, obj: &mut Value) -> Result<(), ApiError> {
+        let classes = self.objects_in("scheduling.k8s.io", "priorityclasses", "").await?;
+        let asked = obj["spec"]["priorityClassName"].as_str().filter(|n| !n.is_empty()).map(String::from);
+        let class = match &asked {
+            Some(n) => match classes.iter().find(|c| crate::api::meta::name(c) == n) {
+                Some(c) => Some(c),
+                None => return Err(Self::refused(call, obj, &format!("no PriorityClass with name {n} was found"))),
+            },
+            // The default class; with several (a race), the lowest, as upstream.
+            None => classes
+                .iter()
+                .filter(|c| c["globalDefault"] == true)
+                .min_by_key(|c| c["value"].as_i64().unwrap_or(0)),
+        };
+        let value = class.and_then(|c| c["value"].as_i64()).unwrap_or(0);
+        let policy = class.and_then(|c| c["preemptionPolicy"].as_str()).unwrap_or("PreemptLowerPriority").to_string();
+        if let Some(p) = obj["spec"]["priority"].as_i64()
+            && p != value
+        {
+            return Err(Self::refused(
+                call,
+                obj,
+                &format!(
+                    "the integer value of priority ({p}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+                ),
+            ));
+        }
+        if let Some(p) = obj["spec"]["preemptionPolicy"].as_str()
+            && p != policy
+        {
+            return Err(Self::refused(
+                call,
+                obj,
+                &format!(
+                    "the string value of PreemptionPolicy ({p}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
+                ),
+            ));
+        }
+        let spec = &mut obj["spec"];
+        if let Some(c) = class {
+            spec["priorityClassName"] = Value::String(crate::api::meta::name(c).to_string());
+        }
+        spec["priority"] = Value::from(value);
+        spec["preemptionPolicy"] = Value::String(policy);
+        Ok(())
+    }
+
+    /// Checks a PriorityClass being created (old None) or updated.
+    pub(super) async fn admit_priority_class(&self, call: &Call, pc: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+        use crate::api::status::Cause;
+        let name = crate::api::meta::name(pc);
+        let value = pc["value"].as_i64().unwrap_or(0);
+        let system = SYSTEM_PRIORITY_CLASSES.iter().find(|(n, _, _)| *n == name);
+        let mut causes = Vec::new();
+        match system {
+            Some((_, v, _)) if *v != value => causes.push(Cause::invalid(
+                "value",
+                &pc["value"],
+                format!("value of system priority class {name} must be {v}"),
+            )),
+            Some(_) => {}
+            None if name.starts_with("system-") => causes.push(Cause::invalid(
+                "metadata.name",
+                &Value::String(name.to_string()),
+                "priority class names with 'system-' prefix are reserved for system use only",
+            )),
+            None if value > MAX_USER_PRIORITY => causes.push(Cause::forbidden(
+                "value",
+                &format!("maximum allowed value of a user defined priority is {MAX_USER_PRIORITY}"),
+            )),
+            None => {}
+        }
+        if let Some(o) = old
+            && o["value"] != pc["value"]
+        {
+            causes.push(Cause::forbidden("value", "may not be changed in an update."));
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(call.def.group, call.def.kind, name, causes));
+        }
+        if pc["globalDefault"] == true {
+            let classes = self.objects_in("scheduling.k8s.io", "priorityclasses", "").await?;
+            if let Some(d) = classes.iter().find(|c| c["globalDefault"] == true && crate::api::meta::name(c) != name) {
+                let why = format!(
+                    "PriorityClass {} is already marked as default. Only one default can exist",
+                    crate::api::meta::name(d)
+                );
+                return Err(Self::refused(call, pc, &why));
             }
         }
         Ok(())

@@ -633,7 +633,9 @@ impl ApiServer {
         if call.def.group.is_empty() && call.def.plural == "pods" {
             defaults::default_toleration_seconds(&mut obj);
         }
+        self.admit_limits(call, &mut obj).await?;
         self.admit_service_account(call, &mut obj).await?;
+        self.admit_priority(call, &mut obj).await?;
         let mut warnings = self.field_problems(
             call,
             dups.iter().map(|d| format!("duplicate field {d:?}")).collect(),
@@ -815,6 +817,9 @@ impl ApiServer {
         warnings.extend(self.validate(call, &new, fv, patch, &before)?);
         self.check_escalation(call, &new).await?;
         warnings.extend(self.admit_pod_security(call, &new, Some(old)).await?);
+        if call.def.group == "scheduling.k8s.io" && call.def.plural == "priorityclasses" {
+            self.admit_priority_class(call, &new, Some(old)).await?;
+        }
         let _svc = self.service_update_lock(call, old, &mut new).await?;
         Ok((self.commit_update(call, cur, old, new).await?, warnings))
     }
