@@ -58,8 +58,6 @@ pub struct AgentConfig {
     pub cluster_dns: String,
     /// The cluster domain.
     pub cluster_domain: String,
-    /// This node runs the control plane too (the server's own agent).
-    pub control_plane: bool,
 }
 
 /// Runs the agent until `shutdown`.
@@ -77,7 +75,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 external_ip: cfg.node_external_ip,
                 labels: cfg.node_labels.clone(),
                 taints: cfg.node_taints.clone(),
-                control_plane: cfg.control_plane,
             },
             data_dir: cfg.data_dir.clone(),
             cluster_dns: cfg.cluster_dns.clone(),

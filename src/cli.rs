@@ -123,6 +123,13 @@ impl NodeArgs {
             };
             labels.insert(k.to_string(), v.to_string());
         }
+        let bad = crate::server::auth::node::forbidden_labels(labels.keys());
+        if !bad.is_empty() {
+            anyhow::bail!(
+                "--node-label: a node may not give itself {} (labels under kubernetes.io and k8s.io must be kubelet.kubernetes.io/, node.kubernetes.io/ or a kubelet label such as topology.kubernetes.io/zone)",
+                bad.join(", ")
+            );
+        }
         let taints = self
             .node_taint
             .iter()
@@ -244,7 +251,6 @@ impl AgentArgs {
             runtime_endpoint: self.node.container_runtime_endpoint,
             cluster_dns: self.cluster_dns.to_string(),
             cluster_domain: self.cluster_domain,
-            control_plane: false,
         })
     }
 }

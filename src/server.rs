@@ -144,7 +144,6 @@ impl ServerConfig {
             runtime_endpoint: self.runtime_endpoint.clone(),
             cluster_dns: self.dns_ip().to_string(),
             cluster_domain: self.cluster_domain.clone(),
-            control_plane: true,
         }
     }
 
@@ -314,6 +313,29 @@ pub async fn start(
     Ok(Running { addr, kubeconfig, identity, api, store })
 }
 
+/// Labels the server's own Node `node-role.kubernetes.io/control-plane` and `master`
+/// once it exists, as k3s does for its servers.
+async fn label_control_plane(client: kube::Client, node: String, shutdown: CancellationToken) {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, Patch, PatchParams};
+    let api: Api<Node> = Api::all(client);
+    let labels = serde_json::json!({"metadata": {"labels": {
+        "node-role.kubernetes.io/control-plane": "true",
+        "node-role.kubernetes.io/master": "true",
+    }}});
+    loop {
+        if let Ok(Some(_)) = api.get_opt(&node).await
+            && api.patch(&node, &PatchParams::default(), &Patch::Merge(&labels)).await.is_ok()
+        {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
 /// Runs `rk server` until `shutdown`.
 pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     let tracker = TaskTracker::new();
@@ -323,6 +345,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         shutdown.cancelled().await;
     } else {
         let acfg = cfg.agent_config(running.addr, &running.identity.token);
+        // The control-plane role labels are the server's to give (NodeRestriction keeps
+        // a node from labelling itself so), once its agent has registered the Node.
+        let admin = client::in_process(running.api.clone(), "system:apiserver", &["system:masters"]);
+        tracker.spawn(label_control_plane(admin, cfg.node_name.clone(), shutdown.clone()));
         tokio::select! {
             _ = shutdown.cancelled() => {}
             r = crate::agent::run(acfg, shutdown.clone()) => {

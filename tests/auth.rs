@@ -315,6 +315,50 @@ async fn service_account_tokens_nodes_and_escalation() {
     assert_eq!(status(&node_a, "GET", "/api/v1/nodes/node-b", None).await, 200, "nodes read other Nodes");
     assert_eq!(status(&node_a, "PATCH", "/api/v1/namespaces/team/pods/p/status", Some(&label)).await, 403);
     assert_eq!(status(&node_b, "PATCH", "/api/v1/namespaces/team/pods/p/status", Some(&label)).await, 200);
+    // NodeRestriction: no role labels or taint changes on itself; only mirror pods,
+    // bound to itself and using no Secrets.
+    let role = json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}});
+    assert_eq!(status(&node_a, "PATCH", "/api/v1/nodes/node-a", Some(&role)).await, 403);
+    let zone = json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "z1", "node.kubernetes.io/x": "1"}}});
+    assert_eq!(status(&node_a, "PATCH", "/api/v1/nodes/node-a", Some(&zone)).await, 200);
+    let taint = json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}});
+    assert_eq!(status(&node_a, "PATCH", "/api/v1/nodes/node-a", Some(&taint)).await, 403);
+    let mirror = |node: &str, extra: Value| {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": format!("static-{node}"), "annotations": {"kubernetes.io/config.mirror": "h"}},
+                           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}});
+        if let Some(v) = extra.get("volumes") {
+            p["spec"]["volumes"] = v.clone();
+        }
+        if extra.get("plain").is_some() {
+            p["metadata"]["annotations"] = json!({});
+        }
+        p
+    };
+    let pods = "/api/v1/namespaces/team/pods";
+    assert_eq!(status(&node_a, "POST", pods, Some(&mirror("node-a", json!({})))).await, 201);
+    assert_eq!(status(&node_a, "POST", pods, Some(&mirror("node-b", json!({})))).await, 403);
+    assert_eq!(status(&node_a, "POST", pods, Some(&mirror("node-a", json!({"plain": true})))).await, 403);
+    let secret_vol = json!({"volumes": [{"name": "v", "secret": {"secretName": "s1"}}]});
+    let mut with_secret = mirror("node-a", secret_vol);
+    with_secret["metadata"]["name"] = json!("static-s");
+    assert_eq!(status(&node_a, "POST", pods, Some(&with_secret)).await, 403);
+    let admin = s.client().await;
+    let r = admin
+        .request_text(
+            http::Request::post(pods)
+                .header("content-type", "application/json")
+                .header("impersonate-user", "system:node:node-a")
+                .header("impersonate-group", "system:nodes")
+                .body(serde_json::to_vec(&mirror("node-a", json!({"plain": true}))).unwrap())
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        r.to_string().contains(r#"pod does not have "kubernetes.io/config.mirror" annotation, node "node-a" can only create mirror pods"#),
+        "{r}"
+    );
     // A node asks for tokens only for its own pods.
     let tr = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                     "spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p"}}});

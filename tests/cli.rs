@@ -115,6 +115,9 @@ fn bad_input_is_one_line_before_start() {
         &["server", "--config", "/dev/null", "--node-name", "Bad_Name"],
         &["server", "--config", "/dev/null", "--log-level", "loud"],
         &["server", "--config", "/nonexistent/config.yaml"],
+        &["server", "--config", "/dev/null", "--node-label", "node-role.kubernetes.io/worker=true"],
+        &["server", "--config", "/dev/null", "--audit-policy-file", "/dev/null"],
+        &["server", "--config", "/dev/null", "--audit-log-path", "/tmp/x.log", "--audit-policy-file", "/nonexistent"],
         &["server", "--no-such-flag"],
     ] {
         let mut a: Vec<&str> = p.iter().map(String::as_str).collect::<Vec<_>>();

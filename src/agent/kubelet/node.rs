@@ -21,8 +21,6 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// `--node-taint key=value:Effect`, applied at registration.
     pub taints: Vec<Taint>,
-    /// A server's node gets `node-role.kubernetes.io/control-plane`.
-    pub control_plane: bool,
 }
 
 /// Bytes of memory on this machine.
@@ -143,10 +141,6 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig, status: Value) ->
         ("beta.kubernetes.io/arch".to_string(), arch().to_string()),
         ("node.kubernetes.io/instance-type".to_string(), "rk".to_string()),
     ]);
-    if cfg.control_plane {
-        labels.insert("node-role.kubernetes.io/control-plane".into(), "true".into());
-        labels.insert("node-role.kubernetes.io/master".into(), "true".into());
-    }
     labels.extend(cfg.labels.clone());
     let want: Node = serde_json::from_value(json!({
         "metadata": {"name": cfg.name, "labels": labels},

@@ -275,6 +275,22 @@ impl ApiServer {
         ApiError::forbidden(call.target(name), format!("{} {name:?} is forbidden: {why}", call.target(name).qualified()))
     }
 
+    /// NodeRestriction: what a node (`system:node:<name>`) may write of Nodes and pods
+    /// beyond what the Node authorizer lets it touch (see [`crate::server::auth::node`]).
+    pub(super) fn admit_node_restriction(&self, call: &Call, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+        use crate::server::auth::node;
+        let Some(n) = call.user.as_ref().and_then(|u| u.node()) else { return Ok(()) };
+        if call.sub.is_some() || !call.def.group.is_empty() {
+            return Ok(());
+        }
+        let r = match call.def.plural {
+            "nodes" => node::restrict_node_write(n, obj, old),
+            "pods" if old.is_none() => node::restrict_pod_create(n, obj),
+            _ => Ok(()),
+        };
+        r.map_err(|why| Self::refused(call, obj, &why))
+    }
+
     /// LimitRanger on create: a pod's containers get the defaults of their
     /// namespace's LimitRanges, then pods and claims are held to the ranges' limits.
     pub(super) async fn admit_limits(&self, call: &Call, obj: &mut Value) -> Result<(), ApiError> {

@@ -645,6 +645,7 @@ impl ApiServer {
         warnings.extend(self.schema_checks(call, &mut obj, fv, applied.is_some())?);
         warnings.extend(self.validate(call, &obj, fv, applied.is_some(), &[])?);
         self.check_escalation(call, &obj).await?;
+        self.admit_node_restriction(call, &obj, None)?;
         warnings.extend(self.admit_pod_security(call, &obj, None).await?);
         if is_crd(call.def) {
             let m = meta::meta_mut(&mut obj);
@@ -816,6 +817,7 @@ impl ApiServer {
         let mut warnings = self.schema_checks(call, &mut new, fv, patch)?;
         warnings.extend(self.validate(call, &new, fv, patch, &before)?);
         self.check_escalation(call, &new).await?;
+        self.admit_node_restriction(call, &new, Some(old))?;
         warnings.extend(self.admit_pod_security(call, &new, Some(old)).await?);
         if call.def.group == "scheduling.k8s.io" && call.def.plural == "priorityclasses" {
             self.admit_priority_class(call, &new, Some(old)).await?;

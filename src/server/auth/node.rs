@@ -84,6 +84,142 @@ pub fn judge(node: &str, a: &Attrs) -> Need {
     }
 }
 
+/// A label's namespace (the part before `/`), lower-cased.
+fn label_namespace(label: &str) -> String {
+    label.split_once('/').map(|(ns, _)| ns.to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// The labels the kubelet may set on its Node (Kubernetes's kubeletapis.IsKubeletLabel).
+pub fn is_kubelet_label(label: &str) -> bool {
+    const LABELS: [&str; 11] = [
+        "kubernetes.io/hostname",
+        "kubernetes.io/os",
+        "kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/instance-type",
+        "node.kubernetes.io/instance-type",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+    ];
+    if LABELS.contains(&label) {
+        return true;
+    }
+    let ns = label_namespace(label);
+    ["kubelet.kubernetes.io", "node.kubernetes.io"].iter().any(|a| ns == *a || ns.ends_with(&format!(".{a}")))
+}
+
+/// Labels a node may not set on itself: `node-restriction.kubernetes.io/` ones, and
+/// `kubernetes.io` / `k8s.io` ones outside the kubelet's set (so a node cannot steer
+/// workloads meant for others to itself).
+pub fn forbidden_labels<'a>(labels: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut bad: Vec<String> = labels
+        .filter(|l| {
+            let ns = label_namespace(l);
+            let restricted = ns == "node-restriction.kubernetes.io" || ns.ends_with(".node-restriction.kubernetes.io");
+            let kube = ["kubernetes.io", "k8s.io"].iter().any(|d| ns == *d || ns.ends_with(&format!(".{d}")));
+            restricted || (kube && !is_kubelet_label(l))
+        })
+        .cloned()
+        .collect();
+    bad.sort();
+    bad.dedup();
+    bad
+}
+
+/// NodeRestriction on a node's write of a Node (`old` None for a create): only its
+/// own, with no labels outside the allowed set and, after registering, no taint
+/// changes. The message is Kubernetes's.
+pub fn restrict_node_write(node: &str, obj: &Value, old: Option<&Value>) -> Result<(), String> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    if name != node {
+        return Err(format!("node {node:?} is not allowed to modify node {name:?}"));
+    }
+    let labels = |v: &Value| -> std::collections::BTreeMap<String, String> {
+        serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default()
+    };
+    let new = labels(obj);
+    let Some(old) = old else {
+        let bad = forbidden_labels(new.keys());
+        if !bad.is_empty() {
+            return Err(format!("node {node:?} is not allowed to set the following labels: {}", bad.join(", ")));
+        }
+        return Ok(());
+    };
+    let taints = |v: &Value| v["spec"]["taints"].as_array().cloned().unwrap_or_default();
+    if taints(obj) != taints(old) {
+        return Err(format!("node {node:?} is not allowed to modify taints"));
+    }
+    let before = labels(old);
+    let changed = new
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .chain(before.keys().filter(|k| !new.contains_key(*k)));
+    let bad = forbidden_labels(changed);
+    if !bad.is_empty() {
+        return Err(format!("is not allowed to modify labels: {}", bad.join(", ")));
+    }
+    Ok(())
+}
+
+/// NodeRestriction on a pod a node creates: only a mirror pod (of a static pod),
+/// bound to that node, owned by nothing but the Node, using no service account and
+/// no Secret, ConfigMap or claim. The messages are Kubernetes's.
+pub fn restrict_pod_create(node: &str, pod: &Value) -> Result<(), String> {
+    if !pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string() {
+        return Err(format!("pod does not have \"kubernetes.io/config.mirror\" annotation, node {node:?} can only create mirror pods"));
+    }
+    if pod["spec"]["nodeName"].as_str() != Some(node) {
+        return Err(format!("node {node:?} can only create pods with spec.nodeName set to itself"));
+    }
+    let owners = pod["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+    if owners.len() > 1
+        || owners.first().is_some_and(|o| o["apiVersion"] != "v1" || o["kind"] != "Node" || o["name"] != node)
+    {
+        return Err(format!("node {node:?} can only create pods with an owner reference set to itself"));
+    }
+    if pod["spec"]["serviceAccountName"].as_str().is_some_and(|s| !s.is_empty()) {
+        return Err(format!("node {node:?} can not create pods that use service accounts"));
+    }
+    for (kind, plural) in [("secret", "secrets"), ("configmap", "configmaps"), ("pvc", "persistentvolumeclaims")] {
+        if pod_uses(pod, kind) {
+            return Err(format!("node {node:?} can not create pods that reference {plural}"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a pod refers to any object of `kind` (`secret`, `configmap`, `pvc`).
+fn pod_uses(pod: &Value, kind: &str) -> bool {
+    let spec = &pod["spec"];
+    let all = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let (vol, env, from) = match kind {
+        "secret" => ("secret", "secretKeyRef", "secretRef"),
+        "configmap" => ("configMap", "configMapKeyRef", "configMapRef"),
+        _ => {
+            return all(&spec["volumes"])
+                .iter()
+                .any(|v| v["persistentVolumeClaim"].is_object() || v["ephemeral"].is_object());
+        }
+    };
+    if kind == "secret" && !all(&spec["imagePullSecrets"]).is_empty() {
+        return true;
+    }
+    let in_volumes = all(&spec["volumes"]).iter().any(|v| {
+        v[vol].is_object() || all(&v["projected"]["sources"]).iter().any(|s| s[vol].is_object())
+    });
+    let in_containers = ["containers", "initContainers", "ephemeralContainers"].iter().any(|f| {
+        all(&spec[*f]).iter().any(|c| {
+            all(&c["env"]).iter().any(|e| e["valueFrom"][env].is_object())
+                || all(&c["envFrom"]).iter().any(|e| e[from].is_object())
+        })
+    });
+    in_volumes || in_containers
+}
+
 fn names<'a>(v: &'a Value, path: &[&str]) -> impl Iterator<Item = &'a str> {
     let mut cur = Some(v);
     for p in path {
