@@ -31,6 +31,73 @@ pub enum Command {
     Images(ImagesArgs),
     /// Secrets encryption at rest: show its state, or rotate the key.
     SecretsEncrypt(SecretsEncryptArgs),
+    /// Bootstrap tokens agents can join with: create, list, delete, generate.
+    Token(TokenArgs),
+}
+
+/// `rk token`.
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TokenCommand,
+    /// The admin kubeconfig of the server.
+    #[arg(long, env = "RK_KUBECONFIG", default_value = "/etc/rk/rk.yaml", global = true)]
+    pub kubeconfig: PathBuf,
+}
+
+/// `rk token` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum TokenCommand {
+    /// Create a bootstrap token and print it as `K10<CA hash>::<id>.<secret>`.
+    Create {
+        /// The token (`[a-z0-9]{6}.[a-z0-9]{16}`); a random one when absent.
+        token: Option<String>,
+        /// How long it is good for (`90s`, `30m`, `24h`, `7d`); `0` never expires.
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: TokenTtl,
+        /// A note on what it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Extra groups (`system:bootstrappers:...`), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+    },
+    /// List the bootstrap tokens.
+    List,
+    /// Delete bootstrap tokens (by id or whole token).
+    Delete {
+        /// Token ids (`abcdef`) or tokens.
+        #[arg(required = true)]
+        tokens: Vec<String>,
+    },
+    /// Print a new random token without storing it.
+    Generate,
+}
+
+/// A token lifetime; None never expires.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenTtl(pub Option<std::time::Duration>);
+
+fn parse_ttl(s: &str) -> Result<TokenTtl, String> {
+    if s == "0" {
+        return Ok(TokenTtl(None));
+    }
+    let bad = || format!("{s:?} is not a duration (90s, 30m, 24h, 7d, or 0 for no expiry)");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(bad()),
+    };
+    if secs == 0 {
+        return Ok(TokenTtl(None));
+    }
+    Ok(TokenTtl(Some(std::time::Duration::from_secs(secs))))
 }
 
 /// `rk secrets-encrypt`.

@@ -32,26 +32,109 @@ fn main() -> ExitCode {
         }
         Command::Images(args) => run(images(args)),
         Command::SecretsEncrypt(args) => run(secrets_encrypt(args)),
+        Command::Token(args) => run(token(args)),
     }
+}
+
+/// The admin client and the cluster CA (PEM) from a kubeconfig.
+async fn admin_client(path: &std::path::Path) -> anyhow::Result<(kube::Client, String)> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the admin kubeconfig {}", path.display()))?;
+    let kc = kube::config::Kubeconfig::from_yaml(&text)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let ca = cfg
+        .root_cert
+        .as_ref()
+        .and_then(|c| c.first())
+        .map(|der| {
+            use base64::Engine;
+            let b = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> =
+                b.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+        })
+        .unwrap_or_default();
+    Ok((kube::Client::try_from(cfg)?, ca))
+}
+
+fn api_error(e: kube::Error) -> anyhow::Error {
+    match e {
+        kube::Error::Api(s) => anyhow::anyhow!("{}", s.message),
+        e => anyhow::anyhow!(e),
+    }
+}
+
+/// `rk token create|list|delete|generate`: bootstrap token Secrets, through the API.
+async fn token(args: cli::TokenArgs) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, DeleteParams, ListParams, PostParams};
+    use rk::server::auth::bootstrap;
+    if let cli::TokenCommand::Generate = args.command {
+        println!("{}", bootstrap::generate());
+        return Ok(());
+    }
+    let (client, ca) = admin_client(&args.kubeconfig).await?;
+    let api: Api<Secret> = Api::namespaced(client, bootstrap::NAMESPACE);
+    let now = chrono::Utc::now();
+    match args.command {
+        cli::TokenCommand::Generate => unreachable!("handled above"),
+        cli::TokenCommand::Create { token, ttl, description, groups } => {
+            let token = token.unwrap_or_else(bootstrap::generate);
+            if bootstrap::parse(&token).is_none() || token.contains("::") {
+                anyhow::bail!("token {token:?} is not of the form [a-z0-9]{{6}}.[a-z0-9]{{16}}");
+            }
+            if let Some(g) = groups.iter().find(|g| !g.starts_with("system:bootstrappers:")) {
+                anyhow::bail!("--groups {g:?}: extra groups must start with system:bootstrappers:");
+            }
+            let s: Secret = serde_json::from_value(bootstrap::secret(&token, ttl.0, &description, &groups, now))?;
+            api.create(&PostParams::default(), &s).await.map_err(api_error)?;
+            let hash = rk::server::tls::ca_hash(&ca);
+            println!("K10{hash}::{token}");
+        }
+        cli::TokenCommand::List => {
+            let list = api.list(&ListParams::default().fields(&format!("type={}", bootstrap::SECRET_TYPE))).await;
+            let list = list.map_err(api_error)?;
+            let rows: Vec<[String; 6]> = list
+                .items
+                .iter()
+                .filter_map(|s| serde_json::to_value(s).ok())
+                .filter_map(|s| bootstrap::row(&s, now))
+                .collect();
+            let head = ["TOKEN", "TTL", "EXPIRES", "USAGES", "DESCRIPTION", "EXTRA GROUPS"].map(String::from);
+            let mut width = [0usize; 6];
+            for r in std::iter::once(&head).chain(rows.iter()) {
+                for (w, c) in width.iter_mut().zip(r) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            for r in std::iter::once(&head).chain(rows.iter()) {
+                let cells: Vec<String> = r.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
+                println!("{}", cells.join("   ").trim_end());
+            }
+        }
+        cli::TokenCommand::Delete { tokens } => {
+            for t in tokens {
+                let id = bootstrap::parse(&t).map(|(id, _)| id.to_string()).unwrap_or(t.clone());
+                if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+                    anyhow::bail!("{t:?} is not a token id ([a-z0-9]{{6}}) or token");
+                }
+                api.delete(&bootstrap::secret_name(&id), &DeleteParams::default()).await.map_err(api_error)?;
+                println!("bootstrap token {id:?} deleted");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `rk secrets-encrypt status|rotate-keys`, through the server's API as its admin.
 async fn secrets_encrypt(args: cli::SecretsEncryptArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let text = std::fs::read_to_string(&args.kubeconfig)
-        .with_context(|| format!("reading the admin kubeconfig {}", args.kubeconfig.display()))?;
-    let kc = kube::config::Kubeconfig::from_yaml(&text)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let client = kube::Client::try_from(cfg)?;
+    let (client, _) = admin_client(&args.kubeconfig).await?;
     let (method, uri) = match args.command {
         cli::SecretsEncryptCommand::Status => ("GET", "/v1-rk/secrets-encrypt"),
         cli::SecretsEncryptCommand::RotateKeys => ("POST", "/v1-rk/secrets-encrypt?action=rotate-keys"),
     };
     let req = http::Request::builder().method(method).uri(uri).body(Vec::new())?;
-    let s: serde_json::Value = client.request(req).await.map_err(|e| match e {
-        kube::Error::Api(s) => anyhow::anyhow!("{}", s.message),
-        e => anyhow::anyhow!(e),
-    })?;
+    let s: serde_json::Value = client.request(req).await.map_err(api_error)?;
     if let Some(n) = s["reencrypted"].as_u64() {
         println!("Keys rotated: {n} Secrets re-encrypted");
     }

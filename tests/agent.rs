@@ -124,3 +124,61 @@ async fn joins_fail_closed() {
     let e = failed_join(&s, &token, &["--node-taint", "dedicated=gpu"]);
     assert!(e.contains("--node-taint") && e.contains("key=value:Effect"), "a bad taint is a one-line error: {e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_tokens_join_and_then_expire_or_go() {
+    let s = TestServer::start().await;
+    let rk = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rk"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&s.kubeconfig)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, token, err) = rk(&["token", "create", "--description", "for sim", "--ttl", "1h"]);
+    assert!(ok, "{err}");
+    let hash = s.running.identity.token.strip_prefix("K10").unwrap().split_once("::").unwrap().0;
+    assert!(token.starts_with(&format!("K10{hash}::")), "{token}");
+    let (_, list, _) = rk(&["token", "list"]);
+    let id = token.split("::").nth(1).unwrap().split('.').next().unwrap().to_string();
+    assert!(list.contains(&format!("{id}.<secret>")) && list.contains("for sim"), "{list}");
+
+    // An agent joins with it.
+    let dir = tempfile::tempdir().unwrap();
+    let child = agent(&s, dir.path(), &token, &["--simulate", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let _child = KillOnDrop(child);
+    for _ in 0..200 {
+        if dir.path().join("agent/kubeconfig.yaml").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dir.path().join("agent/kubeconfig.yaml").exists(), "joined with the bootstrap token");
+
+    // As an API credential it is system:bootstrap:<id>, with no rights beyond discovery.
+    let bare = token.split("::").nth(1).unwrap();
+    let kc = common::client_from_yaml(&format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{{name: c, cluster: {{server: 'https://{}', insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: {bare}}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\n",
+        s.running.addr
+    ))
+    .await;
+    assert_eq!(common::code(&kc, "GET", "/api/v1/namespaces/kube-system/secrets", "", vec![]).await, 403);
+    assert_eq!(common::code(&kc, "GET", "/api", "", vec![]).await, 200);
+
+    // Deleted, it joins nothing more; an expired one neither.
+    let (ok, _, err) = rk(&["token", "delete", &id]);
+    assert!(ok, "{err}");
+    let e = failed_join(&s, &token, &["--simulate", "1"]);
+    assert!(e.contains("refused the token"), "{e}");
+    let (ok, short, err) = rk(&["token", "create", "--ttl", "1s"]);
+    assert!(ok, "{err}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let e = failed_join(&s, &short, &["--simulate", "1"]);
+    assert!(e.contains("refused the token"), "{e}");
+    let (_, list, _) = rk(&["token", "list"]);
+    assert!(list.contains("<invalid>"), "{list}");
+    let (ok, _, err) = rk(&["token", "create", "Not.A-Token"]);
+    assert!(!ok && err.lines().count() == 1 && err.contains("is not of the form"), "{err}");
+}

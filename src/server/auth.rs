@@ -4,6 +4,7 @@
 //! authorizers themselves: `system:masters`, the Node authorizer and RBAC, in
 //! Kubernetes's order.
 
+pub mod bootstrap;
 pub mod node;
 pub mod policy;
 pub mod rbac;

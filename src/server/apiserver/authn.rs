@@ -17,7 +17,7 @@ use crate::api::registry::ResourceDef;
 use crate::api::status::{ApiError, Cause, Target};
 use crate::server::auth::node::{self, Need};
 use crate::server::auth::token::{Claims, KubeClaims, ObjRef, looks_like_jwt};
-use crate::server::auth::{Attrs, Decision, SERVICE_ACCOUNTS, User, rbac};
+use crate::server::auth::{Attrs, Decision, SERVICE_ACCOUNTS, User, bootstrap, rbac};
 
 /// The review kind (TokenReview, SubjectAccessReview, ...) served at
 /// `group/version/plural`, from the registry's table of them.
@@ -74,12 +74,25 @@ impl ApiServer {
     /// expired, for the API's audience, and the account and the object it is bound to
     /// still exist with the UIDs it names.
     pub(super) async fn authenticate_token(&self, token: &str) -> Result<User, String> {
+        if let Some((id, secret)) = bootstrap::parse(token)
+            && !token.contains("::")
+        {
+            return self.bootstrap_user(id, secret).await;
+        }
         if !looks_like_jwt(token) {
             return Err("not a service-account token".into());
         }
         let signer = self.signer.get().ok_or("no signing key yet")?;
         let c = signer.verify(token, &self.api_audiences()).map_err(|e| e.to_string())?;
         self.token_user(&c).await
+    }
+
+    /// The user of a bootstrap token (`system:bootstrap:<id>`), if it is valid.
+    pub(super) async fn bootstrap_user(&self, id: &str, secret: &str) -> Result<User, String> {
+        let stored = self.stored("secrets", Some(bootstrap::NAMESPACE), &bootstrap::secret_name(id)).await?;
+        let groups = bootstrap::check(stored.as_ref(), id, secret, chrono::Utc::now())?;
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        Ok(User::new(format!("system:bootstrap:{id}"), &groups))
     }
 
     fn api_audiences(&self) -> Vec<String> {

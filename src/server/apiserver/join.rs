@@ -21,6 +21,11 @@ pub fn token_secret(token: &str) -> &str {
     token.rsplit_once("::server:").map(|(_, s)| s).unwrap_or(token)
 }
 
+/// The bootstrap token in a join token (`K10<hash>::<id>.<secret>`, or bare).
+fn bootstrap_token(token: &str) -> Option<(&str, &str)> {
+    crate::server::auth::bootstrap::parse(token)
+}
+
 /// Compares without an early exit on the first differing byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -37,14 +42,17 @@ impl ApiServer {
             return Err(ApiError::method_not_allowed(method.as_str(), "node credentials"));
         }
         let id = self.identity.get().ok_or_else(|| ApiError::unavailable("the cluster identity is not ready"))?;
-        let given = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(token_secret)
-            .unwrap_or("");
-        if given.is_empty() || !same(given.as_bytes(), token_secret(&id.token).as_bytes()) {
-            return Err(ApiError::unauthorized());
+        let token =
+            headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = token.map(token_secret).unwrap_or("");
+        let server_token = !given.is_empty() && same(given.as_bytes(), token_secret(&id.token).as_bytes());
+        if !server_token {
+            // A bootstrap token (`rk token create`) is as good, while it lasts.
+            let Some((tid, secret)) = token.and_then(bootstrap_token) else { return Err(ApiError::unauthorized()) };
+            if let Err(why) = self.bootstrap_user(tid, secret).await {
+                tracing::info!(%why, "refused a join");
+                return Err(ApiError::unauthorized());
+            }
         }
         let req: Value =
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("decoding the request: {e}")))?;
