@@ -17,3 +17,4 @@ pub mod selectors;
 pub mod status;
 pub mod table;
 pub mod validation;
+pub mod vap;

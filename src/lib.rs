@@ -5,6 +5,8 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod embedded;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 
 /// Whether a flag value is not a Kubernetes quantity ("4", "500m", "8Gi").

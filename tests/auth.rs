@@ -575,6 +575,77 @@ async fn admission_limit_ranges_and_priority() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validating_admission_policies_with_cel() {
+    let s = TestServer::start().await;
+    let policy = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: replica-limit}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: ["apps"]
+      apiVersions: ["v1"]
+      operations: ["CREATE", "UPDATE"]
+      resources: ["deployments"]
+  variables:
+  - name: images
+    expression: "object.spec.template.spec.containers.map(c, c.image)"
+  validations:
+  - expression: "object.spec.replicas <= 5"
+  - expression: "variables.images.all(i, !i.endsWith(':latest'))"
+    messageExpression: "'latest tags are not allowed: ' + object.metadata.name"
+    reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: replica-limit-prod}
+spec:
+  policyName: replica-limit
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {env: prod}
+"#;
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(policy)).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.kubectl_ok(&["create", "namespace", "prod"]).await;
+    s.kubectl_ok(&["label", "namespace", "prod", "env=prod"]).await;
+    s.kubectl_ok(&["create", "namespace", "dev"]).await;
+    let out = s.kubectl(&["-n", "prod", "create", "deployment", "web", "--image=nginx:1.27", "--replicas=7"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Worded as upstream's (and its docs' example of this very policy).
+    assert!(
+        err.contains(r#"error: failed to create deployment: deployments.apps "web" is forbidden: ValidatingAdmissionPolicy 'replica-limit' with binding 'replica-limit-prod' denied request: failed expression: object.spec.replicas <= 5"#),
+        "{err}"
+    );
+    let out = s.kubectl(&["-n", "prod", "create", "deployment", "web", "--image=nginx:latest"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"deployments.apps "web" is forbidden: ValidatingAdmissionPolicy 'replica-limit' with binding 'replica-limit-prod' denied request: latest tags are not allowed: web"#),
+        "{err}"
+    );
+    // Within the policy, and outside the bound namespaces, writes go through.
+    s.kubectl_ok(&["-n", "prod", "create", "deployment", "web", "--image=nginx:1.27", "--replicas=3"]).await;
+    s.kubectl_ok(&["-n", "dev", "create", "deployment", "web", "--image=nginx:latest", "--replicas=9"]).await;
+    // Updates are judged too: scaling past the limit is refused.
+    let out = s.kubectl(&["-n", "prod", "patch", "deployment", "web", "-p", r#"{"spec":{"replicas":8}}"#]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("object.spec.replicas <= 5"));
+    // Warn: the write goes in with the warning.
+    s.kubectl_ok(&["patch", "validatingadmissionpolicybinding", "replica-limit-prod", "--type=merge",
+                   "-p", r#"{"spec":{"validationActions":["Warn"]}}"#]).await;
+    let out = s.kubectl(&["-n", "prod", "create", "deployment", "big", "--image=nginx:1.27", "--replicas=6"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Warning: Validation failed for ValidatingAdmissionPolicy 'replica-limit' with binding 'replica-limit-prod': failed expression: object.spec.replicas <= 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every file under `dir`, read whole.
 fn files_under(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {

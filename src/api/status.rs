@@ -79,6 +79,19 @@ impl ApiError {
         ApiError { code, reason, message: message.into(), details: None, retry_after: None }
     }
 
+    /// An error with the reason Kubernetes gives `code` (403 Forbidden, 422 Invalid,
+    /// 401 Unauthorized, 413 RequestEntityTooLarge, else 400 BadRequest).
+    pub fn with_code(code: u16, message: impl Into<String>) -> ApiError {
+        let reason = match code {
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            413 => "RequestEntityTooLarge",
+            422 => "Invalid",
+            _ => "BadRequest",
+        };
+        ApiError::new(if reason == "BadRequest" { 400 } else { code }, reason, message)
+    }
+
     /// 400 BadRequest.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "BadRequest", message)

@@ -16,7 +16,11 @@ const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist 
 const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 
 fn is_label(s: &str) -> bool {
-    let b = s.as_bytes();
+    is_label_bytes(s.as_bytes())
+}
+
+/// [`is_label`] over bytes, so a prefix can be judged without cutting a character.
+fn is_label_bytes(b: &[u8]) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
@@ -42,7 +46,7 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
     if s.len() > 63 {
         e.push("must be no more than 63 characters".to_string());
     }
-    if !is_label(&s[..s.len().min(63)]) || s.is_empty() {
+    if !is_label_bytes(&s.as_bytes()[..s.len().min(63)]) || s.is_empty() {
         e.push(DNS1123_LABEL_MSG.to_string());
     }
     e
@@ -54,7 +58,7 @@ pub fn dns1035_label(s: &str) -> Vec<String> {
     if s.len() > 63 {
         e.push("must be no more than 63 characters".to_string());
     }
-    if !is_label(&s[..s.len().min(63)]) || !s.as_bytes().first().is_some_and(u8::is_ascii_lowercase) {
+    if !is_label_bytes(&s.as_bytes()[..s.len().min(63)]) || !s.as_bytes().first().is_some_and(u8::is_ascii_lowercase) {
         e.push(DNS1035_LABEL_MSG.to_string());
     }
     e
@@ -75,7 +79,11 @@ pub fn path_segment(s: &str) -> Vec<String> {
 }
 
 fn is_qualified_part(s: &str) -> bool {
-    let b = s.as_bytes();
+    is_qualified_bytes(s.as_bytes())
+}
+
+/// [`is_qualified_part`] over bytes, so a prefix can be judged without cutting a character.
+fn is_qualified_bytes(b: &[u8]) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
@@ -114,10 +122,24 @@ pub fn label_value(s: &str) -> Vec<String> {
     if s.len() > 63 {
         e.push("must be no more than 63 characters".to_string());
     }
-    if !is_qualified_part(&s[..s.len().min(63)]) {
+    if !is_qualified_bytes(&s.as_bytes()[..s.len().min(63)]) {
         e.push(LABEL_VALUE_MSG.to_string());
     }
     e
+}
+
+#[cfg(test)]
+mod char_boundaries {
+    /// Found by the `selectors` fuzz target: a long value with a multi-byte character
+    /// across byte 63 panicked when cut there.
+    #[test]
+    fn long_values_with_multibyte_characters_are_errors_not_panics() {
+        let v = format!("{}\u{53d}x", "a".repeat(62));
+        assert_eq!(super::label_value(&v).len(), 2);
+        assert_eq!(super::dns1123_label(&v).len(), 2);
+        assert_eq!(super::dns1035_label(&v).len(), 2);
+        assert!(crate::api::selectors::LabelSelector::parse(&format!("k={v}")).is_err());
+    }
 }
 
 /// Errors for a ConfigMap or Secret data key.

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::join::token_secret as join_token_secret;
 use self::handlers::Call;
 use self::request::{Query, Resp};
 use crate::api::registry::{Registry, ResourceDef};
@@ -205,6 +206,20 @@ fn attributes(r: &Route, method: &Method, query: &Query, path: &str) -> Option<A
         }
         _ => Some(Attrs::path(&auth::path_verb(method), path)),
     }
+}
+
+/// Routes `path` and derives its authorization attributes for every method: the
+/// URL router as the fuzz targets drive it.
+#[doc(hidden)]
+pub fn fuzz_route(path: &str, query: &str) {
+    let q = Query::parse(Some(query));
+    let reg = Registry::builtin();
+    if let Ok(r) = route(reg, path) {
+        for m in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            let _ = attributes(&r, &m, &q, path);
+        }
+    }
+    let _ = stream_target(path);
 }
 
 /// The API version a route is to, for the audit log.

@@ -291,6 +291,55 @@ impl ApiServer {
         r.map_err(|why| Self::refused(call, obj, &why))
     }
 
+    /// ValidatingAdmissionPolicy (see [`crate::api::vap`]): refuses a write a bound
+    /// policy's validation fails with a Deny action; returns the Warn actions' warnings.
+    pub(super) async fn admit_policies(
+        &self,
+        call: &Call,
+        obj: Option<&Value>,
+        old: Option<&Value>,
+        operation: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        const GROUP: &str = "admissionregistration.k8s.io";
+        let bindings = self.objects_in(GROUP, "validatingadmissionpolicybindings", "").await?;
+        if bindings.is_empty() {
+            return Ok(vec![]);
+        }
+        let policies = self.objects_in(GROUP, "validatingadmissionpolicies", "").await?;
+        let ns = call.ns.as_deref().unwrap_or("");
+        let ns_obj =
+            if ns.is_empty() { None } else { self.stored("namespaces", None, ns).await.map_err(ApiError::internal)? };
+        let r = crate::api::vap::Request {
+            operation,
+            group: call.def.group,
+            version: call.def.version,
+            kind: call.def.kind,
+            resource: call.def.plural,
+            subresource: call.sub.as_deref().unwrap_or(""),
+            namespace: ns,
+            name: obj.or(old).map(crate::api::meta::name).unwrap_or(""),
+            object: obj,
+            old_object: old,
+            namespace_object: ns_obj.as_ref(),
+            user_info: call.user.as_ref().map(|u| u.user_info()).unwrap_or_else(|| serde_json::json!({})),
+            dry_run: call.dry_run()?,
+        };
+        let v = crate::api::vap::judge(&policies, &bindings, &r);
+        match v.denied {
+            // As upstream: the admission "is forbidden" wording, the validation's reason
+            // and code, and the message again as a cause.
+            Some((code, msg)) => {
+                let forbidden = Self::refused(call, obj.or(old).unwrap_or(&Value::Null), &msg);
+                let mut e = ApiError::with_code(code, forbidden.message);
+                let mut details = forbidden.details.unwrap_or_default();
+                details["causes"] = serde_json::json!([{"message": msg}]);
+                e.details = Some(details);
+                Err(e)
+            }
+            None => Ok(v.warnings),
+        }
+    }
+
     /// LimitRanger on create: a pod's containers get the defaults of their
     /// namespace's LimitRanges, then pods and claims are held to the ranges' limits.
     pub(super) async fn admit_limits(&self, call: &Call, obj: &mut Value) -> Result<(), ApiError> {

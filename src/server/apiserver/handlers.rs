@@ -647,6 +647,7 @@ impl ApiServer {
         self.check_escalation(call, &obj).await?;
         self.admit_node_restriction(call, &obj, None)?;
         warnings.extend(self.admit_pod_security(call, &obj, None).await?);
+        warnings.extend(self.admit_policies(call, Some(&obj), None, "CREATE").await?);
         if is_crd(call.def) {
             let m = meta::meta_mut(&mut obj);
             let f = m.entry("finalizers").or_insert_with(|| json!([]));
@@ -822,6 +823,7 @@ impl ApiServer {
         if call.def.group == "scheduling.k8s.io" && call.def.plural == "priorityclasses" {
             self.admit_priority_class(call, &new, Some(old)).await?;
         }
+        warnings.extend(self.admit_policies(call, Some(&new), Some(old), "UPDATE").await?);
         let _svc = self.service_update_lock(call, old, &mut new).await?;
         Ok((self.commit_update(call, cur, old, new).await?, warnings))
     }
