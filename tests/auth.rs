@@ -747,6 +747,10 @@ rules:
     assert_eq!(status(&bad, "GET", "/api/v1/namespaces/default/pods", None).await, 401);
     let admin = s.client().await;
     assert_eq!(status(&admin, "GET", "/healthz", None).await, 200);
+    // PodSecurity's audit mode: the pod goes in, its violations go into the Event.
+    s.kubectl_ok(&["create", "namespace", "watched"]).await;
+    s.kubectl_ok(&["label", "namespace", "watched", "pod-security.kubernetes.io/audit=baseline"]).await;
+    s.kubectl_ok(&["-n", "watched", "run", "priv", "--image=x", "--privileged"]).await;
     // A watch: ResponseStarted when it begins, ResponseComplete when it ends.
     let _ = s.kubectl(&["get", "configmaps", "--watch", "--request-timeout=1s"]).await;
     let evs = audit_events(&log, |evs| {
@@ -798,6 +802,12 @@ rules:
     let done = watch.iter().find(|e| e["stage"] == "ResponseComplete").expect("ResponseComplete");
     assert_eq!(started["auditID"], done["auditID"]);
     assert!(done["stageTimestamp"].as_str() >= started["stageTimestamp"].as_str());
+    let priv_pod = find("create", "pods");
+    let priv_pod = priv_pod.iter().find(|e| e["objectRef"]["namespace"] == "watched").expect("the pod's Event");
+    assert_eq!(
+        priv_pod["annotations"]["pod-security.kubernetes.io/audit-violations"],
+        r#"would violate PodSecurity "baseline:latest": privileged (container "priv" must not set securityContext.privileged=true)"#
+    );
     // Every response carries its Audit-Id.
     let req = http::Request::get("/version").body(kube::client::Body::empty()).unwrap();
     let resp = admin.send(req).await.unwrap();

@@ -472,8 +472,13 @@ impl ApiServer {
                     Err(e) => return request::error(&e),
                 };
                 trail.body(&request::content_type(&parts.headers), &body);
-                let call = Call { def, ns, name, sub, query, headers: parts.headers, user };
-                self.dispatch(parts.method, call, body, watch).await
+                let notes: Option<handlers::AuditNotes> = trail.on().then(Default::default);
+                let call = Call { def, ns, name, sub, query, headers: parts.headers, user, notes: notes.clone() };
+                let res = self.dispatch(parts.method, call, body, watch).await;
+                if let Some(n) = notes {
+                    trail.annotate(std::mem::take(&mut *n.lock().unwrap_or_else(|e| e.into_inner())));
+                }
+                res
             }
         };
         res.unwrap_or_else(|e| request::error(&e))

@@ -491,6 +491,7 @@ struct Record {
     decision: Option<(bool, String)>,
     request: Option<(String, Bytes)>,
     long_running: bool,
+    annotations: Vec<(String, String)>,
 }
 
 impl Record {
@@ -544,6 +545,7 @@ impl Trail {
             decision: None,
             request: None,
             long_running: false,
+            annotations: Vec::new(),
         })))
     }
 
@@ -589,6 +591,13 @@ impl Trail {
     pub fn decision(&mut self, allowed: bool, reason: &str) {
         if let Some(r) = &mut self.0 {
             r.decision = Some((allowed, reason.to_string()));
+        }
+    }
+
+    /// Annotations admission added (PodSecurity's audit violations).
+    pub fn annotate(&mut self, notes: Vec<(String, String)>) {
+        if let Some(r) = &mut self.0 {
+            r.annotations.extend(notes);
         }
     }
 
@@ -649,13 +658,6 @@ struct ObjectRef<'a> {
     subresource: &'a str,
 }
 
-#[derive(Serialize)]
-struct Annotations<'a> {
-    #[serde(rename = "authorization.k8s.io/decision")]
-    decision: &'static str,
-    #[serde(rename = "authorization.k8s.io/reason")]
-    reason: &'a str,
-}
 
 /// An `audit.k8s.io/v1` Event, as Kubernetes orders its fields.
 #[derive(Serialize)]
@@ -687,8 +689,8 @@ struct EventOut<'a> {
     response_object: Option<&'a Value>,
     request_received_timestamp: String,
     stage_timestamp: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    annotations: Option<Annotations<'a>>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    annotations: std::collections::BTreeMap<&'a str, &'a str>,
 }
 
 static ANONYMOUS: std::sync::LazyLock<User> = std::sync::LazyLock::new(|| User {
@@ -770,10 +772,15 @@ impl Event {
             response_object,
             request_received_timestamp: micro(r.received),
             stage_timestamp: micro(at),
-            annotations: r.decision.as_ref().map(|(allowed, reason)| Annotations {
-                decision: if *allowed { "allow" } else { "forbid" },
-                reason,
-            }),
+            annotations: {
+                let mut a: std::collections::BTreeMap<&str, &str> =
+                    r.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                if let Some((allowed, reason)) = &r.decision {
+                    a.insert("authorization.k8s.io/decision", if *allowed { "allow" } else { "forbid" });
+                    a.insert("authorization.k8s.io/reason", reason);
+                }
+                a
+            },
         };
         serde_json::to_string(&e).unwrap_or_default()
     }

@@ -21,6 +21,7 @@ mod resourcequota;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
+mod tokencleaner;
 
 use std::sync::Arc;
 
@@ -124,6 +125,7 @@ pub fn start(
     tracker.spawn(cronjob::run(Ctx::new(client.clone(), "cronjob-controller"), shutdown.clone()));
     tracker.spawn(disruption::run(Ctx::new(client.clone(), "disruption-controller"), shutdown.clone()));
     tracker.spawn(podgc::run(client.clone(), shutdown.clone()));
+    tracker.spawn(tokencleaner::run(client.clone(), shutdown.clone()));
     tracker.spawn(replicationcontroller::run(Ctx::new(client.clone(), "replication-controller"), shutdown.clone()));
     tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
     tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));

@@ -72,6 +72,13 @@ impl ApiServer {
                 ));
             }
         }
+        if let Some((l, v)) = level("audit") {
+            let bad = podsecurity::check(l, spec);
+            if !bad.is_empty() {
+                let msg = podsecurity::message(l, &v, &bad);
+                call.note("pod-security.kubernetes.io/audit-violations", format!("would {}", msg.replacen("violates", "violate", 1)));
+            }
+        }
         let mut warnings = Vec::new();
         if let Some((l, v)) = level("warn") {
             let bad = podsecurity::check(l, spec);

@@ -41,9 +41,21 @@ pub struct Call {
     pub headers: HeaderMap,
     /// Who asks; None for the server's own internal calls.
     pub user: Option<std::sync::Arc<crate::server::auth::User>>,
+    /// Annotations for the request's audit Event, when it is audited.
+    pub notes: Option<AuditNotes>,
 }
 
+/// Audit annotations admission adds (`pod-security.kubernetes.io/audit-violations`).
+pub type AuditNotes = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 impl Call {
+    /// Adds an annotation to the request's audit Event (nothing when not audited).
+    pub(super) fn note(&self, key: &str, value: String) {
+        if let Some(n) = &self.notes {
+            n.lock().unwrap_or_else(|e| e.into_inner()).push((key.to_string(), value));
+        }
+    }
+
     pub(super) fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
         Target { group: self.def.group, resource: self.def.plural, name }
     }

@@ -202,5 +202,6 @@ pub(super) fn internal_call(def: &'static ResourceDef, ns: Option<&str>) -> Call
         query: Query::default(),
         headers: HeaderMap::new(),
         user: None,
+        notes: None,
     }
 }

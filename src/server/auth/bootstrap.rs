@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn tokens_parse_and_check_as_kubernetes_does() {
-        let now = Utc::now();
+        // Whole seconds, as expirations are stored.
+        let now = DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z").unwrap().with_timezone(&Utc);
         let t = generate();
         let (id, sec) = parse(&t).unwrap();
         assert_eq!(parse(&format!("K10abc::{t}")), Some((id, sec)));
