@@ -251,21 +251,6 @@ pub struct AgentArgs {
     /// The cluster DNS domain.
     #[arg(long, env = "RK_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = parse_domain)]
     pub cluster_domain: String,
-    /// Write an audit log (JSON lines of audit.k8s.io/v1 Events) here; `-` is stdout.
-    #[arg(long, env = "RK_AUDIT_LOG_PATH")]
-    pub audit_log_path: Option<PathBuf>,
-    /// The audit policy (audit.k8s.io/v1 Policy); without one every request is logged at Metadata.
-    #[arg(long, env = "RK_AUDIT_POLICY_FILE")]
-    pub audit_policy_file: Option<PathBuf>,
-    /// Days to keep rotated audit logs (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    pub audit_log_maxage: u64,
-    /// Rotated audit logs to keep (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    pub audit_log_maxbackup: usize,
-    /// Size in megabytes at which the audit log is rotated (0: never).
-    #[arg(long, default_value_t = 0)]
-    pub audit_log_maxsize: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub node: NodeArgs,
