@@ -49,11 +49,8 @@ pub fn patch(data: &[u8]) {
         },
         None => (pod().clone(), rest),
     };
-    let parsed: Option<Value> = if pt == PatchType::Apply {
-        serde_norway::from_slice(body).ok()
-    } else {
-        serde_json::from_slice(body).ok()
-    };
+    let parsed: Option<Value> =
+        if pt == PatchType::Apply { serde_norway::from_slice(body).ok() } else { serde_json::from_slice(body).ok() };
     if let Some(p) = parsed {
         let _ = patch::apply(pt, &doc, &p);
     }
@@ -102,8 +99,9 @@ fn signer() -> &'static crate::server::auth::token::Signer {
     static SIGNER: OnceLock<crate::server::auth::token::Signer> = OnceLock::new();
     SIGNER.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("rk-fuzz-{}.key", std::process::id()));
-        let s = crate::server::auth::token::Signer::load_or_create(&path, "https://kubernetes.default.svc.cluster.local")
-            .expect("a signing key");
+        let s =
+            crate::server::auth::token::Signer::load_or_create(&path, "https://kubernetes.default.svc.cluster.local")
+                .expect("a signing key");
         let _ = std::fs::remove_file(path);
         s
     })
@@ -129,8 +127,14 @@ pub fn route(data: &[u8]) {
 }
 
 /// The targets, by name (as `fuzz/fuzz_targets/<name>.rs` calls them).
-pub const TARGETS: &[(&str, fn(&[u8]))] =
-    &[("decode", decode), ("patch", patch), ("selectors", selectors), ("quantity", quantity), ("token", token), ("route", route)];
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("decode", decode),
+    ("patch", patch),
+    ("selectors", selectors),
+    ("quantity", quantity),
+    ("token", token),
+    ("route", route),
+];
 
 #[cfg(test)]
 mod tests {
@@ -153,9 +157,20 @@ mod tests {
                 "\u{2}{\"spec\":{\"volumes\":[{\"$patch\":\"delete\",\"name\":\"v\"}],\"$deleteFromPrimitiveList/finalizers\":[\"x\"]}}",
                 "\u{3}apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n",
             ]),
-            "selectors" => s(&["a=b,c!=d", "x in (a,b),!y", "env notin (prod)", "metadata.name=p", r#"{"matchExpressions":[{"key":"a","operator":"In","values":["b"]}]}"#]),
+            "selectors" => s(&[
+                "a=b,c!=d",
+                "x in (a,b),!y",
+                "env notin (prod)",
+                "metadata.name=p",
+                r#"{"matchExpressions":[{"key":"a","operator":"In","values":["b"]}]}"#,
+            ]),
             "quantity" => s(&["500m", "1Gi", "1.5", "1e3", "2Ki", "-1", "0.0001m", "9999999999999999999999E"]),
-            "token" => s(&["abcdef.0123456789abcdef", "K10abc::server:secret", "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "a.b.c"]),
+            "token" => s(&[
+                "abcdef.0123456789abcdef",
+                "K10abc::server:secret",
+                "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+                "a.b.c",
+            ]),
             _ => s(&[
                 "/api/v1/namespaces/default/pods/p/log?follow=true",
                 "/apis/apps/v1/namespaces/d/deployments/x/scale",

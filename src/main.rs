@@ -39,7 +39,8 @@ fn main() -> ExitCode {
 /// The admin client and the cluster CA (PEM) from a kubeconfig.
 async fn admin_client(path: &std::path::Path) -> anyhow::Result<(kube::Client, String)> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the admin kubeconfig {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the admin kubeconfig {}", path.display()))?;
     let kc = kube::config::Kubeconfig::from_yaml(&text)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let ca = cfg

@@ -129,13 +129,13 @@ async fn joins_fail_closed() {
 async fn bootstrap_tokens_join_and_then_expire_or_go() {
     let s = TestServer::start().await;
     let rk = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rk"))
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(&s.kubeconfig)
-            .output()
-            .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_rk")).args(args).arg("--kubeconfig").arg(&s.kubeconfig).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, token, err) = rk(&["token", "create", "--description", "for sim", "--ttl", "1h"]);
     assert!(ok, "{err}");
@@ -147,7 +147,11 @@ async fn bootstrap_tokens_join_and_then_expire_or_go() {
 
     // An agent joins with it.
     let dir = tempfile::tempdir().unwrap();
-    let child = agent(&s, dir.path(), &token, &["--simulate", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = agent(&s, dir.path(), &token, &["--simulate", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let _child = KillOnDrop(child);
     for _ in 0..200 {
         if dir.path().join("agent/kubeconfig.yaml").exists() {

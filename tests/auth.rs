@@ -356,7 +356,9 @@ async fn service_account_tokens_nodes_and_escalation() {
         .await
         .unwrap_err();
     assert!(
-        r.to_string().contains(r#"pod does not have "kubernetes.io/config.mirror" annotation, node "node-a" can only create mirror pods"#),
+        r.to_string().contains(
+            r#"pod does not have "kubernetes.io/config.mirror" annotation, node "node-a" can only create mirror pods"#
+        ),
         "{r}"
     );
     // A node asks for tokens only for its own pods.
@@ -495,7 +497,8 @@ async fn admission_limit_ranges_and_priority() {
     let stored: Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(stored["spec"]["limits"][0]["defaultRequest"], json!({"cpu": "100m", "memory": "128Mi"}));
     s.kubectl_ok(&["-n", "lim", "run", "plain", "--image=x"]).await;
-    let pod: Value = serde_json::from_str(&s.kubectl_ok(&["-n", "lim", "get", "pod", "plain", "-o", "json"]).await).unwrap();
+    let pod: Value =
+        serde_json::from_str(&s.kubectl_ok(&["-n", "lim", "get", "pod", "plain", "-o", "json"]).await).unwrap();
     let res = &pod["spec"]["containers"][0]["resources"];
     assert_eq!(res["limits"], json!({"cpu": "500m", "memory": "128Mi"}));
     assert_eq!(res["requests"], json!({"cpu": "100m", "memory": "128Mi"}));
@@ -526,7 +529,10 @@ async fn admission_limit_ranges_and_priority() {
                    "spec": {"containers": [{"name": "c", "image": "x",
                                             "resources": {"limits": {"cpu": "200m", "memory": "64Mi"}}}]}});
     assert!(apply(g).await.0);
-    assert_eq!(s.kubectl_ok(&["-n", "lim", "get", "pod", "g", "-o", "jsonpath={.status.qosClass}"]).await, "Guaranteed");
+    assert_eq!(
+        s.kubectl_ok(&["-n", "lim", "get", "pod", "g", "-o", "jsonpath={.status.qosClass}"]).await,
+        "Guaranteed"
+    );
 
     // Priority: the system classes exist; a pod gets its class's value, or the
     // default class's; unknown classes and hand-set values are refused.
@@ -544,7 +550,10 @@ async fn admission_limit_ranges_and_priority() {
     let (ok, err) = apply(pc("huge", 2_000_000_000, false)).await;
     assert!(!ok && err.contains("maximum allowed value of a user defined priority is 1000000000"), "{err}");
     let (ok, err) = apply(pc("system-mine", 1, false)).await;
-    assert!(!ok && err.contains("priority class names with 'system-' prefix are reserved for system use only"), "{err}");
+    assert!(
+        !ok && err.contains("priority class names with 'system-' prefix are reserved for system use only"),
+        "{err}"
+    );
     let pod = |name: &str, extra: Value| {
         let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
                            "spec": {"containers": [{"name": "c", "image": "x"}]}});
@@ -559,8 +568,14 @@ async fn admission_limit_ranges_and_priority() {
         let s = &s;
         let n = n.to_string();
         async move {
-            s.kubectl_ok(&["get", "pod", &n, "-o", "jsonpath={.spec.priorityClassName}/{.spec.priority}/{.spec.preemptionPolicy}"])
-                .await
+            s.kubectl_ok(&[
+                "get",
+                "pod",
+                &n,
+                "-o",
+                "jsonpath={.spec.priorityClassName}/{.spec.priority}/{.spec.preemptionPolicy}",
+            ])
+            .await
         }
     };
     assert_eq!(got("hi").await, "high/1000/PreemptLowerPriority");
@@ -635,8 +650,15 @@ spec:
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("object.spec.replicas <= 5"));
     // Warn: the write goes in with the warning.
-    s.kubectl_ok(&["patch", "validatingadmissionpolicybinding", "replica-limit-prod", "--type=merge",
-                   "-p", r#"{"spec":{"validationActions":["Warn"]}}"#]).await;
+    s.kubectl_ok(&[
+        "patch",
+        "validatingadmissionpolicybinding",
+        "replica-limit-prod",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"validationActions":["Warn"]}}"#,
+    ])
+    .await;
     let out = s.kubectl(&["-n", "prod", "create", "deployment", "big", "--image=nginx:1.27", "--replicas=6"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -773,7 +795,10 @@ rules:
     assert_eq!(cm.len(), 1, "{cm:?}");
     let cm = cm[0];
     assert_eq!(cm["level"], "RequestResponse");
-    assert_eq!(cm["objectRef"], json!({"resource": "configmaps", "namespace": "default", "name": "c1", "apiVersion": "v1"}));
+    assert_eq!(
+        cm["objectRef"],
+        json!({"resource": "configmaps", "namespace": "default", "name": "c1", "apiVersion": "v1"})
+    );
     assert_eq!(cm["responseStatus"]["code"], 201);
     assert_eq!(cm["requestObject"]["data"]["k"], "v");
     assert_eq!(cm["responseObject"]["metadata"]["name"], "c1");

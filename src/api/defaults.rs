@@ -243,7 +243,8 @@ pub fn apply(group: &str, plural: &str, obj: &mut Value) {
 /// and limits: Guaranteed when every container limits both and requests what it
 /// limits, BestEffort when none asks for either, else Burstable.
 pub fn qos_class(spec: &Value) -> &'static str {
-    let containers = ["containers", "initContainers"].into_iter().flat_map(|f| spec[f].as_array().into_iter().flatten());
+    let containers =
+        ["containers", "initContainers"].into_iter().flat_map(|f| spec[f].as_array().into_iter().flatten());
     let (mut any, mut guaranteed) = (false, true);
     let num = |v: &Value| v.as_str().and_then(crate::server::scheduler::parse_quantity).or(v.as_f64());
     for c in containers {

@@ -43,12 +43,14 @@ pub fn default_range(lr: &mut Value) {
 
 /// The items of `ranges` of one type, defaulted.
 fn items<'a>(ranges: &'a [Value], ty: &'a str) -> impl Iterator<Item = Value> + 'a {
-    ranges.iter().flat_map(|r| r["spec"]["limits"].as_array().cloned().unwrap_or_default()).filter(move |i| i["type"] == ty).map(
-        |mut i| {
+    ranges
+        .iter()
+        .flat_map(|r| r["spec"]["limits"].as_array().cloned().unwrap_or_default())
+        .filter(move |i| i["type"] == ty)
+        .map(|mut i| {
             default_item(&mut i);
             i
-        },
-    )
+        })
 }
 
 type List = Map<String, Value>;
@@ -332,7 +334,10 @@ mod tests {
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [
             {"name": "a", "resources": {"limits": {"cpu": "600m"}}},
             {"name": "b", "resources": {"limits": {"cpu": "600m"}}}]}});
-        assert_eq!(admit_pod(&ranges, &mut pod).unwrap_err(), vec!["maximum cpu usage per Pod is 1, but limit is 1200m"]);
+        assert_eq!(
+            admit_pod(&ranges, &mut pod).unwrap_err(),
+            vec!["maximum cpu usage per Pod is 1, but limit is 1200m"]
+        );
         let claim = |s: &str| json!({"spec": {"resources": {"requests": {"storage": s}}}});
         assert!(admit_claim(&ranges, &claim("2Gi")).is_ok());
         assert_eq!(

@@ -725,7 +725,11 @@ pub fn cells(group: &str, plural: &str, obj: &Value, now: i64) -> Vec<Value> {
                 for k in keys {
                     let used = obj.pointer("/status/used").and_then(|u| u.get(k.as_str())).and_then(Value::as_str);
                     let cell = format!("{k}: {}/{}", used.unwrap_or("0"), hard[k.as_str()].as_str().unwrap_or(""));
-                    if k.split('.').next() == Some("limits") && k.contains('.') { lim.push(cell) } else { req.push(cell) }
+                    if k.split('.').next() == Some("limits") && k.contains('.') {
+                        lim.push(cell)
+                    } else {
+                        req.push(cell)
+                    }
                 }
             }
             vec![name, age(obj, now), json!(req.join(", ")), json!(lim.join(", "))]

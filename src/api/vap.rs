@@ -77,7 +77,8 @@ fn rule_matches(rule: &Value, r: &Request) -> bool {
         "Cluster" if !r.namespace.is_empty() => return false,
         _ => {}
     }
-    let full = if r.subresource.is_empty() { r.resource.to_string() } else { format!("{}/{}", r.resource, r.subresource) };
+    let full =
+        if r.subresource.is_empty() { r.resource.to_string() } else { format!("{}/{}", r.resource, r.subresource) };
     strs(&rule["resources"]).iter().any(|res| {
         *res == full
             || (r.subresource.is_empty() && *res == "*")
@@ -148,13 +149,8 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
     });
     let (object, old) = (r.object.unwrap_or(&null), r.old_object.unwrap_or(&null));
     let ns_obj = r.namespace_object.unwrap_or(&null);
-    let vars: [(&str, &Value); 5] = [
-        ("object", object),
-        ("oldObject", old),
-        ("request", &request),
-        ("namespaceObject", ns_obj),
-        ("params", &null),
-    ];
+    let vars: [(&str, &Value); 5] =
+        [("object", object), ("oldObject", old), ("request", &request), ("namespaceObject", ns_obj), ("params", &null)];
     for b in bindings {
         let pname = b["spec"]["policyName"].as_str().unwrap_or("");
         let Some(p) = policies.iter().find(|p| p["metadata"]["name"] == pname) else { continue };
@@ -163,7 +159,8 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
             tracing::warn!(policy = pname, "ValidatingAdmissionPolicy params are not supported; policy skipped");
             continue;
         }
-        if !resources_match(&pspec["matchConstraints"], r, true) || !resources_match(&b["spec"]["matchResources"], r, false)
+        if !resources_match(&pspec["matchConstraints"], r, true)
+            || !resources_match(&b["spec"]["matchResources"], r, false)
         {
             continue;
         }
@@ -190,10 +187,8 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
                 Ok(Value::Bool(true)) => {}
                 Ok(_) => applies = false,
                 Err(e) => {
-                    failed = Some(format!(
-                        "failed to evaluate match condition '{}': {e}",
-                        c["name"].as_str().unwrap_or("")
-                    ))
+                    failed =
+                        Some(format!("failed to evaluate match condition '{}': {e}", c["name"].as_str().unwrap_or("")))
                 }
             }
         }
@@ -228,7 +223,12 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
                     }
                     Ok(other) => {
                         if !fail_open {
-                            problems.push((422, format!("expression '{expr}' resulted in error: no such overload: {other} is not a bool")));
+                            problems.push((
+                                422,
+                                format!(
+                                    "expression '{expr}' resulted in error: no such overload: {other} is not a bool"
+                                ),
+                            ));
                         }
                     }
                     Err(e) => {
@@ -241,7 +241,9 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
         }
         for (code, msg) in problems {
             if actions.contains(&"Warn") {
-                v.warnings.push(format!("Validation failed for ValidatingAdmissionPolicy '{pname}' with binding '{bname}': {msg}"));
+                v.warnings.push(format!(
+                    "Validation failed for ValidatingAdmissionPolicy '{pname}' with binding '{bname}': {msg}"
+                ));
             }
             if actions.contains(&"Deny") && v.denied.is_none() {
                 v.denied = Some((code, format!("{prefix}: {msg}")));
@@ -309,7 +311,12 @@ mod tests {
         );
         let v = judge(&[p], &[binding(json!(["Warn"]))], &req("CREATE", &big));
         assert_eq!(v.denied, None);
-        assert_eq!(v.warnings, vec!["Validation failed for ValidatingAdmissionPolicy 'demo' with binding 'demo-binding': failed expression: object.spec.replicas <= 5"]);
+        assert_eq!(
+            v.warnings,
+            vec![
+                "Validation failed for ValidatingAdmissionPolicy 'demo' with binding 'demo-binding': failed expression: object.spec.replicas <= 5"
+            ]
+        );
     }
 
     #[test]
@@ -322,10 +329,21 @@ mod tests {
         );
         let d = deploy(1);
         let v = judge(&[p.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &d));
-        assert_eq!(v.denied.unwrap(), (403, "ValidatingAdmissionPolicy 'demo' with binding 'demo-binding' denied request: no latest tags in web".to_string()));
+        assert_eq!(
+            v.denied.unwrap(),
+            (
+                403,
+                "ValidatingAdmissionPolicy 'demo' with binding 'demo-binding' denied request: no latest tags in web"
+                    .to_string()
+            )
+        );
         let mut dev = deploy(1);
         dev["metadata"]["labels"]["env"] = json!("dev");
-        assert_eq!(judge(&[p], &[binding(json!(["Deny"]))], &req("CREATE", &dev)).denied, None, "the match condition is false");
+        assert_eq!(
+            judge(&[p], &[binding(json!(["Deny"]))], &req("CREATE", &dev)).denied,
+            None,
+            "the match condition is false"
+        );
         // An expression that fails: denied under Fail, let through under Ignore.
         let broken = policy(json!([{"expression": "object.spec.nosuch > 1"}]), json!({}));
         let v = judge(&[broken.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &d));

@@ -31,8 +31,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::join::token_secret as join_token_secret;
 use self::handlers::Call;
+pub use self::join::token_secret as join_token_secret;
 use self::request::{Query, Resp};
 use crate::api::registry::{Registry, ResourceDef};
 use crate::api::status::ApiError;

@@ -164,9 +164,7 @@ impl Policy {
         }
         for (i, r) in p.rules.iter().enumerate() {
             if !r.non_resource_urls.is_empty() && (!r.resources.is_empty() || !r.namespaces.is_empty()) {
-                return Err(format!(
-                    "rules[{i}]: rules cannot apply to both regular resources and non-resource URLs"
-                ));
+                return Err(format!("rules[{i}]: rules cannot apply to both regular resources and non-resource URLs"));
             }
             for u in &r.non_resource_urls {
                 let bad = !(u == "*" || u.starts_with('/')) || u.trim_end_matches('*').contains('*');
@@ -405,7 +403,8 @@ struct OnEnd {
 impl OnEnd {
     fn end(&mut self) {
         if let Some((tx, ev, code)) = self.at_end.take() {
-            let line = ev.line(Stage::ResponseComplete, Utc::now(), Some(&Status::Code { metadata: Empty {}, code }), None);
+            let line =
+                ev.line(Stage::ResponseComplete, Utc::now(), Some(&Status::Code { metadata: Empty {}, code }), None);
             if let Err(mpsc::error::TrySendError::Full(line)) = tx.try_send(line)
                 && let Ok(h) = tokio::runtime::Handle::try_current()
             {
@@ -658,7 +657,6 @@ struct ObjectRef<'a> {
     subresource: &'a str,
 }
 
-
 /// An `audit.k8s.io/v1` Event, as Kubernetes orders its fields.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -738,7 +736,13 @@ impl Event {
     }
 
     /// One Event as a JSON line.
-    fn line(&self, stage: Stage, at: DateTime<Utc>, status: Option<&Status>, response_object: Option<&Value>) -> String {
+    fn line(
+        &self,
+        stage: Stage,
+        at: DateTime<Utc>,
+        status: Option<&Status>,
+        response_object: Option<&Value>,
+    ) -> String {
         let r = &self.rec;
         let attrs = r.attrs.as_ref().expect("attributes set before Events are made");
         let request_object = self.request_object.as_ref();
@@ -873,8 +877,8 @@ impl Sink {
     fn prune(&self) {
         let mut backups = backups(&self.cfg.path);
         backups.sort_by(|a, b| b.0.cmp(&a.0));
-        let cutoff = (self.cfg.max_age_days > 0)
-            .then(|| Utc::now() - chrono::Duration::days(self.cfg.max_age_days as i64));
+        let cutoff =
+            (self.cfg.max_age_days > 0).then(|| Utc::now() - chrono::Duration::days(self.cfg.max_age_days as i64));
         for (i, (t, p)) in backups.iter().enumerate() {
             let too_many = self.cfg.max_backups > 0 && i >= self.cfg.max_backups;
             let too_old = cutoff.is_some_and(|c| *t < c);
@@ -995,7 +999,10 @@ rules:
                 "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  nonResourceURLs: ['/a']\n  namespaces: [x]\n",
                 "both regular resources and non-resource URLs",
             ),
-            ("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  nonResourceURLs: ['a*b']\n", "must start with /"),
+            (
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  nonResourceURLs: ['a*b']\n",
+                "must start with /",
+            ),
         ] {
             let e = Policy::parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");

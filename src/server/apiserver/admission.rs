@@ -76,7 +76,10 @@ impl ApiServer {
             let bad = podsecurity::check(l, spec);
             if !bad.is_empty() {
                 let msg = podsecurity::message(l, &v, &bad);
-                call.note("pod-security.kubernetes.io/audit-violations", format!("would {}", msg.replacen("violates", "violate", 1)));
+                call.note(
+                    "pod-security.kubernetes.io/audit-violations",
+                    format!("would {}", msg.replacen("violates", "violate", 1)),
+                );
             }
         }
         let mut warnings = Vec::new();
@@ -264,7 +267,11 @@ impl ApiServer {
 
 /// The PriorityClasses every cluster has, with their values and descriptions.
 pub const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [
-    ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
     (
         "system-cluster-critical",
         2_000_000_000,
@@ -279,7 +286,10 @@ impl ApiServer {
     /// A 403 for `obj` with Kubernetes's admission wording.
     fn refused(call: &Call, obj: &Value, why: &str) -> ApiError {
         let name = crate::api::meta::name(obj);
-        ApiError::forbidden(call.target(name), format!("{} {name:?} is forbidden: {why}", call.target(name).qualified()))
+        ApiError::forbidden(
+            call.target(name),
+            format!("{} {name:?} is forbidden: {why}", call.target(name).qualified()),
+        )
     }
 
     /// NodeRestriction: what a node (`system:node:<name>`) may write of Nodes and pods
@@ -391,10 +401,9 @@ impl ApiServer {
                 None => return Err(Self::refused(call, obj, &format!("no PriorityClass with name {n} was found"))),
             },
             // The default class; with several (a race), the lowest, as upstream.
-            None => classes
-                .iter()
-                .filter(|c| c["globalDefault"] == true)
-                .min_by_key(|c| c["value"].as_i64().unwrap_or(0)),
+            None => {
+                classes.iter().filter(|c| c["globalDefault"] == true).min_by_key(|c| c["value"].as_i64().unwrap_or(0))
+            }
         };
         let value = class.and_then(|c| c["value"].as_i64()).unwrap_or(0);
         let policy = class.and_then(|c| c["preemptionPolicy"].as_str()).unwrap_or("PreemptLowerPriority").to_string();
@@ -430,7 +439,12 @@ impl ApiServer {
     }
 
     /// Checks a PriorityClass being created (old None) or updated.
-    pub(super) async fn admit_priority_class(&self, call: &Call, pc: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    pub(super) async fn admit_priority_class(
+        &self,
+        call: &Call,
+        pc: &Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
         use crate::api::status::Cause;
         let name = crate::api::meta::name(pc);
         let value = pc["value"].as_i64().unwrap_or(0);

@@ -42,8 +42,10 @@ impl ApiServer {
             return Err(ApiError::method_not_allowed(method.as_str(), "node credentials"));
         }
         let id = self.identity.get().ok_or_else(|| ApiError::unavailable("the cluster identity is not ready"))?;
-        let token =
-            headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         let given = token.map(token_secret).unwrap_or("");
         let server_token = !given.is_empty() && same(given.as_bytes(), token_secret(&id.token).as_bytes());
         if !server_token {

@@ -86,7 +86,13 @@ pub fn check(stored: Option<&Value>, id: &str, secret: &str, now: DateTime<Utc>)
 }
 
 /// The Secret of a new token (`ttl` None: it never expires).
-pub fn secret(token: &str, ttl: Option<std::time::Duration>, description: &str, groups: &[String], now: DateTime<Utc>) -> Value {
+pub fn secret(
+    token: &str,
+    ttl: Option<std::time::Duration>,
+    description: &str,
+    groups: &[String],
+    now: DateTime<Utc>,
+) -> Value {
     let (id, secret) = parse(token).expect("a bootstrap token");
     let b = |s: &str| json!(base64::engine::general_purpose::STANDARD.encode(s));
     let mut d = json!({

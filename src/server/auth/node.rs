@@ -170,7 +170,9 @@ pub fn restrict_node_write(node: &str, obj: &Value, old: Option<&Value>) -> Resu
 /// no Secret, ConfigMap or claim. The messages are Kubernetes's.
 pub fn restrict_pod_create(node: &str, pod: &Value) -> Result<(), String> {
     if !pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string() {
-        return Err(format!("pod does not have \"kubernetes.io/config.mirror\" annotation, node {node:?} can only create mirror pods"));
+        return Err(format!(
+            "pod does not have \"kubernetes.io/config.mirror\" annotation, node {node:?} can only create mirror pods"
+        ));
     }
     if pod["spec"]["nodeName"].as_str() != Some(node) {
         return Err(format!("node {node:?} can only create pods with spec.nodeName set to itself"));
@@ -208,9 +210,9 @@ fn pod_uses(pod: &Value, kind: &str) -> bool {
     if kind == "secret" && !all(&spec["imagePullSecrets"]).is_empty() {
         return true;
     }
-    let in_volumes = all(&spec["volumes"]).iter().any(|v| {
-        v[vol].is_object() || all(&v["projected"]["sources"]).iter().any(|s| s[vol].is_object())
-    });
+    let in_volumes = all(&spec["volumes"])
+        .iter()
+        .any(|v| v[vol].is_object() || all(&v["projected"]["sources"]).iter().any(|s| s[vol].is_object()));
     let in_containers = ["containers", "initContainers", "ephemeralContainers"].iter().any(|f| {
         all(&spec[*f]).iter().any(|c| {
             all(&c["env"]).iter().any(|e| e["valueFrom"][env].is_object())
