@@ -61,15 +61,7 @@ impl ApiServer {
         if is_pod && let Some((l, v)) = level("enforce") {
             let bad = podsecurity::check(l, spec);
             if !bad.is_empty() {
-                let name = crate::api::meta::name(obj);
-                return Err(ApiError::forbidden(
-                    call.target(name),
-                    format!(
-                        "{} {name:?} is forbidden: {}",
-                        call.target(name).qualified(),
-                        podsecurity::message(l, &v, &bad)
-                    ),
-                ));
+                return Err(Self::refused(call, obj, &podsecurity::message(l, &v, &bad)));
             }
         }
         if let Some((l, v)) = level("audit") {
@@ -134,13 +126,7 @@ impl ApiServer {
             return Ok(None);
         }
         let serial = self.quota_lock.lock().await;
-        let name = crate::api::meta::name(obj).to_string();
-        let forbidden = |msg: String| {
-            ApiError::forbidden(
-                call.target(&name),
-                format!("{} {name:?} is forbidden: {msg}", call.target(&name).qualified()),
-            )
-        };
+        let forbidden = |msg: String| Self::refused(call, obj, &msg);
         for q in &quotas {
             let qname = crate::api::meta::name(q);
             let hard: BTreeMap<String, String> = serde_json::from_value(q["spec"]["hard"].clone()).unwrap_or_default();
