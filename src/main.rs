@@ -42,19 +42,19 @@ async fn admin_client(path: &std::path::Path) -> anyhow::Result<(kube::Client, S
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading the admin kubeconfig {}", path.display()))?;
     let kc = kube::config::Kubeconfig::from_yaml(&text)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let ca = cfg
-        .root_cert
-        .as_ref()
-        .and_then(|c| c.first())
-        .map(|der| {
+    // The CA exactly as the kubeconfig carries it (the server's PEM, which its token hashes).
+    let ca = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.as_deref())
+        .and_then(|d| {
             use base64::Engine;
-            let b = base64::engine::general_purpose::STANDARD.encode(der);
-            let lines: Vec<&str> =
-                b.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
-            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+            base64::engine::general_purpose::STANDARD.decode(d).ok()
         })
+        .map(|pem| String::from_utf8_lossy(&pem).into_owned())
         .unwrap_or_default();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     Ok((kube::Client::try_from(cfg)?, ca))
 }
 

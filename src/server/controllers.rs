@@ -85,6 +85,25 @@ pub struct ControllerConfig {
 }
 
 /// Starts the controllers and the scheduler on `tracker` until `shutdown`.
+/// Runs `pass` every `period` until `shutdown` (the first right away); a failed pass
+/// is logged and the next one tried.
+async fn every<F, Fut>(period: std::time::Duration, what: &str, shutdown: CancellationToken, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = pass().await {
+            tracing::debug!(error = %e, "{what} pass failed");
+        }
+    }
+}
+
 pub fn start(
     api: Arc<super::apiserver::ApiServer>,
     client: kube::Client,

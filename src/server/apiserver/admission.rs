@@ -64,24 +64,17 @@ impl ApiServer {
                 return Err(Self::refused(call, obj, &podsecurity::message(l, &v, &bad)));
             }
         }
-        if let Some((l, v)) = level("audit") {
+        // What the audit and warn modes report: "would violate PodSecurity ...".
+        let would = |mode: &str| {
+            let (l, v) = level(mode)?;
             let bad = podsecurity::check(l, spec);
-            if !bad.is_empty() {
-                let msg = podsecurity::message(l, &v, &bad);
-                call.note(
-                    "pod-security.kubernetes.io/audit-violations",
-                    format!("would {}", msg.replacen("violates", "violate", 1)),
-                );
-            }
+            (!bad.is_empty())
+                .then(|| format!("would {}", podsecurity::message(l, &v, &bad).replacen("violates", "violate", 1)))
+        };
+        if let Some(text) = would("audit") {
+            call.note("pod-security.kubernetes.io/audit-violations", text);
         }
-        let mut warnings = Vec::new();
-        if let Some((l, v)) = level("warn") {
-            let bad = podsecurity::check(l, spec);
-            if !bad.is_empty() {
-                let msg = podsecurity::message(l, &v, &bad);
-                warnings.push(format!("would {}", msg.replacen("violates", "violate", 1)));
-            }
-        }
+        let warnings: Vec<String> = would("warn").into_iter().collect();
         Ok(warnings)
     }
 

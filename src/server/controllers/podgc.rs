@@ -49,14 +49,5 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
 }
 
 pub(super) async fn run(client: kube::Client, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = pass(&client).await {
-            tracing::debug!(error = %e, "pod garbage collection pass failed");
-        }
-    }
+    super::every(EVERY, "pod garbage collection", shutdown, || pass(&client)).await
 }

@@ -27,14 +27,5 @@ async fn pass(api: &Api<Secret>) -> Result<(), kube::Error> {
 
 pub(super) async fn run(client: kube::Client, shutdown: CancellationToken) {
     let api: Api<Secret> = Api::namespaced(client, bootstrap::NAMESPACE);
-    let mut tick = tokio::time::interval(EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = pass(&api).await {
-            tracing::debug!(error = %e, "token cleaner pass failed");
-        }
-    }
+    super::every(EVERY, "token cleaner", shutdown, || pass(&api)).await
 }
