@@ -96,6 +96,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             pod_network: cfg.pod_network,
         };
         let net_client = join::client(&creds.network).await?;
+        tokio::spawn(cert_monitor(client.clone(), cfg.node_name.clone(), cfg.data_dir.clone(), shutdown.clone()));
         return tokio::select! {
             r = kubelet::run(client.clone(), kcfg, shutdown.clone()) => r,
             () = net::run(net_client, client, ncfg, shutdown) => Ok(()),
@@ -112,4 +113,61 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     };
     simulate::run(client, sim, shutdown).await?;
     Ok(())
+}
+
+/// How often the agent looks at its certificates' expiry.
+const CERT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// Warns (a `CertificateExpirationWarning` Event on the Node, as k3s gives) when the
+/// node's certificates are within 90 days of expiry: the agent renews them when it
+/// next starts.
+async fn cert_monitor(client: kube::Client, node: String, data_dir: PathBuf, shutdown: CancellationToken) {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(client.clone(), Reporter { controller: "rk-agent".into(), instance: Some(node.clone()) });
+    let mut wait = std::time::Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = CERT_CHECK_EVERY;
+        let due: Vec<String> = crate::server::tls::check_all(&data_dir)
+            .into_iter()
+            .filter(|c| c.file.starts_with(data_dir.join("agent")) && c.status != "OK")
+            .map(|c| {
+                let at = chrono::DateTime::from_timestamp(c.not_after, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
+                format!("{}: certificate {} will expire within 90 days at {at}", c.file.display(), c.subject)
+            })
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let note = format!(
+            "Node certificates require attention - restart rk on this node to trigger automatic rotation: {}",
+            due.join(", ")
+        );
+        tracing::warn!(%note, "certificates expire soon");
+        let uid = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+            .get(&node)
+            .await
+            .ok()
+            .and_then(|n| n.metadata.uid);
+        let r = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            uid,
+            ..Default::default()
+        };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "CertificateExpirationWarning".into(),
+            note: Some(note.chars().take(1024).collect()),
+            action: "CheckCertificates".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, &r).await {
+            tracing::debug!(error = %e, "recording the certificate warning failed");
+        }
+    }
 }

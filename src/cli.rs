@@ -33,6 +33,112 @@ pub enum Command {
     SecretsEncrypt(SecretsEncryptArgs),
     /// Bootstrap tokens agents can join with: create, list, delete, generate.
     Token(TokenArgs),
+    /// Snapshots of the store: save, ls, restore, prune, delete.
+    Snapshot(SnapshotArgs),
+    /// The cluster's certificates: check their expiry, rotate them.
+    Certificate(CertificateArgs),
+    /// Check this machine for what rk needs (kernel, cgroups, containerd, nftables, ports).
+    CheckConfig(CheckConfigArgs),
+    /// Run kubectl with rk's admin kubeconfig.
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        /// Arguments for kubectl.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `rk snapshot`.
+#[derive(Args, Debug, Clone)]
+pub struct SnapshotArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+    /// Directory holding rk's state.
+    #[arg(long, env = "RK_DATA_DIR", default_value = "/var/lib/rk", global = true)]
+    pub data_dir: PathBuf,
+    /// Where snapshots are (default `<data-dir>/server/db/snapshots`).
+    #[arg(long, env = "RK_SNAPSHOT_DIR", global = true)]
+    pub snapshot_dir: Option<PathBuf>,
+    /// The admin kubeconfig, to ask a running server for the snapshot.
+    #[arg(long, env = "RK_KUBECONFIG", default_value = "/etc/rk/rk.yaml", global = true)]
+    pub kubeconfig: PathBuf,
+}
+
+/// `rk snapshot` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum SnapshotCommand {
+    /// Snapshot the store now (through the running server, or directly when it is stopped).
+    Save {
+        /// Name prefix: the file is `<name>-<node>-<unix time>`.
+        #[arg(long, default_value = crate::embedded::snapshot::ON_DEMAND)]
+        name: String,
+    },
+    /// List the snapshots.
+    #[command(alias = "list")]
+    Ls,
+    /// Restore a snapshot into the store of a stopped server.
+    Restore {
+        /// A snapshot's name (in the snapshot dir) or path.
+        snapshot: PathBuf,
+    },
+    /// Delete the oldest snapshots of a name prefix beyond a number to keep.
+    Prune {
+        /// The name prefix.
+        #[arg(long, default_value = crate::embedded::snapshot::ON_DEMAND)]
+        name: String,
+        /// Snapshots to keep.
+        #[arg(long, default_value_t = 5)]
+        snapshot_retention: usize,
+    },
+    /// Delete snapshots by name.
+    #[command(alias = "rm")]
+    Delete {
+        /// Snapshot names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `rk certificate`.
+#[derive(Args, Debug, Clone)]
+pub struct CertificateArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CertificateCommand,
+    /// Directory holding rk's state.
+    #[arg(long, env = "RK_DATA_DIR", default_value = "/var/lib/rk", global = true)]
+    pub data_dir: PathBuf,
+}
+
+/// `rk certificate` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CertificateCommand {
+    /// Show each certificate's subject, expiry and status.
+    Check {
+        /// `text` (one line per certificate) or `table`.
+        #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "table"])]
+        output: String,
+    },
+    /// Renew the leaf certificates (the CA stays). A running server picks up its new
+    /// serving certificate at once; agents renew theirs at their next start.
+    Rotate,
+}
+
+/// `rk check-config`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckConfigArgs {
+    /// Directory holding rk's state.
+    #[arg(long, env = "RK_DATA_DIR", default_value = "/var/lib/rk")]
+    pub data_dir: PathBuf,
+    /// The API port to check is free.
+    #[arg(long, default_value_t = 6443)]
+    pub https_listen_port: u16,
 }
 
 /// `rk token`.
@@ -373,6 +479,19 @@ pub struct ServerArgs {
     /// Size in megabytes at which the audit log is rotated (0: never).
     #[arg(long, default_value_t = 0)]
     pub audit_log_maxsize: u64,
+    /// How often to snapshot the store (`12h`, `30m`, ...; `0` for never). Snapshots
+    /// are aligned to the clock: `12h` takes them at 00:00 and 12:00 UTC.
+    #[arg(long, env = "RK_SNAPSHOT_INTERVAL", default_value = "12h", value_parser = parse_ttl)]
+    pub snapshot_interval: TokenTtl,
+    /// Scheduled snapshots to keep.
+    #[arg(long, env = "RK_SNAPSHOT_RETENTION", default_value_t = 5)]
+    pub snapshot_retention: usize,
+    /// Where snapshots go (default `<data-dir>/server/db/snapshots`).
+    #[arg(long, env = "RK_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Take no scheduled snapshots.
+    #[arg(long, env = "RK_DISABLE_SNAPSHOTS")]
+    pub disable_snapshots: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub node: NodeArgs,
@@ -446,8 +565,16 @@ impl ServerArgs {
                 max_size_mb: self.audit_log_maxsize,
             }),
         };
+        if self.snapshot_retention == 0 {
+            anyhow::bail!("--snapshot-retention must be at least 1");
+        }
         Ok(ServerConfig {
             audit,
+            snapshots: crate::server::SnapshotConfig {
+                dir: self.snapshot_dir.unwrap_or_else(|| crate::embedded::snapshot::default_dir(&self.data_dir)),
+                interval: self.snapshot_interval.0.filter(|_| !self.disable_snapshots),
+                retention: self.snapshot_retention,
+            },
             data_dir: self.data_dir,
             bind_address: self.bind_address,
             https_listen_port: self.https_listen_port,

@@ -2,7 +2,9 @@
 //! in-process log-structured store that stands in for etcd, and the conformance suite every backend passes.
 
 pub mod conformance;
+pub mod format;
 pub mod log_store;
+pub mod snapshot;
 pub mod storage;
 pub mod wal;
 

@@ -6,6 +6,11 @@ use rk::cli::{self, CliError, Command};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let invoked_as = argv.next().map(std::path::PathBuf::from);
+    if invoked_as.as_ref().and_then(|p| p.file_name()).is_some_and(|n| n == "kubectl") {
+        return kubectl(argv.collect());
+    }
     let cli = match cli::parse(std::env::args_os()) {
         Ok(c) => c,
         Err(CliError::Clap(e)) if !e.use_stderr() => e.exit(),
@@ -33,6 +38,15 @@ fn main() -> ExitCode {
         Command::Images(args) => run(images(args)),
         Command::SecretsEncrypt(args) => run(secrets_encrypt(args)),
         Command::Token(args) => run(token(args)),
+        Command::Snapshot(args) => run(snapshot(args)),
+        Command::Certificate(args) => run(async move { certificate(args) }),
+        Command::CheckConfig(args) => check_config(args),
+        Command::Kubectl { args } => kubectl(args),
+        Command::Completion { shell } => {
+            let mut cmd = <cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "rk", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -101,17 +115,7 @@ async fn token(args: cli::TokenArgs) -> anyhow::Result<()> {
                 .filter_map(|s| serde_json::to_value(s).ok())
                 .filter_map(|s| bootstrap::row(&s, now))
                 .collect();
-            let head = ["TOKEN", "TTL", "EXPIRES", "USAGES", "DESCRIPTION", "EXTRA GROUPS"].map(String::from);
-            let mut width = [0usize; 6];
-            for r in std::iter::once(&head).chain(rows.iter()) {
-                for (w, c) in width.iter_mut().zip(r) {
-                    *w = (*w).max(c.len());
-                }
-            }
-            for r in std::iter::once(&head).chain(rows.iter()) {
-                let cells: Vec<String> = r.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
-                println!("{}", cells.join("   ").trim_end());
-            }
+            print_table(["TOKEN", "TTL", "EXPIRES", "USAGES", "DESCRIPTION", "EXTRA GROUPS"], &rows);
         }
         cli::TokenCommand::Delete { tokens } => {
             for t in tokens {
@@ -125,6 +129,219 @@ async fn token(args: cli::TokenArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rk snapshot save|ls|restore|prune|delete`.
+async fn snapshot(args: cli::SnapshotArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use rk::embedded::{format, snapshot};
+    let db = snapshot::db_dir(&args.data_dir);
+    let dir = args.snapshot_dir.clone().unwrap_or_else(|| snapshot::default_dir(&args.data_dir));
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    match args.command {
+        cli::SnapshotCommand::Save { name } => {
+            if format::read_version(&db)?.is_none() {
+                anyhow::bail!("there is no rk store in {}: is --data-dir right?", db.display());
+            }
+            let saved = match format::lock(&db, std::time::Duration::ZERO) {
+                Ok(lock) => {
+                    // No server running: read the store directly.
+                    drop(lock);
+                    eprintln!("Opening the store in {} ...", db.display());
+                    let store = rk::embedded::LogStore::open(&db, Default::default())?;
+                    eprintln!("Saving a snapshot of revision {} ...", rk::embedded::Storage::current_rev(&store));
+                    snapshot::save(&store, &dir, &name, None).map_err(anyhow::Error::msg)?
+                }
+                Err(_) => {
+                    eprintln!("The server is running; asking it for the snapshot ...");
+                    let (client, _) = admin_client(&args.kubeconfig).await?;
+                    let uri = format!("/v1-rk/snapshots?name={}", urlencode(&name));
+                    let req = http::Request::builder().method("POST").uri(uri).body(Vec::new())?;
+                    client.request::<snapshot::Saved>(req).await.map_err(api_error)?
+                }
+            };
+            println!(
+                "Snapshot {} saved: revision {}, {} objects, {}, {}",
+                saved.name,
+                saved.revision,
+                saved.keys,
+                mb(saved.size),
+                saved.path.display()
+            );
+        }
+        cli::SnapshotCommand::Ls => {
+            let rows: Vec<[String; 5]> = snapshot::list(&dir)
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .map(|i| {
+                    let loc = format!("file://{}", i.path.display());
+                    match i.header {
+                        Ok(h) => [i.name, loc, i.size.to_string(), h.revision.to_string(), h.created],
+                        Err(e) => [i.name, loc, i.size.to_string(), "-".into(), format!("unreadable: {e}")],
+                    }
+                })
+                .collect();
+            print_table(["Name", "Location", "Size", "Revision", "Created"], &rows);
+        }
+        cli::SnapshotCommand::Restore { snapshot: file } => {
+            let file = if file.exists() || file.components().count() > 1 { file } else { dir.join(file) };
+            eprintln!("Checking snapshot {} ...", file.display());
+            let r = snapshot::restore(&db, &file).map_err(anyhow::Error::msg)?;
+            println!(
+                "Restored snapshot {} into {}: revision {}, {} objects, taken {} on {}",
+                file.display(),
+                db.display(),
+                r.header.revision,
+                r.header.keys,
+                r.header.created,
+                r.header.node
+            );
+            if let Some(p) = r.previous {
+                println!("The store it replaced is kept in {}", p.display());
+            }
+            println!("Start rk server to use it.");
+        }
+        cli::SnapshotCommand::Prune { name, snapshot_retention } => {
+            for n in snapshot::prune(&dir, &name, snapshot_retention).map_err(anyhow::Error::msg)? {
+                println!("Snapshot {n} deleted");
+            }
+        }
+        cli::SnapshotCommand::Delete { names } => {
+            let known = snapshot::list(&dir).map_err(anyhow::Error::msg)?;
+            for n in &names {
+                if !known.iter().any(|i| &i.name == n) {
+                    anyhow::bail!("there is no snapshot {n:?} in {}", dir.display());
+                }
+            }
+            for n in names {
+                let p = dir.join(&n);
+                std::fs::remove_file(&p).with_context(|| format!("deleting {}", p.display()))?;
+                println!("Snapshot {n} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `rk certificate check|rotate`.
+fn certificate(args: cli::CertificateArgs) -> anyhow::Result<()> {
+    use rk::server::tls;
+    match args.command {
+        cli::CertificateCommand::Check { output } => {
+            let all = tls::check_all(&args.data_dir);
+            if all.is_empty() {
+                anyhow::bail!("no certificates under {}: is --data-dir right?", args.data_dir.display());
+            }
+            let now = chrono::Utc::now().timestamp();
+            let rows: Vec<[String; 6]> = all
+                .iter()
+                .map(|c| {
+                    let expires = chrono::DateTime::from_timestamp(c.not_after, 0)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default();
+                    let left = c.not_after - now;
+                    let residual = if left <= 0 { "0d".into() } else { format!("{}d", left / 86400) };
+                    [c.file.display().to_string(), c.subject.clone(), c.usages.clone(), expires, residual, c.status.into()]
+                })
+                .collect();
+            if output == "table" {
+                print_table(["FILENAME", "SUBJECT", "USAGES", "EXPIRES", "RESIDUAL TIME", "STATUS"], &rows);
+            } else {
+                for [file, subject, _, expires, residual, status] in rows {
+                    let what = match status.as_str() {
+                        "OK" => format!("is ok, expires at {expires} ({residual} left)"),
+                        "WARNING" => format!("expires at {expires} ({residual} left): rk renews it at its next start"),
+                        "EXPIRED" => format!("EXPIRED at {expires}: rk renews it at its next start"),
+                        _ => "cannot be read".to_string(),
+                    };
+                    println!("{file}: certificate {subject} {what}");
+                }
+            }
+        }
+        cli::CertificateCommand::Rotate => {
+            let done = tls::rotate(&args.data_dir)?;
+            if done.is_empty() {
+                anyhow::bail!("no certificates under {}: is --data-dir right?", args.data_dir.display());
+            }
+            for d in done {
+                println!("{d}");
+            }
+            println!(
+                "A running server serves the new certificate within seconds; restart rk (or rk agent) to renew the node's."
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `rk check-config`: prints each check; fails when any check failed.
+fn check_config(args: cli::CheckConfigArgs) -> ExitCode {
+    use rk::checks::Outcome;
+    let checks = rk::checks::run(&args.data_dir, args.https_listen_port);
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    for c in &checks {
+        let tag = match c.outcome {
+            Outcome::Ok => "ok  ",
+            Outcome::Warn => "warn",
+            Outcome::Fail => "FAIL",
+        };
+        let fix = if c.fix.is_empty() { String::new() } else { format!(" (fix: {})", c.fix) };
+        println!("[{tag}] {:width$}  {}{fix}", c.name, c.detail);
+    }
+    let failed = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
+    if failed > 0 {
+        println!("{failed} check(s) failed: rk will not run correctly until they are fixed");
+        return ExitCode::FAILURE;
+    }
+    println!("This machine has what rk needs.");
+    ExitCode::SUCCESS
+}
+
+/// `rk kubectl ...`: kubectl with the admin kubeconfig (unless KUBECONFIG is set).
+fn kubectl(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    // Not rk itself (install.sh's INSTALL_RK_SYMLINK links `kubectl` to rk).
+    let me = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("kubectl"))
+            .find(|p| p.is_file() && std::fs::canonicalize(p).ok() != me)
+    });
+    let Some(bin) = found else {
+        eprintln!(
+            "rk: error: kubectl is not installed: get it with `apt-get install -y kubectl` from the Kubernetes apt \
+             repository, or from https://dl.k8s.io/release/v1.33.0/bin/linux/amd64/kubectl"
+        );
+        return ExitCode::from(127);
+    };
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(&args);
+    if std::env::var_os("KUBECONFIG").is_none() {
+        let kc = std::env::var_os("RK_KUBECONFIG").unwrap_or_else(|| "/etc/rk/rk.yaml".into());
+        cmd.env("KUBECONFIG", kc);
+    }
+    let e = cmd.exec();
+    eprintln!("rk: error: running {}: {e}", bin.display());
+    ExitCode::from(126)
+}
+
+fn urlencode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+fn print_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
+    let head = head.map(String::from);
+    let mut width = [0usize; N];
+    for r in std::iter::once(&head).chain(rows.iter()) {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in std::iter::once(&head).chain(rows.iter()) {
+        let cells: Vec<String> = r.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join("   ").trim_end());
+    }
 }
 
 /// `rk secrets-encrypt status|rotate-keys`, through the server's API as its admin.

@@ -81,6 +81,19 @@ pub struct ServerConfig {
     pub runtime_endpoint: Option<PathBuf>,
     /// The audit log, when `--audit-log-path` is given.
     pub audit: Option<audit::AuditConfig>,
+    /// Snapshots of the store.
+    pub snapshots: SnapshotConfig,
+}
+
+/// Where and how often the server snapshots its store.
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// How often to take scheduled snapshots; None for never.
+    pub interval: Option<Duration>,
+    /// Scheduled snapshots kept.
+    pub retention: usize,
 }
 
 impl ServerConfig {
@@ -112,6 +125,11 @@ impl ServerConfig {
             node_taints: vec![],
             runtime_endpoint: None,
             audit: None,
+            snapshots: SnapshotConfig {
+                dir: crate::embedded::snapshot::default_dir(&dir.join("data")),
+                interval: None,
+                retention: 5,
+            },
         }
     }
 
@@ -158,7 +176,7 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The datastore could not be opened.
-    #[error("opening the datastore at {path}: {source}")]
+    #[error("opening the datastore at {path}")]
     Store {
         /// The store directory.
         path: PathBuf,
@@ -226,15 +244,16 @@ pub async fn start(
     tracing::info!(path = %db_dir.display(), revision = store.current_rev(), "datastore open");
 
     let node_ips = local_ips();
-    let identity = tls::Identity::load_or_create(&tls::IdentitySpec {
+    let id_spec = tls::IdentitySpec {
         server_dir: server_dir.clone(),
         tls_sans: cfg.tls_san.clone(),
         node_ips,
         service_ip: IpAddr::V4(cfg.service_ip()),
         cluster_domain: cfg.cluster_domain.clone(),
         token: cfg.token.clone(),
-    })?;
-    let (tls_cfg, certs) = identity.server_config()?;
+    };
+    let identity = tls::Identity::load_or_create(&id_spec)?;
+    let (tls_cfg, certs, serving) = identity.server_config()?;
 
     let addr = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
     let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
@@ -297,8 +316,14 @@ pub async fn start(
     let kubeconfig = identity.admin_kubeconfig(&format!("https://{host}:{}", addr.port()));
     tls::write_kubeconfig(&cfg.write_kubeconfig, &kubeconfig, cfg.write_kubeconfig_mode)?;
     tracing::info!(path = %cfg.write_kubeconfig.display(), "wrote admin kubeconfig");
+    let server_url = format!("https://{host}:{}", addr.port());
+    tracker.spawn(cert_keeper(id_spec, serving, cfg.clone(), server_url, shutdown.clone()));
 
     tracker.spawn(compactor(store.clone(), shutdown.clone()));
+    let _ = api.snapshots.set((store.clone(), cfg.snapshots.dir.clone(), cfg.node_name.clone()));
+    if let Some(every) = cfg.snapshots.interval {
+        tracker.spawn(scheduled_snapshots(store.clone(), cfg.snapshots.clone(), cfg.node_name.clone(), every, shutdown.clone()));
+    }
     let cm = client::in_process(api.clone(), "system:kube-controller-manager", &[]);
     let ccfg = controllers::ControllerConfig {
         ca_pem: identity.ca.cert_pem.clone(),
@@ -397,6 +422,105 @@ async fn compactor(store: LogStore, shutdown: CancellationToken) {
             && let Err(e) = store.compact(r).await
         {
             tracing::warn!(revision = r, error = %e, "compaction failed");
+        }
+    }
+}
+
+/// How often the server looks for changed certificate files.
+const CERT_RELOAD_EVERY: Duration = Duration::from_secs(10);
+/// How often it renews what is near expiry (besides at start).
+const CERT_RENEW_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+/// Keeps the server's certificates current while it runs: new files on disk (`rk
+/// certificate rotate`) are served to new connections within seconds, and certificates
+/// within 90 days of expiry are renewed every 12 h, without a restart; the admin
+/// kubeconfig is rewritten to match.
+async fn cert_keeper(
+    spec: tls::IdentitySpec,
+    serving: Arc<tls::ServingCert>,
+    cfg: ServerConfig,
+    server_url: String,
+    shutdown: CancellationToken,
+) {
+    let tls_dir = spec.server_dir.join("tls");
+    let stamp = || {
+        ["serving-kube-apiserver.crt", "client-admin.crt"]
+            .map(|f| std::fs::metadata(tls_dir.join(f)).and_then(|m| m.modified()).ok())
+    };
+    let mut seen = stamp();
+    let mut last_renew = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CERT_RELOAD_EVERY) => {}
+        }
+        let renew = last_renew.elapsed() >= CERT_RENEW_EVERY;
+        if stamp() == seen && !renew {
+            continue;
+        }
+        last_renew = tokio::time::Instant::now();
+        let spec = spec.clone();
+        let loaded = tokio::task::spawn_blocking(move || tls::Identity::load_or_create(&spec)).await;
+        let id = match loaded {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reloading the server's certificates failed; serving the old ones");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the certificate reload task failed");
+                continue;
+            }
+        };
+        let now = stamp();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        if let Err(e) = serving.set(&id) {
+            tracing::warn!(error = %e, "the new serving certificate is unusable; serving the old one");
+            continue;
+        }
+        let kc = id.admin_kubeconfig(&server_url);
+        if let Err(e) = tls::write_kubeconfig(&cfg.write_kubeconfig, &kc, cfg.write_kubeconfig_mode) {
+            tracing::warn!(error = %e, "rewriting the admin kubeconfig failed");
+        }
+        tracing::info!("loaded renewed certificates; new connections get the new serving certificate");
+    }
+}
+
+/// Takes a snapshot at every multiple of `every` since the epoch (so `12h` is 00:00
+/// and 12:00 UTC, as k3s's default cron), keeping the newest `retention`.
+async fn scheduled_snapshots(
+    store: LogStore,
+    cfg: SnapshotConfig,
+    node: String,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    use crate::embedded::snapshot;
+    let every_ms = (every.as_millis() as u64).max(1000);
+    loop {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let wait = Duration::from_millis(every_ms - now_ms % every_ms);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (store, cfg, node) = (store.clone(), cfg.clone(), node.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            snapshot::save(&store, &cfg.dir, snapshot::SCHEDULED, Some(&node))?;
+            snapshot::prune(&cfg.dir, snapshot::SCHEDULED, cfg.retention)
+        })
+        .await;
+        match done {
+            Ok(Ok(pruned)) if !pruned.is_empty() => tracing::info!(?pruned, "pruned old snapshots"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the scheduled snapshot failed"),
+            Err(e) => tracing::warn!(error = %e, "the scheduled snapshot task failed"),
         }
     }
 }

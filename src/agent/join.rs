@@ -151,9 +151,42 @@ pub async fn join(
 ) -> anyhow::Result<Credentials> {
     let path = kubeconfig_path(data_dir);
     let net_path = network_kubeconfig_path(data_dir);
-    if let (Ok(node), Ok(network)) = (std::fs::read_to_string(&path), std::fs::read_to_string(&net_path)) {
-        return Ok(Credentials { node, network });
+    let kept = match (std::fs::read_to_string(&path), std::fs::read_to_string(&net_path)) {
+        (Ok(node), Ok(network)) => {
+            if !tls::kubeconfig_needs_renewal(&node) && !tls::kubeconfig_needs_renewal(&network) {
+                return Ok(Credentials { node, network });
+            }
+            tracing::info!("the node's certificates expire within 90 days (or have): renewing them");
+            Some(Credentials { node, network })
+        }
+        _ => None,
+    };
+    match fetch_credentials(server, token, ca_file, node_name, data_dir, simulate).await {
+        Ok(c) => Ok(c),
+        // Renewal can wait for the server if the old credentials still work.
+        Err(e) if kept.as_ref().is_some_and(|k| still_valid(&k.node) && still_valid(&k.network)) => {
+            tracing::warn!(error = %format!("{e:#}"), "renewing the node's certificates failed; using the old ones");
+            Ok(kept.expect("checked above"))
+        }
+        Err(e) => Err(e),
     }
+}
+
+fn still_valid(kubeconfig: &str) -> bool {
+    tls::kubeconfig_cert(kubeconfig).is_some_and(|pem| tls::seconds_left(&pem).is_some_and(|s| s > 0))
+}
+
+/// Joins the server: fetches and checks its CA, then gets node credentials.
+async fn fetch_credentials(
+    server: &str,
+    token: &str,
+    ca_file: Option<&Path>,
+    node_name: &str,
+    data_dir: &Path,
+    simulate: bool,
+) -> anyhow::Result<Credentials> {
+    let path = kubeconfig_path(data_dir);
+    let net_path = network_kubeconfig_path(data_dir);
     let url: http::Uri = server.parse().with_context(|| format!("server URL {server:?}"))?;
     if url.scheme_str() != Some("https") {
         bail!("server URL {server:?} must start with https://");

@@ -192,6 +192,8 @@ struct Inner {
     disk: AtomicU64,
     /// Wakes the snapshot thread.
     snapshots: Mutex<std::sync::mpsc::Sender<()>>,
+    /// This process's hold on the directory.
+    _lock: super::format::DirLock,
 }
 
 struct LogState {
@@ -213,7 +215,12 @@ fn io_err(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
 
 impl LogStore {
     /// Opens (or creates) the store in `dir` (its files in `dir/log`), replaying them.
+    /// Takes the directory for this process (see [`super::format`]) and checks its
+    /// format first: a store another rk has open, or of a newer format, is refused
+    /// with nothing read or changed.
     pub fn open(dir: &Path, opts: LogStoreOptions) -> Result<LogStore, StorageError> {
+        let lock = super::format::lock(dir, Duration::from_secs(3))?;
+        super::format::check_and_migrate(dir)?;
         let log_dir = dir.join("log");
         let contents = wal::read(&log_dir).map_err(io_err("read the store's log in", &log_dir))?;
         let records = contents.records.len();
@@ -237,6 +244,7 @@ impl LogStore {
             compacted: AtomicI64::new(compacted),
             disk: AtomicU64::new(contents.bytes),
             snapshots: Mutex::new(snap_tx),
+            _lock: lock,
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -244,6 +252,25 @@ impl LogStore {
             .spawn(move || snapshotter(weak, snap_rx, opts))
             .map_err(|e| StorageError::Backend(format!("spawn the snapshot thread: {e}")))?;
         Ok(LogStore { inner })
+    }
+
+    /// Every live key at the durable revision, as log records (puts, then a meta
+    /// record), for a user snapshot: `(revision, keys, records)`. Consistent: taken
+    /// under the index lock at one revision.
+    pub fn export(&self) -> (Rev, u64, Vec<u8>) {
+        let idx = self.read_index();
+        let rev = self.current_rev();
+        let mut buf = Vec::with_capacity(idx.bytes as usize / 2 + 64);
+        let mut keys = 0;
+        for (key, vs) in &idx.keys {
+            if let Some(v) = at_rev(vs, rev).filter(|v| v.put) {
+                wal::encode(KIND_PUT, v.rev, v.create_rev, key, &v.value, &mut buf);
+                keys += 1;
+            }
+        }
+        // History before the snapshot is not in it: restored, it is compacted away.
+        wal::encode(KIND_META, rev, rev, "", &[], &mut buf);
+        (rev, keys, buf)
     }
 
     /// Bytes the store's files take on disk.

@@ -60,7 +60,7 @@ pub fn encode(kind: u8, rev: i64, create_rev: i64, key: &str, value: &[u8], out:
 /// Decodes the records of one file, stopping at the first torn or corrupt one (the
 /// tail a crash cut short, or preallocated zeros); returns them and the bytes they
 /// take. Values are copied out, so the file's buffer is not kept alive by them.
-fn decode_all(buf: &[u8]) -> (Vec<Record>, usize) {
+pub fn decode_all(buf: &[u8]) -> (Vec<Record>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while buf.len() >= at + 8 {

@@ -74,6 +74,8 @@ pub struct ApiServer {
     pub secrets: std::sync::OnceLock<Arc<crate::server::secrets_encryption::EncryptedStore>>,
     /// The audit log, when `--audit-log-path` is given.
     pub audit: std::sync::OnceLock<crate::server::audit::AuditLog>,
+    /// The raw store and the snapshot directory, for `rk snapshot save` while running.
+    pub snapshots: std::sync::OnceLock<(crate::embedded::LogStore, std::path::PathBuf, String)>,
 }
 
 /// Where a request goes.
@@ -84,6 +86,8 @@ enum Route {
     NodeCredentials,
     /// `rk secrets-encrypt`: GET the state, POST `?action=rotate-keys`.
     SecretsEncrypt,
+    /// `rk snapshot`: GET lists, POST `?name=<prefix>` saves one.
+    Snapshots,
     Version,
     Health(&'static str),
     Api,
@@ -120,6 +124,19 @@ fn stream_target(path: &str) -> Option<(String, String, String)> {
     }
 }
 
+/// rk's own operations (`/v1-rk/...`, outside RBAC's resources) are for cluster
+/// admins: members of `system:masters`.
+fn cluster_admin(user: Option<&User>) -> Result<(), ApiError> {
+    match user {
+        None => Err(ApiError::unauthorized()),
+        Some(u) if u.groups.iter().any(|g| g == crate::server::auth::MASTERS) => Ok(()),
+        Some(u) => Err(ApiError::with_code(
+            403,
+            format!("User \"{}\" cannot use rk's admin operations: they are for system:masters", u.name),
+        )),
+    }
+}
+
 fn route(reg: &Registry, path: &str) -> Result<Route, ApiError> {
     let segs: Vec<String> = path
         .trim_matches('/')
@@ -133,6 +150,7 @@ fn route(reg: &Registry, path: &str) -> Result<Route, ApiError> {
         ["cacerts"] => return Ok(Route::CaCerts),
         ["v1-rk", "node-credentials"] => return Ok(Route::NodeCredentials),
         ["v1-rk", "secrets-encrypt"] => return Ok(Route::SecretsEncrypt),
+        ["v1-rk", "snapshots"] => return Ok(Route::Snapshots),
         ["healthz", ..] => return Ok(Route::Health("healthz")),
         ["livez", ..] => return Ok(Route::Health("livez")),
         ["readyz", ..] => return Ok(Route::Health("readyz")),
@@ -255,6 +273,7 @@ impl ApiServer {
             rbac: std::sync::OnceLock::new(),
             secrets: std::sync::OnceLock::new(),
             audit: std::sync::OnceLock::new(),
+            snapshots: std::sync::OnceLock::new(),
         })
     }
 
@@ -424,13 +443,33 @@ impl ApiServer {
                     .or_else(|| o.custom_doc(&reg, &p, query.get("hash")))
                     .ok_or_else(ApiError::no_route)
             }
-            Route::SecretsEncrypt => match (&user, self.secrets.get()) {
-                (None, _) => Err(ApiError::unauthorized()),
-                (Some(_), None) => Ok(request::json(
+            Route::Snapshots => async {
+                cluster_admin(user.as_deref())?;
+                let (store, dir, node) = self.snapshots.get().ok_or_else(ApiError::no_route)?;
+                let snapshot = crate::embedded::snapshot::ON_DEMAND;
+                if parts.method == Method::POST {
+                    let prefix = query.get("name").unwrap_or(snapshot).to_string();
+                    let (store, dir, node) = (store.clone(), dir.clone(), node.clone());
+                    let saved = tokio::task::spawn_blocking(move || {
+                        crate::embedded::snapshot::save(&store, &dir, &prefix, Some(&node))
+                    })
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(ApiError::bad_request)?;
+                    Ok(request::json(200, &json!(saved)))
+                } else {
+                    let list = crate::embedded::snapshot::list(dir).map_err(ApiError::internal)?;
+                    Ok(request::json(200, &json!({"dir": dir, "snapshots": list})))
+                }
+            }
+            .await,
+            Route::SecretsEncrypt => match (cluster_admin(user.as_deref()), self.secrets.get()) {
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => Ok(request::json(
                     200,
                     &json!({"enabled": false, "currentKey": null, "keys": [], "encryptedSecrets": 0}),
                 )),
-                (Some(_), Some(e)) => {
+                (Ok(_), Some(e)) => {
                     let rotate = parts.method == Method::POST && query.get("action") == Some("rotate-keys");
                     if parts.method == Method::POST && !rotate {
                         Err(ApiError::bad_request("action must be rotate-keys"))

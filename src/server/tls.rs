@@ -173,6 +173,11 @@ fn inspect(pem: &str) -> Option<(i64, Vec<String>)> {
     Some((not_after, sans))
 }
 
+/// Seconds until a PEM certificate expires (negative once it has), if it parses.
+pub fn seconds_left(pem: &str) -> Option<i64> {
+    inspect(pem).map(|(not_after, _)| not_after - now().unix_timestamp())
+}
+
 fn needs_renewal(pem: &str, want_sans: Option<&[String]>) -> bool {
     match inspect(pem) {
         None => true,
@@ -331,22 +336,196 @@ impl Identity {
 
     /// The rustls server configuration: the serving chain, HTTP/2 and HTTP/1.1, and
     /// client certificates requested but checked later (see [`ClientCerts`]).
-    pub fn server_config(&self) -> Result<(Arc<rustls::ServerConfig>, Arc<ClientCerts>), TlsError> {
+    pub fn server_config(&self) -> Result<(Arc<rustls::ServerConfig>, Arc<ClientCerts>, Arc<ServingCert>), TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut chain = pem_certs(&self.serving.cert_pem)?;
-        chain.extend(pem_certs(&self.ca.cert_pem)?);
-        let key = PrivateKeyDer::from_pem_slice(self.serving.key_pem.as_bytes())
-            .map_err(|e| TlsError::Cert { what: "serving key", msg: e.to_string() })?;
+        let serving = Arc::new(ServingCert { current: std::sync::RwLock::new(self.certified()?) });
         let client_certs = Arc::new(ClientCerts::new(&self.ca.cert_pem, provider.clone())?);
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Cert { what: "tls versions", msg: e.to_string() })?
             .with_client_cert_verifier(client_certs.clone())
-            .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Cert { what: "serving", msg: e.to_string() })?;
+            .with_cert_resolver(serving.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok((Arc::new(cfg), client_certs))
+        Ok((Arc::new(cfg), client_certs, serving))
     }
+
+    /// The serving chain (leaf, CA) and key, for rustls.
+    fn certified(&self) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let mut chain = pem_certs(&self.serving.cert_pem)?;
+        chain.extend(pem_certs(&self.ca.cert_pem)?);
+        let key = PrivateKeyDer::from_pem_slice(self.serving.key_pem.as_bytes())
+            .map_err(|e| TlsError::Cert { what: "serving key", msg: e.to_string() })?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| TlsError::Cert { what: "serving key", msg: e.to_string() })?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signer)))
+    }
+}
+
+/// The API's serving certificate, swappable while the server runs: new connections
+/// get the one set last (`rk certificate rotate`, or renewal before expiry).
+pub struct ServingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServingCert")
+    }
+}
+
+impl ServingCert {
+    /// Serves `id`'s certificate from now on.
+    pub fn set(&self, id: &Identity) -> Result<(), TlsError> {
+        let c = id.certified()?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = c;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// One certificate rk keeps, as `rk certificate check` shows it.
+#[derive(Clone, Debug)]
+pub struct CertStatus {
+    /// The file (a PEM file, or a kubeconfig holding a client certificate).
+    pub file: PathBuf,
+    /// `CN=...,O=...`.
+    pub subject: String,
+    /// `CertSign`, `ServerAuth`, `ClientAuth`.
+    pub usages: String,
+    /// Expiry, Unix seconds.
+    pub not_after: i64,
+    /// `OK`, `WARNING` (within the renewal window), `EXPIRED`, or `UNREADABLE`.
+    pub status: &'static str,
+}
+
+fn describe(file: &Path, pem: &str) -> CertStatus {
+    let parsed = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok().and_then(|(_, p)| {
+        let c = p.parse_x509().ok()?;
+        let mut subject = Vec::new();
+        for cn in c.subject().iter_common_name().filter_map(|a| a.as_str().ok()) {
+            subject.push(format!("CN={cn}"));
+        }
+        for o in c.subject().iter_organization().filter_map(|a| a.as_str().ok()) {
+            subject.push(format!("O={o}"));
+        }
+        let mut usages = Vec::new();
+        if c.is_ca() {
+            usages.push("CertSign");
+        }
+        if let Ok(Some(eku)) = c.extended_key_usage() {
+            if eku.value.server_auth {
+                usages.push("ServerAuth");
+            }
+            if eku.value.client_auth {
+                usages.push("ClientAuth");
+            }
+        }
+        Some((subject.join(","), usages.join(","), c.validity().not_after.timestamp()))
+    });
+    match parsed {
+        Some((subject, usages, not_after)) => {
+            let left = not_after - now().unix_timestamp();
+            let status = if left <= 0 {
+                "EXPIRED"
+            } else if left < RENEW_BEFORE.whole_seconds() {
+                "WARNING"
+            } else {
+                "OK"
+            };
+            CertStatus { file: file.to_path_buf(), subject, usages, not_after, status }
+        }
+        None => CertStatus {
+            file: file.to_path_buf(),
+            subject: String::new(),
+            usages: String::new(),
+            not_after: 0,
+            status: "UNREADABLE",
+        },
+    }
+}
+
+/// The client certificate (PEM) inside a kubeconfig's text.
+pub fn kubeconfig_cert(text: &str) -> Option<String> {
+    let v: serde_norway::Value = serde_norway::from_str(text).ok()?;
+    let data = v.get("users")?.get(0)?.get("user")?.get("client-certificate-data")?.as_str()?;
+    let pem = base64::engine::general_purpose::STANDARD.decode(data).ok()?;
+    String::from_utf8(pem).ok()
+}
+
+/// Whether a kubeconfig's client certificate should be renewed now: unreadable,
+/// expired, or within the renewal window.
+pub fn kubeconfig_needs_renewal(text: &str) -> bool {
+    kubeconfig_cert(text).is_none_or(|pem| needs_renewal(&pem, None))
+}
+
+/// The agent's kubeconfigs under a data dir (they hold its client certificates).
+fn agent_kubeconfigs(data_dir: &Path) -> [PathBuf; 2] {
+    let agent = data_dir.join("agent");
+    [agent.join("kubeconfig.yaml"), agent.join("network-kubeconfig.yaml")]
+}
+
+/// Every certificate under `data_dir`: the server's (`server/tls/*.crt`) and the
+/// agent's client certificates.
+pub fn check_all(data_dir: &Path) -> Vec<CertStatus> {
+    let mut out = Vec::new();
+    let tls = data_dir.join("server").join("tls");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&tls)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "crt")).collect())
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        if let Ok(pem) = std::fs::read_to_string(&f) {
+            out.push(describe(&f, &pem));
+        }
+    }
+    for f in agent_kubeconfigs(data_dir) {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            out.push(describe(&f, &kubeconfig_cert(&text).unwrap_or_default()));
+        }
+    }
+    out
+}
+
+/// Renews every leaf certificate under `data_dir` with the same subject and SANs (the
+/// CA stays, so everything it signed stays trusted): the server's are reissued from
+/// its CA, after the old files are copied to `server/tls-<unix time>/`; the agent's
+/// kubeconfigs are moved aside, so it fetches new credentials at its next start.
+/// Returns one line per change.
+pub fn rotate(data_dir: &Path) -> Result<Vec<String>, TlsError> {
+    let mut done = Vec::new();
+    let stamp = now().unix_timestamp();
+    let tls = data_dir.join("server").join("tls");
+    if let Some(ca) = read_pair(&tls, "server-ca")? {
+        let backup = data_dir.join("server").join(format!("tls-{stamp}"));
+        std::fs::create_dir_all(&backup).map_err(io_err("create", &backup))?;
+        for e in std::fs::read_dir(&tls).map_err(io_err("read", &tls))?.flatten() {
+            let to = backup.join(e.file_name());
+            std::fs::copy(e.path(), &to).map_err(io_err("back up to", &to))?;
+        }
+        done.push(format!("backed up {} to {}", tls.display(), backup.display()));
+        if let Some(old) = read_pair(&tls, "serving-kube-apiserver")? {
+            let sans = inspect(&old.cert_pem).map(|(_, s)| s).unwrap_or_default();
+            let s = issue_leaf(&ca, "kube-apiserver", &[], &sans, true, LEAF_DAYS)?;
+            write_pair(&tls, "serving-kube-apiserver", &s)?;
+            done.push("renewed the API serving certificate (kube-apiserver)".into());
+        }
+        let a = issue_client_cert(&ca, "system:admin", &["system:masters"])?;
+        write_pair(&tls, "client-admin", &a)?;
+        done.push("renewed the admin client certificate (system:admin)".into());
+    }
+    for f in agent_kubeconfigs(data_dir) {
+        if f.exists() {
+            let aside = f.with_extension(format!("yaml.{stamp}.bak"));
+            std::fs::rename(&f, &aside).map_err(io_err("move aside", &f))?;
+            done.push(format!("moved {} aside: the agent gets a new certificate at its next start", f.display()));
+        }
+    }
+    Ok(done)
 }
 
 use rustls::pki_types::pem::PemObject;
@@ -519,7 +698,7 @@ mod tests {
     fn client_certs_from_the_cluster_ca_authenticate_others_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let id = Identity::load_or_create(&spec(dir.path())).unwrap();
-        let (_, certs) = id.server_config().unwrap();
+        let (_, certs, _) = id.server_config().unwrap();
         let admin = pem_certs(&id.admin.cert_pem).unwrap();
         assert_eq!(certs.authenticate(&admin), Some(User::new("system:admin", &["system:masters"])));
         let other = foreign_ca().unwrap();

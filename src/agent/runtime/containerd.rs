@@ -149,7 +149,8 @@ impl Supervised {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+/// The first `name` on `$PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
