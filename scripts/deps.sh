@@ -15,6 +15,11 @@ command -v nft >/dev/null 2>&1 || missing="$missing nftables"
 # conntrack: the service proxy flushes UDP flows to endpoints that went.
 command -v conntrack >/dev/null 2>&1 || missing="$missing conntrack"
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || missing="$missing busybox-static"
+# The install and operations tests: shellcheck for install.sh, systemd-analyze for the
+# units, openssl to read the certificate a server presents.
+command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 # The Python client test: python3 with venv, the client itself from PyPI below.
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
 python3 -c "import ensurepip" >/dev/null 2>&1 || missing="$missing python3-venv"
