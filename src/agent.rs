@@ -123,7 +123,8 @@ const CERT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(12 
 /// next starts.
 async fn cert_monitor(client: kube::Client, node: String, data_dir: PathBuf, shutdown: CancellationToken) {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "rk-agent".into(), instance: Some(node.clone()) });
+    let recorder =
+        Recorder::new(client.clone(), Reporter { controller: "rk-agent".into(), instance: Some(node.clone()) });
     let mut wait = std::time::Duration::from_secs(10);
     loop {
         tokio::select! {

@@ -36,12 +36,7 @@ fn check(name: &'static str, outcome: Outcome, detail: impl Into<String>, fix: i
 fn tool(name: &'static str, binary: &str, package: &str) -> Check {
     match which(binary) {
         Some(p) => check(name, Outcome::Ok, p.display().to_string(), ""),
-        None => check(
-            name,
-            Outcome::Fail,
-            format!("{binary} is not on PATH"),
-            format!("apt-get install -y {package}"),
-        ),
+        None => check(name, Outcome::Fail, format!("{binary} is not on PATH"), format!("apt-get install -y {package}")),
     }
 }
 
@@ -143,13 +138,11 @@ pub fn run(data_dir: &Path, api_port: u16) -> Vec<Check> {
     });
     out.push(module("VXLAN (for --pod-network vxlan)", "vxlan", None, Outcome::Warn));
     out.push(module("bridge", "bridge", None, Outcome::Fail));
-    out.push(
-        if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1") || root {
-            check("IP forwarding", Outcome::Ok, "net.ipv4.ip_forward is on, or rk turns it on", "")
-        } else {
-            check("IP forwarding", Outcome::Warn, "net.ipv4.ip_forward is off", "sysctl -w net.ipv4.ip_forward=1")
-        },
-    );
+    out.push(if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1") || root {
+        check("IP forwarding", Outcome::Ok, "net.ipv4.ip_forward is on, or rk turns it on", "")
+    } else {
+        check("IP forwarding", Outcome::Warn, "net.ipv4.ip_forward is off", "sysctl -w net.ipv4.ip_forward=1")
+    });
 
     out.push(tool("containerd", "containerd", "containerd"));
     out.push(tool("runc", "runc", "runc"));
@@ -179,7 +172,7 @@ pub fn run(data_dir: &Path, api_port: u16) -> Vec<Check> {
     let probe = data_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     out.push(match nix::sys::statvfs::statvfs(probe) {
         Ok(s) => {
-            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+            let free = s.blocks_available() * s.fragment_size();
             let gb = free as f64 / 1e9;
             if free < 2_000_000_000 {
                 check(

@@ -15,6 +15,20 @@ pub fn quantity_invalid(s: &str) -> bool {
     server::scheduler::parse_quantity(s).is_none_or(|q| q < 0.0)
 }
 
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Marks the process's start, for [`component_ready`] (the first call wins).
+pub fn mark_start() {
+    let _ = STARTED.get_or_init(std::time::Instant::now);
+}
+
+/// Logs one line as a component of rk becomes ready, with how long after the
+/// process started: `component ready component=datastore at_ms=12`.
+pub fn component_ready(component: &str) {
+    let at_ms = STARTED.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64;
+    tracing::info!(component, at_ms, "component ready");
+}
+
 /// Tells systemd the service is ready (`READY=1` on `$NOTIFY_SOCKET`), if it asked.
 pub fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };

@@ -6,6 +6,7 @@ use rk::cli::{self, CliError, Command};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    rk::mark_start();
     let mut argv = std::env::args_os();
     let invoked_as = argv.next().map(std::path::PathBuf::from);
     if invoked_as.as_ref().and_then(|p| p.file_name()).is_some_and(|n| n == "kubectl") {
@@ -241,7 +242,14 @@ fn certificate(args: cli::CertificateArgs) -> anyhow::Result<()> {
                         .unwrap_or_default();
                     let left = c.not_after - now;
                     let residual = if left <= 0 { "0d".into() } else { format!("{}d", left / 86400) };
-                    [c.file.display().to_string(), c.subject.clone(), c.usages.clone(), expires, residual, c.status.into()]
+                    [
+                        c.file.display().to_string(),
+                        c.subject.clone(),
+                        c.usages.clone(),
+                        expires,
+                        residual,
+                        c.status.into(),
+                    ]
                 })
                 .collect();
             if output == "table" {

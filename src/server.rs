@@ -242,6 +242,7 @@ pub async fn start(
     let store = LogStore::open(&db_dir, LogStoreOptions::default())
         .map_err(|source| ServerError::Store { path: db_dir.clone(), source })?;
     tracing::info!(path = %db_dir.display(), revision = store.current_rev(), "datastore open");
+    crate::component_ready("datastore");
 
     let node_ips = local_ips();
     let id_spec = tls::IdentitySpec {
@@ -299,6 +300,7 @@ pub async fn start(
     }
     tracker.spawn(api.clone().serve(listener, tls_cfg, certs, shutdown.clone(), tracker.clone()));
     tracing::info!(%addr, "API server listening");
+    crate::component_ready("apiserver");
 
     let advertise = match (cfg.node_ip, cfg.bind_address) {
         (Some(ip), _) => ip,
@@ -322,7 +324,13 @@ pub async fn start(
     tracker.spawn(compactor(store.clone(), shutdown.clone()));
     let _ = api.snapshots.set((store.clone(), cfg.snapshots.dir.clone(), cfg.node_name.clone()));
     if let Some(every) = cfg.snapshots.interval {
-        tracker.spawn(scheduled_snapshots(store.clone(), cfg.snapshots.clone(), cfg.node_name.clone(), every, shutdown.clone()));
+        tracker.spawn(scheduled_snapshots(
+            store.clone(),
+            cfg.snapshots.clone(),
+            cfg.node_name.clone(),
+            every,
+            shutdown.clone(),
+        ));
     }
     let cm = client::in_process(api.clone(), "system:kube-controller-manager", &[]);
     let ccfg = controllers::ControllerConfig {
@@ -333,6 +341,9 @@ pub async fn start(
         scheduler: !cfg.disable_scheduler,
     };
     controllers::start(api.clone(), cm, ccfg, tracker, shutdown.clone());
+    if !cfg.disable_controller_manager {
+        crate::component_ready("controller-manager");
+    }
     api.set_ready();
     tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "rk server is ready");
     Ok(Running { addr, kubeconfig, identity, api, store })

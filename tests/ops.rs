@@ -82,12 +82,7 @@ impl Server {
     }
 
     fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", &self.dir)
-            .output()
-            .unwrap()
+        Command::new("kubectl").args(args).env("KUBECONFIG", self.kubeconfig()).env("HOME", &self.dir).output().unwrap()
     }
 
     fn kubectl_ok(&self, args: &[&str]) -> String {
@@ -116,7 +111,14 @@ impl Drop for Server {
 }
 
 fn configmaps(s: &Server) -> String {
-    s.kubectl_ok(&["get", "configmaps", "-n", "snap", "-o", "jsonpath={range .items[*]}{.metadata.name}={.data.v} {end}"])
+    s.kubectl_ok(&[
+        "get",
+        "configmaps",
+        "-n",
+        "snap",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.data.v} {end}",
+    ])
 }
 
 #[test]

@@ -93,6 +93,7 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
     node::register(&client, &ncfg, st).await?;
     let host_ip = node::node_ip(ncfg.ip).to_string();
     tracing::info!(node = %ncfg.name, ip = %host_ip, runtime = %runtime_version, socket = %socket.display(), "node registered");
+    crate::component_ready("kubelet");
     crate::agent::simulate::renew_leases(&client, std::slice::from_ref(&ncfg.name)).await;
 
     let (net_tx, net_rx) = watch::channel(false);

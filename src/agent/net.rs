@@ -225,6 +225,9 @@ pub async fn run(client: kube::Client, node_client: kube::Client, cfg: NetConfig
                                     tokio::spawn(proxy::flush_udp(vip, port, ep));
                                 }
                             }
+                            if applied.is_none() {
+                                crate::component_ready("service-proxy");
+                            }
                             applied = Some(want);
                         }
                         Err(e) => {

@@ -91,10 +91,7 @@ fn peek(bytes: &[u8]) -> Result<(Header, usize), String> {
     let h = rest.get(4..4 + len).ok_or("truncated (in the header)")?;
     let header: Header = serde_json::from_slice(h).map_err(|e| format!("corrupt header: {e}"))?;
     if header.format > SNAPSHOT_FORMAT {
-        return Err(format!(
-            "snapshot format {} is newer than this rk reads (up to {SNAPSHOT_FORMAT})",
-            header.format
-        ));
+        return Err(format!("snapshot format {} is newer than this rk reads (up to {SNAPSHOT_FORMAT})", header.format));
     }
     Ok((header, MAGIC.len() + 4 + len))
 }
@@ -225,10 +222,8 @@ fn read_head(path: &Path) -> Result<Vec<u8>, String> {
 /// the names deleted.
 pub fn prune(dir: &Path, prefix: &str, keep: usize) -> Result<Vec<String>, String> {
     check_prefix(prefix)?;
-    let mine: Vec<Info> = list(dir)?
-        .into_iter()
-        .filter(|i| i.name.starts_with(&format!("{prefix}-")) && i.header.is_ok())
-        .collect();
+    let mine: Vec<Info> =
+        list(dir)?.into_iter().filter(|i| i.name.starts_with(&format!("{prefix}-")) && i.header.is_ok()).collect();
     let excess = mine.len().saturating_sub(keep);
     let mut gone = Vec::new();
     for i in mine.into_iter().take(excess) {
@@ -323,12 +318,15 @@ mod tests {
             (bytes[..bytes.len() - 5].to_vec(), "checksum"),
             (bytes[..10].to_vec(), "truncated"),
             (b"hello".to_vec(), "not an rk snapshot"),
-            ({
-                let mut b = bytes.clone();
-                let n = b.len() - 40;
-                b[n] ^= 1;
-                b
-            }, "checksum"),
+            (
+                {
+                    let mut b = bytes.clone();
+                    let n = b.len() - 40;
+                    b[n] ^= 1;
+                    b
+                },
+                "checksum",
+            ),
         ] {
             std::fs::write(&bad, &mangled).unwrap();
             let e = restore(&db, &bad).unwrap_err();

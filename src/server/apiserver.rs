@@ -443,26 +443,28 @@ impl ApiServer {
                     .or_else(|| o.custom_doc(&reg, &p, query.get("hash")))
                     .ok_or_else(ApiError::no_route)
             }
-            Route::Snapshots => async {
-                cluster_admin(user.as_deref())?;
-                let (store, dir, node) = self.snapshots.get().ok_or_else(ApiError::no_route)?;
-                let snapshot = crate::embedded::snapshot::ON_DEMAND;
-                if parts.method == Method::POST {
-                    let prefix = query.get("name").unwrap_or(snapshot).to_string();
-                    let (store, dir, node) = (store.clone(), dir.clone(), node.clone());
-                    let saved = tokio::task::spawn_blocking(move || {
-                        crate::embedded::snapshot::save(&store, &dir, &prefix, Some(&node))
-                    })
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_err(ApiError::bad_request)?;
-                    Ok(request::json(200, &json!(saved)))
-                } else {
-                    let list = crate::embedded::snapshot::list(dir).map_err(ApiError::internal)?;
-                    Ok(request::json(200, &json!({"dir": dir, "snapshots": list})))
+            Route::Snapshots => {
+                async {
+                    cluster_admin(user.as_deref())?;
+                    let (store, dir, node) = self.snapshots.get().ok_or_else(ApiError::no_route)?;
+                    let snapshot = crate::embedded::snapshot::ON_DEMAND;
+                    if parts.method == Method::POST {
+                        let prefix = query.get("name").unwrap_or(snapshot).to_string();
+                        let (store, dir, node) = (store.clone(), dir.clone(), node.clone());
+                        let saved = tokio::task::spawn_blocking(move || {
+                            crate::embedded::snapshot::save(&store, &dir, &prefix, Some(&node))
+                        })
+                        .await
+                        .map_err(ApiError::internal)?
+                        .map_err(ApiError::bad_request)?;
+                        Ok(request::json(200, &json!(saved)))
+                    } else {
+                        let list = crate::embedded::snapshot::list(dir).map_err(ApiError::internal)?;
+                        Ok(request::json(200, &json!({"dir": dir, "snapshots": list})))
+                    }
                 }
+                .await
             }
-            .await,
             Route::SecretsEncrypt => match (cluster_admin(user.as_deref()), self.secrets.get()) {
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => Ok(request::json(

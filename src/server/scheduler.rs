@@ -536,6 +536,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         if nodes.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
             return;
         }
+        crate::component_ready("scheduler");
         loop {
             wake.notified().await;
             // Let a burst of changes settle into one pass.

@@ -336,7 +336,7 @@ impl Identity {
 
     /// The rustls server configuration: the serving chain, HTTP/2 and HTTP/1.1, and
     /// client certificates requested but checked later (see [`ClientCerts`]).
-    pub fn server_config(&self) -> Result<(Arc<rustls::ServerConfig>, Arc<ClientCerts>, Arc<ServingCert>), TlsError> {
+    pub fn server_config(&self) -> Result<ServerTls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let serving = Arc::new(ServingCert { current: std::sync::RwLock::new(self.certified()?) });
         let client_certs = Arc::new(ClientCerts::new(&self.ca.cert_pem, provider.clone())?);
@@ -360,6 +360,10 @@ impl Identity {
         Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signer)))
     }
 }
+
+/// The API server's TLS: the rustls configuration, the client-certificate checker, and
+/// the swappable serving certificate.
+pub type ServerTls = (Arc<rustls::ServerConfig>, Arc<ClientCerts>, Arc<ServingCert>);
 
 /// The API's serving certificate, swappable while the server runs: new connections
 /// get the one set last (`rk certificate rotate`, or renewal before expiry).

@@ -430,6 +430,7 @@ pub async fn run(cfg: NetConfig, sources: Arc<Sources>) {
         tokio::time::sleep(Duration::from_secs(5)).await;
     };
     tracing::info!(%addr, "cluster DNS serving");
+    crate::component_ready("dns");
     serve(handler, udp, tcp).await;
 }
 

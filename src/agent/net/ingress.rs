@@ -441,6 +441,7 @@ pub async fn run(sources: Arc<Sources>, mut changed: Vec<tokio::sync::watch::Rec
     };
     let (http, https) = (bind(80).await, bind(443).await);
     tracing::info!("ingress serving on :80 and :443");
+    crate::component_ready("ingress");
     let serve = |l: tokio::net::TcpListener, secure: bool| {
         let (table, acceptor) = (table.clone(), acceptor.clone());
         async move {

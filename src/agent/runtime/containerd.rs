@@ -200,6 +200,7 @@ pub async fn start(
     loop {
         if super::connect_cri(&p.socket).await.is_ok() {
             tracing::info!(socket = %p.socket.display(), pid = pid.load(Ordering::SeqCst), "containerd is ready");
+            crate::component_ready("containerd");
             return Ok(Supervised { socket: p.socket.clone(), pid });
         }
         if tokio::time::Instant::now() > deadline || shutdown.is_cancelled() {
