@@ -188,3 +188,63 @@ async fn bootstrap_tokens_join_and_then_expire_or_go() {
     let (ok, _, err) = rk(&["token", "create", "Not.A-Token"]);
     assert!(!ok && err.lines().count() == 1 && err.contains("is not of the form"), "{err}");
 }
+
+/// An agent whose certificates are within 90 days of expiry (or past it) gets new ones
+/// from the server at start, with the same node password; the old files are replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_expiring_certificates_at_start() {
+    use rk::server::tls;
+    let s = TestServer::start().await;
+    let token = s.running.identity.token.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let kc_path = dir.path().join("agent/kubeconfig.yaml");
+    let wait_for_kubeconfig = |want_fresh: bool| {
+        for _ in 0..300 {
+            if std::fs::read_to_string(&kc_path).is_ok_and(|t| !want_fresh || !tls::kubeconfig_needs_renewal(&t)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    {
+        let child = agent(&s, dir.path(), &token, &["--simulate", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _child = KillOnDrop(child);
+        assert!(wait_for_kubeconfig(true), "joined");
+    }
+    // Both of its certificates: one expiring in 30 days, one expired yesterday.
+    let url = format!("https://127.0.0.1:{}", s.running.addr.port());
+    let ca = &s.running.identity.ca;
+    let soon = tls::issue_client_cert_for_days(ca, rk::server::auth::policy::SIMULATOR_USER, &[], 30).unwrap();
+    let gone = tls::issue_client_cert_for_days(ca, rk::server::auth::policy::NETWORK_USER, &[], -1).unwrap();
+    std::fs::write(&kc_path, tls::kubeconfig(&url, &ca.cert_pem, &soon)).unwrap();
+    let net_path = dir.path().join("agent/network-kubeconfig.yaml");
+    std::fs::write(&net_path, tls::kubeconfig(&url, &ca.cert_pem, &gone)).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_rk"))
+        .args(["certificate", "check", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(out.contains("EXPIRED") && out.contains("renews it at its next start"), "{out}");
+
+    let child = agent(&s, dir.path(), &token, &["--simulate", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    assert!(wait_for_kubeconfig(true), "renewed at start");
+    for _ in 0..300 {
+        if std::fs::read_to_string(&net_path).is_ok_and(|t| !tls::kubeconfig_needs_renewal(&t)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let net = std::fs::read_to_string(&net_path).unwrap();
+    assert!(!tls::kubeconfig_needs_renewal(&net), "the network credentials too");
+}

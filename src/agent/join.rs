@@ -198,6 +198,7 @@ async fn fetch_credentials(
             if hash.is_none() {
                 bail!("the token carries no CA hash (K10<hash>::server:<secret>): give the server CA with --ca-file");
             }
+            tracing::info!(server, "joining: fetching the server's CA");
             let (code, body) = https(insecure_tls()?, &url, http::Method::GET, "/cacerts", None, Bytes::new()).await?;
             if code != 200 {
                 bail!("fetching the server CA from {server}: HTTP {code}");
@@ -210,6 +211,7 @@ async fn fetch_credentials(
     {
         bail!("the server's CA does not match the hash in the token: not joining {server}");
     }
+    tracing::info!(server, node = node_name, "joining: the server's CA checks out; asking for node credentials");
     let password = node_password(data_dir)?;
     let body = Bytes::from(serde_json::to_vec(
         &serde_json::json!({"nodeName": node_name, "nodePassword": password, "simulate": simulate}),
