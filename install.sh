@@ -193,13 +193,19 @@ build_rk() {
         $SUDO apt-get install -y -qq protobuf-compiler >/dev/null
     }
     info "Building rk from $SRC_DIR (a release build takes a few minutes the first time)"
-    (cd "$SRC_DIR" && cargo build --release --locked 2>&1 | while read -r line; do
+    target=${CARGO_TARGET_DIR:-$SRC_DIR/target}
+    rm -f "$target/release/rk.installing"
+    # Progress: one line per crate compiled.
+    (cd "$SRC_DIR" && cargo build --release --locked 2>&1 && touch "$target/release/rk.installing") | while read -r line; do
         case "$line" in
             *Compiling* | *Finished* | *error* | *warning:*) echo "        $line" ;;
         esac
-    done)
-    [ -x "$SRC_DIR/target/release/rk" ] || fatal "the build failed: run cargo build --release in $SRC_DIR to see why"
-    NEW_RK=$SRC_DIR/target/release/rk
+    done
+    if [ ! -f "$target/release/rk.installing" ] || [ ! -x "$target/release/rk" ]; then
+        fatal "the build failed: run cargo build --release in $SRC_DIR to see why"
+    fi
+    rm -f "$target/release/rk.installing"
+    NEW_RK=$target/release/rk
     NEW_KILLALL=$SRC_DIR/packaging/rk-killall.sh
 }
 
@@ -253,27 +259,44 @@ create_symlinks() {
 # --- uninstall script ---------------------------------------------------------------------
 create_uninstall() {
     info "Writing $BIN_DIR/rk-uninstall.sh"
+    # The system-wide places belong to the default install only.
+    if [ "$DATA_DIR" = /var/lib/rk ]; then
+        system_dirs="/etc/rk /run/rk /var/log/pods"
+    else
+        system_dirs=
+    fi
+    if [ "$SYSTEMD_DIR" = /etc/systemd/system ]; then
+        use_systemctl=true
+    else
+        use_systemctl=false
+    fi
     $SUDO tee "$BIN_DIR/rk-uninstall.sh" >/dev/null <<EOF
 #!/bin/sh
 # rk-uninstall.sh: stops rk and removes it, its service and all of its data.
 set -x
 [ "\$(id -u)" -eq 0 ] || exec sudo "\$0" "\$@"
 
-RK_DATA_DIR="$DATA_DIR" "$BIN_DIR/rk-killall.sh"
-
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    systemctl disable "$SERVICE" || true
-    systemctl reset-failed "$SERVICE" || true
+# Stop rk first (the service, or the rk started without systemd), then the rest.
+systemd=false
+if $use_systemctl && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemd=true
+    systemctl stop "$SERVICE" || true
 fi
 if [ -f "$PID_FILE" ]; then
     kill "\$(cat "$PID_FILE")" 2>/dev/null || true
 fi
+RK_DATA_DIR="$DATA_DIR" "$BIN_DIR/rk-killall.sh"
+
+if \$systemd; then
+    systemctl disable "$SERVICE" || true
+    systemctl reset-failed "$SERVICE" || true
+fi
 rm -f "$UNIT_FILE" "$ENV_FILE"
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+if \$systemd; then
     systemctl daemon-reload || true
 fi
 [ -L "$BIN_DIR/kubectl" ] && [ "\$(readlink "$BIN_DIR/kubectl")" = rk ] && rm -f "$BIN_DIR/kubectl"
-rm -rf /etc/rk "$DATA_DIR" /run/rk /var/log/pods "$LOG_FILE" "$KUBECONFIG_FILE"
+rm -rf $system_dirs "$DATA_DIR" "$LOG_FILE" "$KUBECONFIG_FILE"
 rm -f "$BIN_DIR/rk" "$BIN_DIR/rk-killall.sh"
 rm -f "$BIN_DIR/rk-uninstall.sh"
 EOF

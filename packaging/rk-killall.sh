@@ -76,8 +76,15 @@ in_pods() {
     done
 }
 
+# The rk install.sh started without systemd (its pid files in the data dir).
+started() {
+    for f in "$DATA_DIR"/rk*.pid; do
+        [ -f "$f" ] && cat "$f"
+    done
+}
+
 for _ in 1 2 3; do
-    pids="$(mentions) $(in_pods)"
+    pids="$(started) $(mentions) $(in_pods)"
     for p in $pids; do
         kill -9 "$p" 2>/dev/null || true
     done

@@ -22,6 +22,9 @@ fn mode(p: &Path) -> u32 {
 fn install(env: &[(&str, &str)]) -> Output {
     let mut c = Command::new("sh");
     c.arg(INSTALL).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    if let Ok(home) = std::env::var("HOME") {
+        c.env("HOME", home);
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -147,6 +150,32 @@ fn install_into_a_throwaway_root_with_a_local_binary() {
     let un = std::fs::read_to_string(root.bin.join("rk-uninstall.sh")).unwrap();
     assert!(un.contains("rk-killall.sh") && un.contains("/var/lib/rk") && un.contains("rk-cp.service"), "{un}");
 
+    // From a checkout, it builds rk (cargo stands in here: a release build takes
+    // minutes), showing each crate compiled; a failed build installs nothing.
+    let fake = tempfile::tempdir().unwrap();
+    let target = fake.path().join("target");
+    let cargo = fake.path().join("cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\necho '   Compiling rk v0.1.0'\n[ -n \"$FAIL\" ] && {{ echo 'error: it broke'; exit 101; }}\nmkdir -p '{t}/release' && cp '{RK}' '{t}/release/rk'\necho '    Finished release'\n",
+            t = target.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", fake.path().display(), std::env::var("PATH").unwrap_or_default());
+    let built = Root::new();
+    let tdir = target.to_str().unwrap();
+    let out = ok(&install(&built.env(&[("PATH", &path), ("CARGO_TARGET_DIR", tdir), ("INSTALL_RK_SKIP_DEPS", "true")])));
+    assert!(out.contains("Building rk from") && out.contains("Compiling rk") && out.contains("Finished"), "{out}");
+    assert_eq!(std::fs::read(built.bin.join("rk")).unwrap(), std::fs::read(RK).unwrap());
+    let failing = Root::new();
+    let o = install(&failing.env(&[("PATH", &path), ("CARGO_TARGET_DIR", tdir), ("FAIL", "1")]));
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success() && out.contains("error: it broke") && err.contains("the build failed"), "{out}{err}");
+    assert!(!failing.bin.join("rk").exists());
+
     // SKIP_DOWNLOAD with nothing in BIN_DIR is one line.
     let empty = Root::new();
     let o = install(&empty.env(&[("INSTALL_RK_SKIP_DOWNLOAD", "true")]));
@@ -198,7 +227,10 @@ fn install_downloads_and_verifies_a_release() {
         ("/rk/download/v9.9.9/rk-killall.sh".into(), killall.clone()),
         (bad.clone(), b"#!/bin/sh\necho tampered\n".to_vec()),
         (format!("{bad}.sha256"), format!("{sum}  rk-{arch}\n").into_bytes()),
-        ("/rk/download/v0.0.1/rk-killall.sh".into(), killall),
+        ("/rk/download/v0.0.1/rk-killall.sh".into(), killall.clone()),
+        (format!("/rk/latest/download/rk-{arch}"), binary.clone()),
+        (format!("/rk/latest/download/rk-{arch}.sha256"), format!("{sum}  rk-{arch}\n").into_bytes()),
+        ("/rk/latest/download/rk-killall.sh".into(), killall),
     ]);
     let url = format!("http://127.0.0.1:{port}/rk");
     let root = Root::new();
@@ -215,6 +247,19 @@ fn install_downloads_and_verifies_a_release() {
     // A release that does not exist.
     let o = install(&root.env(&[("INSTALL_RK_DOWNLOAD_URL", &url), ("INSTALL_RK_VERSION", "v404")]));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no rk release at"));
+
+    // `curl -sfL .../install.sh | sh -`: no checkout, so the latest release.
+    let piped = Root::new();
+    let mut c = Command::new("sh");
+    c.arg("-").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in piped.env(&[("INSTALL_RK_DOWNLOAD_URL", &url)]) {
+        c.env(k, v);
+    }
+    let mut child = c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&std::fs::read(INSTALL).unwrap()).unwrap();
+    let out = ok(&child.wait_with_output().unwrap());
+    assert!(out.contains("/rk/latest/download/rk-"), "{out}");
+    assert_eq!(std::fs::read(piped.bin.join("rk")).unwrap(), binary);
 }
 
 #[test]
@@ -263,4 +308,14 @@ fn install_sh_ends_with_a_running_server_that_kubectl_answers() {
     wait_for("the node Ready after the upgrade", 60, || {
         String::from_utf8_lossy(&lab.kubectl(&["get", "nodes"]).stdout).contains(" Ready ")
     });
+
+    // rk-uninstall.sh (on the lab host) stops rk and removes everything it installed.
+    let o = lab.cmd(0, "sh").arg(bin.join("rk-uninstall.sh")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pid = nix::unistd::Pid::from_raw(second_pid.trim().parse().unwrap());
+    wait_for("rk to exit", 20, || nix::sys::signal::kill(pid, None).is_err());
+    for gone in ["server", "kubeconfig.yaml", "systemd/rk.service", "systemd/rk.service.env", "bin/rk", "server.log"] {
+        assert!(!lab.path(gone).exists(), "{gone} is left");
+    }
+    assert!(!bin.join("rk-killall.sh").exists() && !bin.join("rk-uninstall.sh").exists());
 }
