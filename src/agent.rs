@@ -62,9 +62,7 @@ pub struct AgentConfig {
 
 /// Runs the agent until `shutdown`.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let creds =
-        join::join(&cfg.server, &cfg.token, cfg.ca_file.as_deref(), &cfg.node_name, &cfg.data_dir, cfg.simulate > 0)
-            .await?;
+    let creds = join::join(&cfg).await?;
     let kubeconfig = creds.node;
     let client = join::client(&kubeconfig).await?;
     if cfg.simulate == 0 {

@@ -33,6 +33,11 @@ fn agent(s: &TestServer, dir: &std::path::Path, token: &str, extra: &[&str]) -> 
     c
 }
 
+/// Starts `c` with its output discarded, killed when dropped.
+fn quiet(mut c: Command) -> KillOnDrop {
+    KillOnDrop(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+}
+
 /// Runs a join that must fail; returns its stderr.
 fn failed_join(s: &TestServer, token: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -208,12 +213,7 @@ async fn an_agent_renews_expiring_certificates_at_start() {
         false
     };
     {
-        let child = agent(&s, dir.path(), &token, &["--simulate", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let _child = KillOnDrop(child);
+        let _child = quiet(agent(&s, dir.path(), &token, &["--simulate", "1"]));
         assert!(wait_for_kubeconfig(true), "joined");
     }
     // Both of its certificates: one expiring in 30 days, one expired yesterday.
@@ -232,12 +232,7 @@ async fn an_agent_renews_expiring_certificates_at_start() {
     let out = String::from_utf8_lossy(&check.stdout);
     assert!(out.contains("EXPIRED") && out.contains("renews it at its next start"), "{out}");
 
-    let child = agent(&s, dir.path(), &token, &["--simulate", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _child = KillOnDrop(child);
+    let _child = quiet(agent(&s, dir.path(), &token, &["--simulate", "1"]));
     assert!(wait_for_kubeconfig(true), "renewed at start");
     for _ in 0..300 {
         if std::fs::read_to_string(&net_path).is_ok_and(|t| !tls::kubeconfig_needs_renewal(&t)) {

@@ -167,7 +167,8 @@ fn install_into_a_throwaway_root_with_a_local_binary() {
     let path = format!("{}:{}", fake.path().display(), std::env::var("PATH").unwrap_or_default());
     let built = Root::new();
     let tdir = target.to_str().unwrap();
-    let out = ok(&install(&built.env(&[("PATH", &path), ("CARGO_TARGET_DIR", tdir), ("INSTALL_RK_SKIP_DEPS", "true")])));
+    let out =
+        ok(&install(&built.env(&[("PATH", &path), ("CARGO_TARGET_DIR", tdir), ("INSTALL_RK_SKIP_DEPS", "true")])));
     assert!(out.contains("Building rk from") && out.contains("Compiling rk") && out.contains("Finished"), "{out}");
     assert_eq!(std::fs::read(built.bin.join("rk")).unwrap(), std::fs::read(RK).unwrap());
     let failing = Root::new();

@@ -140,17 +140,11 @@ pub struct Credentials {
     pub network: String,
 }
 
-/// Joins (or, on restart, reuses the credentials from a previous join).
-pub async fn join(
-    server: &str,
-    token: &str,
-    ca_file: Option<&Path>,
-    node_name: &str,
-    data_dir: &Path,
-    simulate: bool,
-) -> anyhow::Result<Credentials> {
-    let path = kubeconfig_path(data_dir);
-    let net_path = network_kubeconfig_path(data_dir);
+/// Joins (or, on restart, reuses the credentials from a previous join, renewing them
+/// when they are within 90 days of expiry).
+pub async fn join(cfg: &crate::agent::AgentConfig) -> anyhow::Result<Credentials> {
+    let path = kubeconfig_path(&cfg.data_dir);
+    let net_path = network_kubeconfig_path(&cfg.data_dir);
     let kept = match (std::fs::read_to_string(&path), std::fs::read_to_string(&net_path)) {
         (Ok(node), Ok(network)) => {
             if !tls::kubeconfig_needs_renewal(&node) && !tls::kubeconfig_needs_renewal(&network) {
@@ -161,7 +155,7 @@ pub async fn join(
         }
         _ => None,
     };
-    match fetch_credentials(server, token, ca_file, node_name, data_dir, simulate).await {
+    match fetch_credentials(cfg).await {
         Ok(c) => Ok(c),
         // Renewal can wait for the server if the old credentials still work.
         Err(e) if kept.as_ref().is_some_and(|k| still_valid(&k.node) && still_valid(&k.network)) => {
@@ -177,14 +171,9 @@ fn still_valid(kubeconfig: &str) -> bool {
 }
 
 /// Joins the server: fetches and checks its CA, then gets node credentials.
-async fn fetch_credentials(
-    server: &str,
-    token: &str,
-    ca_file: Option<&Path>,
-    node_name: &str,
-    data_dir: &Path,
-    simulate: bool,
-) -> anyhow::Result<Credentials> {
+async fn fetch_credentials(cfg: &crate::agent::AgentConfig) -> anyhow::Result<Credentials> {
+    let (server, token, node_name, data_dir) = (cfg.server.as_str(), cfg.token.as_str(), &cfg.node_name, &cfg.data_dir);
+    let (ca_file, simulate) = (cfg.ca_file.as_deref(), cfg.simulate > 0);
     let path = kubeconfig_path(data_dir);
     let net_path = network_kubeconfig_path(data_dir);
     let url: http::Uri = server.parse().with_context(|| format!("server URL {server:?}"))?;
