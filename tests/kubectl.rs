@@ -355,6 +355,8 @@ spec:
             type: object
             description: What the widget should be.
             required: [size]
+            x-kubernetes-validations:
+            - {rule: "self.replicas <= self.size * 2", message: replicas must be at most twice the size}
             properties:
               size: {type: integer, minimum: 1, maximum: 10, description: How big.}
               color: {type: string, enum: [red, blue], default: red}
@@ -405,6 +407,19 @@ async fn custom_resources_from_a_crd() {
     let out = srv.kubectl(&["create", "-f", &unknown]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("strict decoding error: unknown field \"spec.bogus\""), "{err}");
+    // CEL rules (x-kubernetes-validations) as Kubernetes words them.
+    let greedy = write(
+        "greedy.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w4}\nspec: {size: 1, replicas: 5}\n",
+    );
+    let out = srv.kubectl(&["apply", "-f", &greedy]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "The Widget \"w4\" is invalid: spec: Invalid value: \"object\": replicas must be at most twice the size"
+        ),
+        "{err}"
+    );
     let missing = srv.kubectl(&["get", "wd", "w2"]).await;
     assert!(!missing.status.success(), "nothing was stored");
 

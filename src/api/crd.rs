@@ -308,6 +308,34 @@ fn structural(sc: &Value, at: &str, out: &mut Vec<Cause>) {
             "must not be empty if x-kubernetes-list-type is map",
         ));
     }
+    for (i, r) in sc.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let here = format!("{at}.x-kubernetes-validations[{i}]");
+        let Some(rule) = r.get("rule").and_then(Value::as_str).filter(|s| !s.trim().is_empty()) else {
+            out.push(Cause::required(format!("{here}.rule"), ""));
+            continue;
+        };
+        for (what, expr) in
+            [("rule", Some(rule)), ("messageExpression", r.get("messageExpression").and_then(Value::as_str))]
+        {
+            if let Some(e) = expr
+                && let Err(err) = cel_compiles(e)
+            {
+                out.push(Cause::invalid(format!("{here}.{what}"), &json!(e), format!("compilation failed: {err}")));
+            }
+        }
+        if let Some(reason) = r.get("reason").and_then(Value::as_str)
+            && !matches!(
+                reason,
+                "FieldValueInvalid" | "FieldValueForbidden" | "FieldValueRequired" | "FieldValueDuplicate"
+            )
+        {
+            out.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: format!("{here}.reason"),
+                message: format!("Unsupported value: {reason:?}: supported values: \"FieldValueDuplicate\", \"FieldValueForbidden\", \"FieldValueInvalid\", \"FieldValueRequired\""),
+            });
+        }
+    }
 }
 
 fn preserves(sc: &Value) -> bool {
@@ -585,6 +613,65 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
         }
         _ => {}
     }
+    cel_rules(sc, v, at, out);
+}
+
+/// A rule of `x-kubernetes-validations` that can be judged without the old object
+/// (transition rules, which use `oldSelf`, are not evaluated).
+fn is_transition(rule: &str) -> bool {
+    rule.contains("oldSelf")
+}
+
+/// Compiles a CEL expression, for the definition check.
+fn cel_compiles(expr: &str) -> Result<(), String> {
+    cel::Program::compile(expr).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Evaluates a CEL expression with `self` bound to `v`.
+fn cel_eval(expr: &str, v: &Value) -> Result<Value, String> {
+    let program = cel::Program::compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
+    let mut ctx = cel::Context::default();
+    ctx.add_variable_from_value("self", super::vap::cel_value(v));
+    program.execute(&ctx).map_err(|e| e.to_string())?.json().map_err(|e| e.to_string())
+}
+
+/// `x-kubernetes-validations` at this node: each rule must be true of `self` (the
+/// value here), else the rule's message (or `messageExpression`, or `failed rule:
+/// <rule>`) at the field (plus the rule's `fieldPath`), with the rule's `reason`.
+fn cel_rules(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
+    for r in sc.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
+        let Some(rule) = r.get("rule").and_then(Value::as_str) else { continue };
+        if is_transition(rule) {
+            continue;
+        }
+        let mut field = at.to_string();
+        if let Some(p) = r.get("fieldPath").and_then(Value::as_str) {
+            field.push_str(p);
+        }
+        let field = if field.is_empty() { "<root>".to_string() } else { field };
+        let message = match cel_eval(rule, v) {
+            Ok(Value::Bool(true)) => continue,
+            Ok(Value::Bool(false)) => r
+                .get("messageExpression")
+                .and_then(Value::as_str)
+                .and_then(|m| cel_eval(m, v).ok())
+                .and_then(|m| m.as_str().map(String::from))
+                .filter(|m| !m.is_empty())
+                .or_else(|| r.get("message").and_then(Value::as_str).map(String::from))
+                .unwrap_or_else(|| format!("failed rule: {rule}")),
+            Ok(other) => format!("rule did not evaluate to a bool: {other}"),
+            Err(e) => format!("rule evaluation error: {e}"),
+        };
+        let shown = json!(type_name(v));
+        out.push(match r.get("reason").and_then(Value::as_str) {
+            Some("FieldValueForbidden") => Cause::forbidden(field, &message),
+            Some("FieldValueRequired") => Cause::required(field, &message),
+            Some("FieldValueDuplicate") => {
+                Cause { reason: "FieldValueDuplicate", field, message: format!("Duplicate value: {shown}: {message}") }
+            }
+            _ => Cause::invalid(field, &shown, message),
+        });
+    }
 }
 
 /// Evaluates a printer column's JSONPath (`.a.b`, `[n]`, `[?(@.k=="v")]`) on an object.
@@ -696,6 +783,47 @@ mod tests {
         validate(&sc, &json!({"spec": {}}), "", &mut causes);
         assert_eq!(causes[0].field, "spec.size");
         assert_eq!(causes[0].message, "Required value");
+    }
+
+    #[test]
+    fn cel_validation_rules() {
+        let sc = json!({"type": "object", "properties": {"spec": {
+            "type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas cannot be larger than maxReplicas"},
+                {"rule": "self.name.startsWith('x')", "messageExpression": "'name ' + self.name + ' must start with x'", "fieldPath": ".name"},
+                {"rule": "self.name != 'forbidden'", "reason": "FieldValueForbidden"},
+                {"rule": "self.minReplicas == oldSelf.minReplicas"}
+            ],
+            "properties": {
+                "minReplicas": {"type": "integer"}, "maxReplicas": {"type": "integer"},
+                "name": {"type": "string", "x-kubernetes-validations": [{"rule": "size(self) < 10"}]}
+            }
+        }}});
+        let mut out = Vec::new();
+        validate(&sc, &json!({"spec": {"minReplicas": 1, "maxReplicas": 3, "name": "xok"}}), "", &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        validate(&sc, &json!({"spec": {"minReplicas": 5, "maxReplicas": 3, "name": "forbidden-long"}}), "", &mut out);
+        let msgs: Vec<String> = out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+        assert_eq!(
+            msgs,
+            [
+                "spec.name: Invalid value: \"string\": failed rule: size(self) < 10",
+                "spec: Invalid value: \"object\": minReplicas cannot be larger than maxReplicas",
+                "spec.name: Invalid value: \"object\": name forbidden-long must start with x",
+            ]
+            .map(String::from),
+            "the forbidden-name rule holds here; transition rules are skipped on create"
+        );
+        // A rule that does not compile is refused with the definition.
+        let mut causes = Vec::new();
+        structural(
+            &json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.a >"}, {"rule": "true", "reason": "Nope"}]}),
+            "spec.validation.openAPIV3Schema",
+            &mut causes,
+        );
+        assert_eq!(causes.len(), 2, "{causes:?}");
+        assert!(causes[0].message.contains("compilation failed"), "{causes:?}");
     }
 
     #[test]
