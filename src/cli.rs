@@ -382,7 +382,7 @@ impl AgentArgs {
         }
         let node_name = match self.node_name {
             Some(n) => n,
-            None => hostname::get().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_else(|_| "rk-node".into()),
+            None => crate::default_node_name(),
         };
         if let Some(e) = crate::api::validation::dns1123_subdomain(&node_name).first() {
             anyhow::bail!("--node-name {node_name:?}: {e}");
@@ -545,7 +545,7 @@ impl ServerArgs {
         }
         let node_name = match self.node_name {
             Some(n) => n,
-            None => hostname::get().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_else(|_| "rk-node".into()),
+            None => crate::default_node_name(),
         };
         if let Some(e) = crate::api::validation::dns1123_subdomain(&node_name).first() {
             anyhow::bail!("--node-name {node_name:?}: {e}");

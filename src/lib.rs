@@ -15,6 +15,11 @@ pub fn quantity_invalid(s: &str) -> bool {
     server::scheduler::parse_quantity(s).is_none_or(|q| q < 0.0)
 }
 
+/// The node name used when none is given: the host name, lower-cased.
+pub fn default_node_name() -> String {
+    hostname::get().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_else(|_| "rk-node".into())
+}
+
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// Marks the process's start, for [`component_ready`] (the first call wins).

@@ -315,10 +315,10 @@ pub async fn start(
     } else {
         cfg.bind_address.to_string()
     };
-    let kubeconfig = identity.admin_kubeconfig(&format!("https://{host}:{}", addr.port()));
+    let server_url = format!("https://{host}:{}", addr.port());
+    let kubeconfig = identity.admin_kubeconfig(&server_url);
     tls::write_kubeconfig(&cfg.write_kubeconfig, &kubeconfig, cfg.write_kubeconfig_mode)?;
     tracing::info!(path = %cfg.write_kubeconfig.display(), "wrote admin kubeconfig");
-    let server_url = format!("https://{host}:{}", addr.port());
     tracker.spawn(cert_keeper(id_spec, serving, cfg.clone(), server_url, shutdown.clone()));
 
     tracker.spawn(compactor(store.clone(), shutdown.clone()));

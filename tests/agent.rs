@@ -61,12 +61,7 @@ async fn simulated_agent_joins_with_the_token_and_runs_a_deployment() {
     let s = TestServer::start().await;
     let token = s.running.identity.token.clone();
     let dir = tempfile::tempdir().unwrap();
-    let child = agent(&s, dir.path(), &token, &["--simulate", "3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _child = KillOnDrop(child);
+    let _child = quiet(agent(&s, dir.path(), &token, &["--simulate", "3"]));
     let mut nodes = String::new();
     for _ in 0..150 {
         nodes = String::from_utf8_lossy(&s.kubectl(&["get", "nodes"]).await.stdout).into_owned();
@@ -113,8 +108,7 @@ async fn joins_fail_closed() {
 
     // A node name belongs to the host that joined with it first (its node password).
     let first = tempfile::tempdir().unwrap();
-    let child = agent(&s, first.path(), &token, &sim).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let child = KillOnDrop(child);
+    let child = quiet(agent(&s, first.path(), &token, &sim));
     for _ in 0..200 {
         if first.path().join("agent/kubeconfig.yaml").exists() {
             break;
@@ -152,12 +146,7 @@ async fn bootstrap_tokens_join_and_then_expire_or_go() {
 
     // An agent joins with it.
     let dir = tempfile::tempdir().unwrap();
-    let child = agent(&s, dir.path(), &token, &["--simulate", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _child = KillOnDrop(child);
+    let _child = quiet(agent(&s, dir.path(), &token, &["--simulate", "1"]));
     for _ in 0..200 {
         if dir.path().join("agent/kubeconfig.yaml").exists() {
             break;

@@ -116,10 +116,6 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, &[u8]), String> {
     Ok((header, records))
 }
 
-fn node_name() -> String {
-    hostname::get().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_else(|_| "rk".into())
-}
-
 /// A snapshot just written.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Saved {
@@ -139,7 +135,7 @@ pub struct Saved {
 /// (a temporary file, fsynced, then renamed).
 pub fn save(store: &LogStore, dir: &Path, prefix: &str, node: Option<&str>) -> Result<Saved, String> {
     check_prefix(prefix)?;
-    let node = node.map(str::to_string).unwrap_or_else(node_name);
+    let node = node.map(str::to_string).unwrap_or_else(crate::default_node_name);
     let (revision, keys, records) = store.export();
     let now = chrono::Utc::now();
     let header = Header {

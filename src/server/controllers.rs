@@ -104,6 +104,67 @@ where
     }
 }
 
+/// Why a [`Watched`] loop woke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// The cache changed (or finished its first list).
+    Changed,
+    /// The period passed.
+    Tick,
+}
+
+/// A cache of every `K` and the wake-ups of a loop over it: for loops that look at
+/// the whole cache on each change (or period) rather than reconcile one key.
+struct Watched<K: Resource<DynamicType = ()> + Clone + 'static> {
+    reader: kube::runtime::reflector::Store<K>,
+    events:
+        futures::stream::BoxStream<'static, Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>>,
+    tick: Option<tokio::time::Interval>,
+    ready: bool,
+}
+
+impl<K> Watched<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// Watches every `K`; with `period`, also wakes that often.
+    fn new(api: kube::Api<K>, period: Option<Duration>) -> Watched<K> {
+        use kube::runtime::{WatchStreamExt, reflector, watcher};
+        let (reader, writer) = reflector::store();
+        let events = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).boxed();
+        Watched { reader, events, tick: period.map(tokio::time::interval), ready: false }
+    }
+
+    /// The next wake-up once the cache has its first list (changes while a re-list is
+    /// under way wake once it is done); None at shutdown or when the watch ends.
+    async fn next(&mut self, shutdown: &CancellationToken) -> Option<Wake> {
+        use kube::runtime::watcher::Event as E;
+        loop {
+            let tick = async {
+                match &mut self.tick {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let wake = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                ev = self.events.next() => match ev? {
+                    Ok(E::InitDone) => {
+                        self.ready = true;
+                        Wake::Changed
+                    }
+                    Ok(E::Init | E::InitApply(_)) => continue,
+                    _ => Wake::Changed,
+                },
+                _ = tick => Wake::Tick,
+            };
+            if self.ready {
+                return Some(wake);
+            }
+        }
+    }
+}
+
 pub fn start(
     api: Arc<super::apiserver::ApiServer>,
     client: kube::Client,

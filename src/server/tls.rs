@@ -242,6 +242,11 @@ pub fn issue_client_cert(ca: &CertKey, cn: &str, orgs: &[&str]) -> Result<CertKe
     issue_leaf(ca, cn, orgs, &[], false, LEAF_DAYS)
 }
 
+/// Signs the admin client certificate (`system:admin` in `system:masters`).
+fn issue_admin_cert(ca: &CertKey) -> Result<CertKey, TlsError> {
+    issue_client_cert(ca, "system:admin", &[super::auth::MASTERS])
+}
+
 /// Signs a client certificate valid for `days` from now; negative is already expired
 /// (for tests of expiry).
 pub fn issue_client_cert_for_days(ca: &CertKey, cn: &str, orgs: &[&str], days: i64) -> Result<CertKey, TlsError> {
@@ -304,7 +309,7 @@ impl Identity {
         let admin = match read_pair(&dir, "client-admin")? {
             Some(a) if !needs_renewal(&a.cert_pem, None) => a,
             _ => {
-                let a = issue_client_cert(&ca, "system:admin", &["system:masters"])?;
+                let a = issue_admin_cert(&ca)?;
                 write_pair(&dir, "client-admin", &a)?;
                 a
             }
@@ -518,7 +523,7 @@ pub fn rotate(data_dir: &Path) -> Result<Vec<String>, TlsError> {
             write_pair(&tls, "serving-kube-apiserver", &s)?;
             done.push("renewed the API serving certificate (kube-apiserver)".into());
         }
-        let a = issue_client_cert(&ca, "system:admin", &["system:masters"])?;
+        let a = issue_admin_cert(&ca)?;
         write_pair(&tls, "client-admin", &a)?;
         done.push("renewed the admin client certificate (system:admin)".into());
     }

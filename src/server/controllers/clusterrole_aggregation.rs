@@ -3,13 +3,10 @@
 //! (so a CRD's `aggregate-to-view` role shows up in `view`), recomputed whenever any
 //! ClusterRole changes.
 
-use std::pin::pin;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -17,22 +14,9 @@ use crate::server::auth::policy;
 
 pub(super) async fn run(client: kube::Client, shutdown: CancellationToken) {
     let api: Api<ClusterRole> = Api::all(client);
-    let (reader, writer) = reflector::store();
-    let mut events = pin!(reflector(writer, watcher(api.clone(), watcher::Config::default()).default_backoff()));
-    let mut ready = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            ev = events.next() => match ev {
-                None => return,
-                Some(Ok(watcher::Event::InitDone)) => ready = true,
-                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
-                Some(_) => {}
-            },
-        }
-        if !ready {
-            continue;
-        }
+    let mut watched = super::Watched::new(api.clone(), None);
+    let reader = watched.reader.clone();
+    while watched.next(&shutdown).await.is_some() {
         // Let a burst of changes settle before recomputing.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let table: Vec<(String, Value, Vec<Value>)> = reader

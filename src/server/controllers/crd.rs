@@ -2,14 +2,11 @@
 //! served custom resources in step with the CRDs, reports them `NamesAccepted` and
 //! `Established`, and on deletion removes every custom object before letting the CRD go.
 
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition as Crd;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -18,26 +15,10 @@ use crate::server::apiserver::ApiServer;
 
 pub(super) async fn run(api: Arc<ApiServer>, client: kube::Client, shutdown: CancellationToken) {
     let crds: Api<Crd> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
-    let mut events = pin!(reflector(writer, watcher(crds.clone(), watcher::Config::default()).default_backoff()));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut ready = false;
-    loop {
-        let terminating = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            ev = events.next() => match ev {
-                None => return,
-                Some(Ok(watcher::Event::InitDone)) => {
-                    ready = true;
-                    false
-                }
-                Some(_) => false,
-            },
-            _ = tick.tick() => true,
-        };
-        if !ready {
-            continue;
-        }
+    let mut watched = super::Watched::new(crds.clone(), Some(Duration::from_secs(1)));
+    let reader = watched.reader.clone();
+    while let Some(wake) = watched.next(&shutdown).await {
+        let terminating = wake == super::Wake::Tick;
         let all = reader.state();
         if !terminating {
             let values: Vec<Value> = all.iter().filter_map(|c| serde_json::to_value(&**c).ok()).collect();

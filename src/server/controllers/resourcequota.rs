@@ -3,14 +3,11 @@
 //! and whenever a quota changes. Enforcement is admission's (see the API server).
 
 use std::collections::BTreeMap;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -18,23 +15,9 @@ use crate::server::apiserver::ApiServer;
 
 pub(super) async fn run(api: Arc<ApiServer>, client: kube::Client, shutdown: CancellationToken) {
     let quotas: Api<ResourceQuota> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
-    let mut events = pin!(reflector(writer, watcher(quotas, watcher::Config::default()).default_backoff()));
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let mut ready = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            ev = events.next() => match ev {
-                None => return,
-                Some(Ok(watcher::Event::InitDone)) => ready = true,
-                Some(_) => {}
-            },
-            _ = tick.tick() => {}
-        }
-        if !ready {
-            continue;
-        }
+    let mut watched = super::Watched::new(quotas, Some(Duration::from_secs(2)));
+    let reader = watched.reader.clone();
+    while watched.next(&shutdown).await.is_some() {
         for q in reader.state() {
             let (Some(ns), Some(name)) = (q.metadata.namespace.as_deref(), q.metadata.name.as_deref()) else {
                 continue;
