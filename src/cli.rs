@@ -461,6 +461,10 @@ pub struct ServerArgs {
     /// Run no scheduler.
     #[arg(long, env = "RK_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
+    /// The scheduler's configuration: a kubescheduler.config.k8s.io/v1
+    /// KubeSchedulerConfiguration (percentageOfNodesToScore, backoff, profiles).
+    #[arg(long, env = "RK_SCHEDULER_CONFIG", value_name = "FILE")]
+    pub scheduler_config: Option<PathBuf>,
     /// Store Secrets encrypted (AES-GCM, keys under the data dir).
     #[arg(long, env = "RK_SECRETS_ENCRYPTION")]
     pub secrets_encryption: bool,
@@ -590,6 +594,10 @@ impl ServerArgs {
             node_monitor_grace: crate::server::NODE_MONITOR_GRACE,
             disable_controller_manager: self.disable_controller_manager,
             disable_scheduler: self.disable_scheduler,
+            scheduler_config: match &self.scheduler_config {
+                Some(f) => crate::server::scheduler::SchedulerConfig::load(f)?,
+                None => Default::default(),
+            },
             secrets_encryption: self.secrets_encryption,
             node_ip: self.node.node_ip,
             node_external_ip: self.node.node_external_ip,

@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub disable_controller_manager: bool,
     /// Run no scheduler (`--disable-scheduler`).
     pub disable_scheduler: bool,
+    /// The scheduler's configuration (`--scheduler-config`).
+    pub scheduler_config: scheduler::SchedulerConfig,
     /// Store Secrets encrypted (`--secrets-encryption`).
     pub secrets_encryption: bool,
     /// The own agent's `--node-ip`.
@@ -116,6 +118,7 @@ impl ServerConfig {
             node_monitor_grace: NODE_MONITOR_GRACE,
             disable_controller_manager: false,
             disable_scheduler: false,
+            scheduler_config: Default::default(),
             secrets_encryption: false,
             node_ip: None,
             node_external_ip: None,
@@ -339,6 +342,7 @@ pub async fn start(
         node_monitor_grace: cfg.node_monitor_grace,
         controllers: !cfg.disable_controller_manager,
         scheduler: !cfg.disable_scheduler,
+        scheduler_config: cfg.scheduler_config.clone(),
     };
     controllers::start(api.clone(), cm, ccfg, tracker, shutdown.clone());
     if !cfg.disable_controller_manager {

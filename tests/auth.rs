@@ -279,13 +279,10 @@ async fn service_account_tokens_nodes_and_escalation() {
     let robot = token_client(&s, token.trim()).await;
     assert_eq!(status(&robot, "GET", "/api/v1/namespaces/team/configmaps/c1", None).await, 200);
     assert_eq!(status(&robot, "GET", "/api/v1/namespaces/team/secrets/s1", None).await, 403);
-    // TokenReview, as the admin: the token's user, with the pod it is bound to. (kubectl
-    // checks create-only kinds against /openapi/v2 in protobuf, which rk does not
-    // serve, hence --validate=false.)
+    // TokenReview, as the admin: the token's user, with the pod it is bound to.
     let review =
         json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token.trim()}});
-    let out =
-        s.kubectl_stdin(&["create", "--validate=false", "-o", "json", "-f", "-"], Some(&review.to_string())).await;
+    let out = s.kubectl_stdin(&["create", "-o", "json", "-f", "-"], Some(&review.to_string())).await;
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"]["authenticated"], json!(true), "{v}");
     assert_eq!(v["status"]["user"]["username"], json!("system:serviceaccount:team:robot"));

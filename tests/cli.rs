@@ -119,6 +119,8 @@ fn bad_input_is_one_line_before_start() {
         &["server", "--config", "/dev/null", "--audit-policy-file", "/dev/null"],
         &["server", "--config", "/dev/null", "--audit-log-path", "/tmp/x.log", "--audit-policy-file", "/nonexistent"],
         &["server", "--no-such-flag"],
+        &["server", "--config", "/dev/null", "--scheduler-config", "/nonexistent/sched.yaml"],
+        &["server", "--config", "/dev/null", "--scheduler-config", "/etc/hostname"],
     ] {
         let mut a: Vec<&str> = p.iter().map(String::as_str).collect::<Vec<_>>();
         a.splice(0..0, args.iter().copied());
@@ -126,6 +128,19 @@ fn bad_input_is_one_line_before_start() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "one line for {args:?}: {err}");
     }
+    std::fs::write(
+        &f,
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\npercentageOfNodesToScore: 120\n",
+    )
+    .unwrap();
+    let mut a = vec!["server", "--config", "/dev/null", "--scheduler-config", f.to_str().unwrap()];
+    a.extend(p.iter().map(String::as_str));
+    let (code, _, err) = rk(&a, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("config.yaml: percentageOfNodesToScore: Invalid value: 120: not in valid range [0-100]"),
+        "{err}"
+    );
     assert!(!data.exists(), "nothing was started or written");
 }
 

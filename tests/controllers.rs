@@ -377,3 +377,201 @@ async fn drain_respects_pod_disruption_budgets() {
     eventually(&s, &["get", "pdb", "db"], |o| o.contains("db     1               N/A               1 ")).await;
     s.kubectl_ok(&["drain", "sim-0", "--timeout=60s"]).await;
 }
+
+/// `kubectl apply -f -` that must succeed.
+async fn apply(s: &TestServer, text: &str) {
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(text)).await;
+    assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Pods of `app` per node, from `kubectl get pods -o wide`.
+fn pods_per_node(out: &str, app: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for l in out.lines().filter(|l| l.starts_with(app) && l.contains("Running")) {
+        if let Some(node) = l.split_whitespace().nth(6) {
+            *m.entry(node.to_string()).or_default() += 1;
+        }
+    }
+    m
+}
+
+fn deployment(name: &str, replicas: u32, spec_extra: &str, cpu: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}"}},
+          "spec":{{"replicas":{replicas},"selector":{{"matchLabels":{{"app":"{name}"}}}},
+            "template":{{"metadata":{{"labels":{{"app":"{name}"}}}},
+              "spec":{{{spec_extra}"containers":[{{"name":"c","image":"busybox",
+                "resources":{{"requests":{{"cpu":"{cpu}"}}}}}}]}}}}}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_honours_pod_affinity_anti_affinity_and_topology_spread() {
+    let (s, _stop) = with_nodes(3).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 3).await;
+    for (node, zone) in [("sim-0", "a"), ("sim-1", "a"), ("sim-2", "b")] {
+        s.kubectl_ok(&["label", "node", node, &format!("topology.kubernetes.io/zone={zone}")]).await;
+    }
+
+    // Required anti-affinity per host: three run, the fourth has nowhere to go.
+    let anti = r#""affinity":{"podAntiAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":[
+        {"labelSelector":{"matchLabels":{"app":"solo"}},"topologyKey":"kubernetes.io/hostname"}]}},"#;
+    apply(&s, &deployment("solo", 4, anti, "10m")).await;
+    let wide = eventually(&s, &["get", "pods", "-o", "wide", "-l", "app=solo"], |o| running_pods(o) == 3).await;
+    assert_eq!(pods_per_node(&wide, "solo").values().max(), Some(&1), "{wide}");
+    let pending = eventually(
+        &s,
+        &["get", "pods", "-l", "app=solo", "--field-selector=status.phase=Pending", "-o", "name"],
+        |o| o.lines().count() == 1,
+    )
+    .await;
+    let msg = eventually(
+        &s,
+        &["get", pending.trim(), "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
+        |o| !o.is_empty(),
+    )
+    .await;
+    assert_eq!(
+        msg,
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are \
+         available: 3 No preemption victims found for incoming pod.."
+    );
+
+    // Required affinity by zone: a pod that wants to be with the database goes to the
+    // database's zone, b, which has one node.
+    let db = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"db","labels":{"role":"db"}},
+      "spec":{"nodeSelector":{"kubernetes.io/hostname":"sim-2"},"containers":[{"name":"c","image":"busybox"}]}}"#;
+    apply(&s, db).await;
+    let near = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"near"},
+      "spec":{"affinity":{"podAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":[
+        {"labelSelector":{"matchLabels":{"role":"db"}},"topologyKey":"topology.kubernetes.io/zone"}]}},
+        "containers":[{"name":"c","image":"busybox"}]}}"#;
+    apply(&s, near).await;
+    let node = eventually(&s, &["get", "pod", "near", "-o", "jsonpath={.spec.nodeName}"], |o| !o.is_empty()).await;
+    assert_eq!(node, "sim-2");
+    // Affinity to pods that exist nowhere: Pending, in kube-scheduler's words.
+    let lonely = near.replace("\"near\"", "\"lonely\"").replace("\"db\"", "\"cache\"");
+    apply(&s, &lonely).await;
+    let msg = eventually(
+        &s,
+        &["get", "pod", "lonely", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
+        |o| !o.is_empty(),
+    )
+    .await;
+    assert!(msg.starts_with("0/3 nodes are available: 3 node(s) didn't match pod affinity rules."), "{msg}");
+
+    // Spread over zones with maxSkew 1: zone b (one node) gets as many as zone a (two).
+    let spread = r#""topologySpreadConstraints":[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone",
+        "whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app":"spread"}}}],"#;
+    apply(&s, &deployment("spread", 4, spread, "10m")).await;
+    let wide = eventually(&s, &["get", "pods", "-o", "wide", "-l", "app=spread"], |o| running_pods(o) == 4).await;
+    let per = pods_per_node(&wide, "spread");
+    assert_eq!(per.get("sim-2"), Some(&2), "zone b holds half: {wide}");
+    // A node without the key cannot take part.
+    s.kubectl_ok(&["label", "node", "sim-2", "topology.kubernetes.io/zone-"]).await;
+    s.kubectl_ok(&["label", "node", "sim-0", "sim-1", "topology.kubernetes.io/zone-"]).await;
+    s.kubectl_ok(&["scale", "deployment", "spread", "--replicas=5"]).await;
+    let pending = eventually(
+        &s,
+        &["get", "pods", "-l", "app=spread", "--field-selector=status.phase=Pending", "-o", "name"],
+        |o| o.lines().count() == 1,
+    )
+    .await;
+    let msg = eventually(
+        &s,
+        &["get", pending.trim(), "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
+        |o| !o.is_empty(),
+    )
+    .await;
+    assert!(msg.contains("3 node(s) didn't match pod topology spread constraints (missing required label)"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_pod_preempts_and_profiles_and_backoff_come_from_the_config_file() {
+    let cfg = rk::server::scheduler::SchedulerConfig::parse(
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\npodMaxBackoffSeconds: 2\n\
+         profiles:\n- schedulerName: default-scheduler\n- schedulerName: batch-scheduler\n",
+    )
+    .unwrap();
+    let s = TestServer::start_with(|c| c.scheduler_config = cfg).await;
+    let (s, _stop) = with_nodes_on(s, 2);
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 2).await;
+
+    // Two nodes of 2 CPUs, each full with one 1500m pod.
+    apply(&s, &deployment("filler", 2, "", "1500m")).await;
+    eventually(&s, &["get", "pods", "-l", "app=filler"], |o| running_pods(o) == 2).await;
+
+    // Without priority: no victims.
+    apply(&s, &deployment("plain", 1, "", "1500m")).await;
+    let pending = eventually(&s, &["get", "pods", "-l", "app=plain", "-o", "name"], |o| o.lines().count() == 1).await;
+    let msg = eventually(
+        &s,
+        &["get", pending.trim(), "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
+        |o| !o.is_empty(),
+    )
+    .await;
+    assert_eq!(
+        msg,
+        "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption \
+         victims found for incoming pod.."
+    );
+    s.kubectl_ok(&["delete", "deployment", "plain"]).await;
+
+    // preemptionPolicy Never: waits rather than evicts.
+    let classes = r#"{"apiVersion":"v1","kind":"List","items":[
+      {"apiVersion":"scheduling.k8s.io/v1","kind":"PriorityClass","metadata":{"name":"high"},"value":1000},
+      {"apiVersion":"scheduling.k8s.io/v1","kind":"PriorityClass","metadata":{"name":"polite"},"value":1000,
+       "preemptionPolicy":"Never"}]}"#;
+    apply(&s, classes).await;
+    let pod = |name: &str, class: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},
+              "spec":{{"priorityClassName":"{class}","containers":[{{"name":"c","image":"busybox",
+                "resources":{{"requests":{{"cpu":"1500m"}}}}}}]}}}}"#
+        )
+    };
+    apply(&s, &pod("polite", "polite")).await;
+    let msg = eventually(
+        &s,
+        &["get", "pod", "polite", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
+        |o| !o.is_empty(),
+    )
+    .await;
+    assert!(msg.ends_with("preemption: not eligible due to preemptionPolicy=Never."), "{msg}");
+    s.kubectl_ok(&["delete", "pod", "polite"]).await;
+
+    // Priority 1000 evicts one filler pod, is nominated, and runs there; the filler's
+    // replacement (priority 0) is the one left Pending.
+    apply(&s, &pod("vip", "high")).await;
+    let node = eventually(&s, &["get", "pod", "vip", "-o", "jsonpath={.status.phase} {.spec.nodeName}"], |o| {
+        o.starts_with("Running ")
+    })
+    .await;
+    let node = node.split_whitespace().nth(1).unwrap().to_string();
+    let nominated = s.kubectl_ok(&["get", "pod", "vip", "-o", "jsonpath={.status.nominatedNodeName}"]).await;
+    assert_eq!(nominated, node);
+    let events =
+        eventually(&s, &["get", "events", "--field-selector", "reason=Preempted"], |o| o.contains("Preempted by pod"))
+            .await;
+    assert!(events.contains(&format!("on node {node}")), "{events}");
+    let filler = eventually(&s, &["get", "pods", "-l", "app=filler", "--no-headers"], |o| {
+        running_pods(o) == 1 && o.contains("Pending")
+    })
+    .await;
+    assert_eq!(filler.lines().count(), 2, "{filler}");
+
+    // A second profile from the config file schedules the pods that name it, and its
+    // events say so.
+    let batch = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"batch"},
+      "spec":{"schedulerName":"batch-scheduler","containers":[{"name":"c","image":"busybox"}]}}"#;
+    apply(&s, batch).await;
+    eventually(&s, &["get", "pod", "batch"], |o| o.contains("Running")).await;
+    let describe = s.kubectl_ok(&["describe", "pod", "batch"]).await;
+    assert!(describe.contains("batch-scheduler  Successfully assigned default/batch"), "{describe}");
+    // A pod for a scheduler nobody runs stays Pending, untouched.
+    let other = batch.replace("\"batch\"", "\"other\"").replace("batch-scheduler", "someone-else");
+    apply(&s, &other).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cond = s.kubectl_ok(&["get", "pod", "other", "-o", "jsonpath={.spec.nodeName}{.status.conditions}"]).await;
+    assert_eq!(cond, "");
+}

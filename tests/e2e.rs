@@ -193,7 +193,7 @@ fn real_pods_on_two_nodes() {
         r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{}"}}}}"#,
         token.trim()
     );
-    let out = lab.kubectl_stdin(&["create", "--validate=false", "-o", "json", "-f", "-"], Some(&review));
+    let out = lab.kubectl_stdin(&["create", "-o", "json", "-f", "-"], Some(&review));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a TokenReview");
     assert_eq!(v["status"]["user"]["username"], "system:serviceaccount:default:default", "{v}");
     assert_eq!(v["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"], serde_json::json!(["hello"]));

@@ -319,6 +319,14 @@ async fn explain_reads_the_openapi_schemas() {
     let d = &v2["definitions"]["io.k8s.api.apps.v1.Deployment"];
     assert_eq!(d["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
     assert_eq!(d["properties"]["spec"]["allOf"][0]["$ref"], "#/definitions/io.k8s.api.apps.v1.DeploymentSpec");
+    // kubectl reads v2 (in protobuf) only where v3 cannot answer, as for `kind: List`:
+    // the items are applied, and still strictly validated by the server.
+    let list = r#"{"apiVersion":"v1","kind":"List","items":[
+      {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"listed"},"data":{"a":"b"}},
+      {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bogus"},"data":{"a":"b"},"bogus":1}]}"#;
+    let out = srv.kubectl_stdin(&["apply", "-f", "-"], Some(list)).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configmap/listed created\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("strict decoding error: unknown field \"bogus\""));
 }
 
 const WIDGET_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1

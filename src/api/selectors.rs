@@ -143,13 +143,18 @@ impl LabelSelector {
 
     /// Matches a label map.
     pub fn matches(&self, labels: &BTreeMap<&str, &str>) -> bool {
+        self.matches_fn(|k| labels.get(k).copied())
+    }
+
+    /// Matches labels looked up by `get` (no map is built).
+    pub fn matches_fn<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| match r {
-            Requirement::Eq(k, v) => labels.get(k.as_str()) == Some(&v.as_str()),
-            Requirement::NotEq(k, v) => labels.get(k.as_str()) != Some(&v.as_str()),
-            Requirement::In(k, vs) => labels.get(k.as_str()).is_some_and(|l| vs.iter().any(|v| v == l)),
-            Requirement::NotIn(k, vs) => labels.get(k.as_str()).is_none_or(|l| !vs.iter().any(|v| v == l)),
-            Requirement::Exists(k) => labels.contains_key(k.as_str()),
-            Requirement::NotExists(k) => !labels.contains_key(k.as_str()),
+            Requirement::Eq(k, v) => get(k) == Some(v.as_str()),
+            Requirement::NotEq(k, v) => get(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => get(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => get(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::NotExists(k) => get(k).is_none(),
         })
     }
 

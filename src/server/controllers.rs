@@ -82,6 +82,8 @@ pub struct ControllerConfig {
     pub controllers: bool,
     /// Run the scheduler.
     pub scheduler: bool,
+    /// How the scheduler searches and retries (`--scheduler-config`).
+    pub scheduler_config: super::scheduler::SchedulerConfig,
 }
 
 /// Starts the controllers and the scheduler on `tracker` until `shutdown`.
@@ -174,7 +176,7 @@ pub fn start(
 ) {
     if cfg.scheduler {
         let sched = super::client::in_process(api.clone(), "system:kube-scheduler", &[]);
-        tracker.spawn(super::scheduler::run(sched, shutdown.clone()));
+        tracker.spawn(super::scheduler::run(sched, cfg.scheduler_config.clone(), shutdown.clone()));
     }
     // Part of the API server (apiextensions), so it runs without the controller manager,
     // as the API server's own user.

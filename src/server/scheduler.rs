@@ -1,23 +1,39 @@
 //! The scheduler: places each pod without a node on a feasible node and binds it
 //! through `pods/binding`, as kube-scheduler does.
 //!
-//! Caches of nodes and pods (kube-runtime reflectors) feed passes that run whenever
-//! either changes. Filters: cordoned nodes, node readiness (as the `not-ready` taint
-//! would), taints and tolerations, `nodeSelector` and required node affinity, CPU /
-//! memory / pod-count requests against allocatable minus what is bound, host ports.
-//! Score: least allocated plus balanced allocation, ties broken round-robin. A pod
-//! that fits nowhere gets `PodScheduled=False` with reason `Unschedulable` and a
-//! `FailedScheduling` event in kube-scheduler's words, and is retried whenever a node
-//! or pod changes. Bound pods are "assumed" until the cache shows the binding, so a
-//! burst never overcommits a node.
+//! Caches of nodes, pods and namespaces (kube-runtime reflectors) feed passes that run
+//! whenever one changes or a backoff expires. Filters, in kube-scheduler's plugin
+//! order: cordoned nodes, node readiness (as the `not-ready` taint would), taints and
+//! tolerations, `nodeSelector` and required node affinity, host ports, CPU / memory /
+//! pod-count requests against allocatable minus what is bound, topology spread
+//! (`DoNotSchedule`), inter-pod affinity and anti-affinity (also existing pods'
+//! anti-affinity). Scores, weighted as kube-scheduler's default profile: least
+//! allocated and balanced allocation (1 each), preferred node affinity, preferred
+//! inter-pod affinity and `ScheduleAnyway` spreading (2 each), `PreferNoSchedule`
+//! taints (3); ties broken round-robin. Only a share of the nodes is searched on big
+//! clusters ([`config::SchedulerConfig::feasible_to_find`]).
+//!
+//! A pod that fits nowhere may preempt pods of lower priority ([`preemption`]);
+//! otherwise it gets `PodScheduled=False` with reason `Unschedulable` and a
+//! `FailedScheduling` event in kube-scheduler's words, and is retried after a backoff
+//! (1 s doubling to 10 s by default) on the next change. Bound pods are "assumed" until
+//! the cache shows the binding, so a burst never overcommits a node.
+
+mod config;
+mod preemption;
+mod topology;
+
+pub use config::{ConfigError, Profile, SchedulerConfig};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Taint, Toleration};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -144,6 +160,19 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
     }
 }
 
+/// Whether a node matches one `NodeSelectorTerm` (an empty term matches nothing).
+fn node_term_matches(term: &NodeSelectorTerm, n: &Node) -> bool {
+    let labels = n.labels();
+    let exprs_ok =
+        term.match_expressions.iter().flatten().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)));
+    let fields_ok = term.match_fields.iter().flatten().all(|r| {
+        requirement_matches(r, (r.key == "metadata.name").then_some(n.metadata.name.as_deref().unwrap_or("")))
+    });
+    let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty)
+        && term.match_fields.as_ref().is_none_or(Vec::is_empty);
+    !empty && exprs_ok && fields_ok
+}
+
 pub(crate) fn affinity_matches(p: &Pod, n: &Node) -> bool {
     let spec = p.spec.as_ref();
     let labels = n.labels();
@@ -157,22 +186,21 @@ pub(crate) fn affinity_matches(p: &Pod, n: &Node) -> bool {
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
     let Some(req) = required else { return true };
-    let name = n.name_any();
-    req.node_selector_terms.iter().any(|term| {
-        let exprs_ok = term
-            .match_expressions
-            .iter()
-            .flatten()
-            .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)));
-        let fields_ok = term
-            .match_fields
-            .iter()
-            .flatten()
-            .all(|r| requirement_matches(r, (r.key == "metadata.name").then_some(name.as_str())));
-        let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty)
-            && term.match_fields.as_ref().is_none_or(Vec::is_empty);
-        !empty && exprs_ok && fields_ok
-    })
+    req.node_selector_terms.iter().any(|term| node_term_matches(term, n))
+}
+
+/// The summed weights of the preferred node-affinity terms a node matches.
+fn preferred_node_affinity(p: &Pod, n: &Node) -> f64 {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| na.preferred_during_scheduling_ignored_during_execution.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| node_term_matches(&t.preference, n))
+        .map(|t| f64::from(t.weight))
+        .sum()
 }
 
 /// What is bound to a node.
@@ -219,19 +247,18 @@ struct NodeInfo {
     unschedulable: bool,
     /// NoSchedule and NoExecute taints, with `not-ready` for a node not Ready.
     taints: Vec<Taint>,
+    /// PreferNoSchedule taints, which only lower the score.
+    soft_taints: Vec<Taint>,
 }
 
 impl NodeInfo {
     fn new(node: Arc<Node>) -> NodeInfo {
         let (cpu, mem, pods) = node_alloc(&node);
-        let mut taints: Vec<Taint> = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default()
+        let all = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let (soft_taints, mut taints): (Vec<Taint>, Vec<Taint>) = all
             .into_iter()
-            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-            .collect();
+            .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute" | "PreferNoSchedule"))
+            .partition(|t| t.effect == "PreferNoSchedule");
         if !node_ready(&node) && !taints.iter().any(|t| t.key.starts_with("node.kubernetes.io/")) {
             taints.push(Taint {
                 key: "node.kubernetes.io/not-ready".into(),
@@ -247,185 +274,341 @@ impl NodeInfo {
             mem,
             pods,
             taints,
+            soft_taints,
         }
     }
-}
 
-/// kube-scheduler's `numFeasibleNodesToFind`: every node under 100, else an adaptive
-/// percentage (50 - nodes/125, at least 5) and at least 100 nodes.
-fn feasible_to_find(nodes: usize) -> usize {
-    if nodes < 100 {
-        return nodes;
+    fn tolerated_by(&self, tolerations: &[Toleration]) -> bool {
+        self.taints.iter().all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
     }
-    let pct = (50 - (nodes as i64) / 125).max(5) as usize;
-    (nodes * pct / 100).max(100)
 }
 
-/// Why a node was filtered out, in kube-scheduler's words.
-fn filter(
-    p: &Pod,
-    tolerations: &[Toleration],
-    req: &Request,
-    n: &NodeInfo,
-    used: Option<&Usage>,
-) -> Result<(), Vec<String>> {
+/// Why a node is out: kube-scheduler's reasons, and whether evicting pods could help
+/// (the node failed only on resources or host ports).
+type Rejection = (Vec<String>, bool);
+
+/// Runs the filters that depend on the node and its usage alone.
+fn filter(p: &Pod, tolerations: &[Toleration], req: &Request, n: &NodeInfo, used: &Usage) -> Result<(), Rejection> {
     if n.unschedulable {
         let t =
             Taint { key: "node.kubernetes.io/unschedulable".into(), effect: "NoSchedule".into(), ..Default::default() };
         if !tolerations.iter().any(|tol| tolerates(tol, &t)) {
-            return Err(vec!["node(s) were unschedulable".into()]);
+            return Err((vec!["node(s) were unschedulable".into()], false));
         }
     }
     if let Some(t) = n.taints.iter().find(|t| !tolerations.iter().any(|tol| tolerates(tol, t))) {
-        return Err(vec![format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.as_deref().unwrap_or(""))]);
+        let why = format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.as_deref().unwrap_or(""));
+        return Err((vec![why], false));
     }
     if !affinity_matches(p, &n.node) {
-        return Err(vec!["node(s) didn't match Pod's node affinity/selector".into()]);
+        return Err((vec!["node(s) didn't match Pod's node affinity/selector".into()], false));
     }
-    let (ucpu, umem, upods) = used.map(|u| (u.cpu, u.mem, u.pods)).unwrap_or_default();
+    if req.ports.iter().any(|p| used.ports.contains(p)) {
+        return Err((vec!["node(s) didn't have free ports for the requested pod ports".to_string()], true));
+    }
     let mut why = Vec::new();
-    if upods + 1.0 > n.pods {
+    if used.pods + 1.0 > n.pods {
         why.push("Too many pods".to_string());
     }
-    if req.cpu > 0.0 && ucpu + req.cpu > n.cpu {
+    if req.cpu > 0.0 && used.cpu + req.cpu > n.cpu {
         why.push("Insufficient cpu".to_string());
     }
-    if req.mem > 0.0 && umem + req.mem > n.mem {
+    if req.mem > 0.0 && used.mem + req.mem > n.mem {
         why.push("Insufficient memory".to_string());
     }
-    if used.is_some_and(|u| req.ports.iter().any(|p| u.ports.contains(p))) {
-        why.push("node(s) didn't have free ports for the requested pod ports".to_string());
-    }
-    if why.is_empty() { Ok(()) } else { Err(why) }
+    if why.is_empty() { Ok(()) } else { Err((why, true)) }
 }
 
 /// Least-allocated plus balanced-allocation score, 0..=200.
-fn score(req: &Request, n: &NodeInfo, used: Option<&Usage>) -> f64 {
-    let (ucpu, umem) = used.map(|u| (u.score_cpu, u.score_mem)).unwrap_or_default();
+fn score(req: &Request, n: &NodeInfo, used: &Usage) -> f64 {
     let frac = |u: f64, a: f64| if a <= 0.0 { 1.0 } else { (u / a).min(1.0) };
-    let fc = frac(ucpu + nonzero_cpu(req), n.cpu);
-    let fm = frac(umem + nonzero_mem(req), n.mem);
+    let fc = frac(used.score_cpu + nonzero_cpu(req), n.cpu);
+    let fm = frac(used.score_mem + nonzero_mem(req), n.mem);
     let least = ((1.0 - fc) + (1.0 - fm)) * 50.0;
     let balanced = (1.0 - (fc - fm).abs()) * 100.0;
     least + balanced
 }
 
-fn is_pending(p: &Pod) -> bool {
-    let spec = p.spec.as_ref();
+fn priority(p: &Pod) -> i32 {
+    p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+fn terminal(p: &Pod) -> bool {
     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+    phase == "Succeeded" || phase == "Failed"
+}
+
+/// A pod this scheduler (one of its profiles) has to place.
+fn is_pending(p: &Pod, cfg: &SchedulerConfig) -> bool {
+    let spec = p.spec.as_ref();
     spec.and_then(|s| s.node_name.as_deref()).is_none_or(str::is_empty)
-        && spec.and_then(|s| s.scheduler_name.as_deref()).is_none_or(|n| n == NAME)
+        && cfg.profile(spec.and_then(|s| s.scheduler_name.as_deref())).is_some()
         && p.metadata.deletion_timestamp.is_none()
-        && phase != "Succeeded"
-        && phase != "Failed"
+        && !terminal(p)
+}
+
+/// kube-scheduler's message for a pod that fits nowhere: each reason with the number
+/// of nodes it applies to, sorted as strings (as `sortReasonsHistogram` does).
+fn histogram(reasons: &BTreeMap<String, usize>) -> String {
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    parts.join(", ")
 }
 
 struct Scheduler {
     client: kube::Client,
+    cfg: Arc<SchedulerConfig>,
     nodes: Store<Node>,
     pods: Store<Pod>,
-    recorder: Recorder,
+    namespaces: Store<Namespace>,
+    /// One event recorder per profile, reporting as its scheduler name.
+    recorders: HashMap<String, Recorder>,
     /// Pods bound by this scheduler whose binding the cache may not show yet.
     assumed: HashMap<String, (String, Request)>,
+    /// Failed attempts per pod UID and when it may be tried again.
+    backoff: HashMap<String, (u32, Instant)>,
     /// Round-robin start among equally good nodes.
     next: usize,
 }
 
+/// A pod's pick among the candidates (node index, base score): the best total score,
+/// the first of equals in search order.
+fn choose(
+    p: &Pod,
+    tolerations: &[Toleration],
+    candidates: &[(usize, f64)],
+    placement: Option<&topology::Placement>,
+    nodes: &[NodeInfo],
+) -> Option<usize> {
+    let mut totals: Vec<f64> = candidates.iter().map(|c| c.1).collect();
+    let idx: Vec<usize> = candidates.iter().map(|c| c.0).collect();
+    let preferred_nodes = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .is_some_and(|na| na.preferred_during_scheduling_ignored_during_execution.is_some());
+    if preferred_nodes {
+        let raw: Vec<f64> = idx.iter().map(|&i| preferred_node_affinity(p, &nodes[i].node)).collect();
+        let max = raw.iter().copied().fold(0.0, f64::max);
+        if max > 0.0 {
+            totals.iter_mut().zip(&raw).for_each(|(t, r)| *t += 2.0 * 100.0 * r / max);
+        }
+    }
+    if idx.iter().any(|&i| !nodes[i].soft_taints.is_empty()) {
+        let raw: Vec<f64> = idx
+            .iter()
+            .map(|&i| {
+                nodes[i].soft_taints.iter().filter(|t| !tolerations.iter().any(|tol| tolerates(tol, t))).count() as f64
+            })
+            .collect();
+        let max = raw.iter().copied().fold(0.0, f64::max);
+        if max > 0.0 {
+            totals.iter_mut().zip(&raw).for_each(|(t, r)| *t += 3.0 * 100.0 * (max - r) / max);
+        }
+    }
+    if let Some(pl) = placement.filter(|pl| pl.scores_anything()) {
+        totals.iter_mut().zip(pl.scores(&idx, nodes)).for_each(|(t, s)| *t += s);
+    }
+    let mut best: Option<(f64, usize)> = None;
+    for (k, t) in totals.iter().enumerate() {
+        if best.is_none_or(|(b, _)| *t > b) {
+            best = Some((*t, idx[k]));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
 impl Scheduler {
-    async fn event(&self, p: &Pod, warning: bool, reason: &str, note: String) {
+    async fn event(&self, p: &Pod, warning: bool, reason: &str, action: &str, note: String) {
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
             note: Some(note),
-            action: if warning { "Scheduling".into() } else { "Binding".into() },
+            action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &p.object_ref(&())).await {
+        let profile = self.cfg.profile(p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()));
+        let Some(recorder) = profile.and_then(|pr| self.recorders.get(&pr.scheduler_name)) else { return };
+        if let Err(e) = recorder.publish(&ev, &p.object_ref(&())).await {
             tracing::debug!(error = %e, "recording a scheduler event failed");
         }
     }
 
-    /// One pass over every pending pod.
-    async fn pass(&mut self) {
+    /// Records a failed attempt; the pod is next tried after its backoff.
+    fn back_off(&mut self, uid: &str) -> Instant {
+        let now = Instant::now();
+        let e = self.backoff.entry(uid.to_string()).or_insert((0, now));
+        e.0 += 1;
+        let wait = self.cfg.initial_backoff.saturating_mul(1 << (e.0 - 1).min(16)).min(self.cfg.max_backoff);
+        e.1 = now + wait;
+        e.1
+    }
+
+    /// One pass over every pending pod; returns when the next backoff expires.
+    async fn pass(&mut self) -> Option<Instant> {
+        let cfg = self.cfg.clone();
         let nodes = self.nodes.state();
         let pods = self.pods.state();
+        let namespaces: topology::Namespaces =
+            self.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
         // Forget assumptions the cache has caught up with.
-        let bound: HashSet<String> = pods.iter().filter(|p| !is_pending(p)).filter_map(|p| p.uid()).collect();
+        let bound: HashSet<String> = pods.iter().filter(|p| !is_pending(p, &cfg)).filter_map(|p| p.uid()).collect();
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
         self.assumed.retain(|uid, _| live.contains(uid) && !bound.contains(uid));
 
-        let mut usage: HashMap<String, Usage> = HashMap::new();
-        for p in pods.iter() {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
-                && phase != "Succeeded"
-                && phase != "Failed"
-            {
-                usage.entry(n.to_string()).or_default().add(&pod_request(p));
-            }
-        }
-        for (node, req) in self.assumed.values() {
-            usage.entry(node.clone()).or_default().add(req);
-        }
-        let mut pending: Vec<Arc<Pod>> = pods
-            .iter()
-            .filter(|p| is_pending(p) && !self.assumed.contains_key(&p.uid().unwrap_or_default()))
-            .cloned()
-            .collect();
-        pending.sort_by_key(|p| {
-            let prio = p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-            (std::cmp::Reverse(prio), p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0))
-        });
         let mut infos: Vec<NodeInfo> = nodes.into_iter().map(NodeInfo::new).collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         let index: HashMap<String, usize> = infos.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
-        let mut used: Vec<Option<Usage>> = (0..infos.len()).map(|_| None).collect();
-        for (name, u) in usage {
-            if let Some(&i) = index.get(&name) {
-                used[i] = Some(u);
+
+        let mut pending: Vec<Arc<Pod>> = Vec::new();
+        let mut placed: Vec<topology::Placed> = Vec::new();
+        for p in pods.iter() {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty());
+            let uid = p.uid().unwrap_or_default();
+            let assumed = self.assumed.get(&uid);
+            let at = node.or(assumed.map(|a| a.0.as_str())).and_then(|n| index.get(n).copied());
+            if let Some(at) = at
+                && !terminal(p)
+            {
+                let req = assumed.filter(|_| node.is_none()).map(|a| a.1.clone()).unwrap_or_else(|| pod_request(p));
+                let terminating = p.metadata.deletion_timestamp.is_some();
+                placed.push(topology::Placed { pod: p.clone(), node: at, priority: priority(p), req, terminating });
+            } else if assumed.is_none() && is_pending(p, &cfg) {
+                pending.push(p.clone());
             }
         }
+        let pending_uids: HashSet<String> = pending.iter().filter_map(|p| p.uid()).collect();
+        self.backoff.retain(|uid, _| pending_uids.contains(uid));
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
+        pending.retain(|p| match self.backoff.get(&p.uid().unwrap_or_default()) {
+            Some((_, at)) if *at > now => {
+                wake = Some(wake.map_or(*at, |w| w.min(*at)));
+                false
+            }
+            _ => true,
+        });
+        pending.sort_by_key(|p| {
+            (
+                std::cmp::Reverse(priority(p)),
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0),
+            )
+        });
+
+        let mut used = vec![Usage::default(); infos.len()];
+        for p in &placed {
+            used[p.node].add(&p.req);
+        }
+        let mut holders: Vec<topology::AntiHolder> =
+            (0..placed.len()).filter_map(|i| topology::anti_holder(&placed, i, &namespaces)).collect();
+        // Pods nominated to a node by a preemption hold its room against pods of no
+        // higher priority until they are placed.
+        let mut nominated: HashMap<usize, Vec<(i32, String, Request)>> = HashMap::new();
+        for p in pods.iter().filter(|p| pending_uids.contains(&p.uid().unwrap_or_default())) {
+            if let Some(&i) =
+                p.status.as_ref().and_then(|s| s.nominated_node_name.as_ref()).and_then(|n| index.get(n.as_str()))
+            {
+                nominated.entry(i).or_default().push((priority(p), p.uid().unwrap_or_default(), pod_request(p)));
+            }
+        }
+
         let count = infos.len();
-        let to_find = feasible_to_find(count);
         let mut binds: Vec<(Arc<Pod>, String)> = Vec::new();
+        let mut candidates: Vec<(usize, f64)> = Vec::new();
         for p in pending {
+            let uid = p.uid().unwrap_or_default();
+            let prio = priority(&p);
+            let Some(profile) = cfg.profile(p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref())) else {
+                continue;
+            };
+            let to_find = cfg.feasible_to_find(profile, count);
             let req = pod_request(&p);
             let tolerations = p.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+            let placement = topology::Placement::needed(&p, &holders).then(|| {
+                topology::Placement::new(&p, &placed, &holders, &infos, &namespaces, &|n| n.tolerated_by(&tolerations))
+            });
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-            let mut best: Option<(f64, usize)> = None;
-            let mut feasible = 0;
+            let mut resolvable: Vec<usize> = Vec::new();
+            candidates.clear();
             let mut visited = 0;
             for k in 0..count {
                 let i = (self.next + k) % count;
                 visited = k + 1;
-                match filter(&p, &tolerations, &req, &infos[i], used[i].as_ref()) {
+                let reserved: Vec<&Request> = nominated
+                    .get(&i)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(np, nuid, _)| *np >= prio && *nuid != uid)
+                    .map(|(_, _, r)| r)
+                    .collect();
+                let with_reserved;
+                let u = if reserved.is_empty() {
+                    &used[i]
+                } else {
+                    let mut u = used[i].clone();
+                    reserved.iter().for_each(|r| u.add(r));
+                    with_reserved = u;
+                    &with_reserved
+                };
+                let verdict = filter(&p, &tolerations, &req, &infos[i], u).and_then(|()| match &placement {
+                    Some(pl) => pl.filter(&infos[i]).map_err(|(w, cure)| (vec![w.to_string()], cure)),
+                    None => Ok(()),
+                });
+                match verdict {
                     Ok(()) => {
-                        let s = score(&req, &infos[i], used[i].as_ref());
-                        if best.is_none_or(|(b, _)| s > b) {
-                            best = Some((s, i));
-                        }
-                        feasible += 1;
-                        if feasible >= to_find {
+                        candidates.push((i, score(&req, &infos[i], u)));
+                        if candidates.len() >= to_find {
                             break;
                         }
                     }
-                    Err(why) => {
+                    Err((why, cure)) => {
                         for w in why {
                             *reasons.entry(w).or_default() += 1;
+                        }
+                        if cure {
+                            resolvable.push(i);
                         }
                     }
                 }
             }
-            match best {
-                Some((_, i)) => {
-                    // The next pod starts where this search stopped, as kube-scheduler does.
-                    self.next = if visited == count { (i + 1) % count } else { (self.next + visited) % count };
-                    used[i].get_or_insert_with(Usage::default).add(&req);
-                    self.assumed.insert(p.uid().unwrap_or_default(), (infos[i].name.clone(), req));
-                    binds.push((p, infos[i].name.clone()));
+            if let Some(i) = choose(&p, &tolerations, &candidates, placement.as_ref(), &infos) {
+                // The next pod starts where this search stopped, as kube-scheduler does.
+                self.next = if visited == count { (i + 1) % count } else { (self.next + visited) % count };
+                used[i].add(&req);
+                for list in nominated.values_mut() {
+                    list.retain(|(_, nuid, _)| *nuid != uid);
                 }
-                None => self.unschedulable(&p, count, &reasons).await,
+                placed.push(topology::Placed {
+                    pod: p.clone(),
+                    node: i,
+                    priority: prio,
+                    req: req.clone(),
+                    terminating: false,
+                });
+                if let Some(h) = topology::anti_holder(&placed, placed.len() - 1, &namespaces) {
+                    holders.push(h);
+                }
+                self.assumed.insert(uid, (infos[i].name.clone(), req));
+                binds.push((p, infos[i].name.clone()));
+                continue;
             }
+            let post = self.post_filter(&p, prio, &req, &resolvable, count, &mut placed, &infos).await;
+            if let Some(node) = &post.nominate {
+                nominated.entry(*node).or_default().push((prio, uid.clone(), req.clone()));
+            }
+            let mut msg = if count == 0 {
+                "no nodes available to schedule pods".to_string()
+            } else {
+                format!("0/{count} nodes are available: {}.", histogram(&reasons))
+            };
+            if !post.message.is_empty() {
+                msg.push(' ');
+                msg.push_str(&post.message);
+            }
+            self.unschedulable(&p, msg).await;
+            let at = self.back_off(&uid);
+            wake = Some(wake.map_or(at, |w| w.min(at)));
         }
         // Binding is asynchronous in kube-scheduler too: decisions are made, then bound.
         let this = &*self;
@@ -437,6 +620,102 @@ impl Scheduler {
             .await;
         for uid in failed {
             self.assumed.remove(&uid);
+            let at = self.back_off(&uid);
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        wake
+    }
+
+    /// What follows a failed search: preemption, if the pod may and it helps.
+    #[allow(clippy::too_many_arguments)]
+    async fn post_filter(
+        &self,
+        p: &Pod,
+        prio: i32,
+        req: &Request,
+        resolvable: &[usize],
+        count: usize,
+        placed: &mut [topology::Placed],
+        infos: &[NodeInfo],
+    ) -> PostFilter {
+        let spec = p.spec.as_ref();
+        if spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
+            return PostFilter::message("preemption: not eligible due to preemptionPolicy=Never.");
+        }
+        // A pod whose earlier preemption is still under way waits for it.
+        let nominated = p.status.as_ref().and_then(|s| s.nominated_node_name.as_deref());
+        if let Some(n) = nominated.and_then(|n| infos.iter().position(|i| i.name == n))
+            && placed.iter().any(|v| v.node == n && v.terminating && v.priority < prio)
+        {
+            return PostFilter::message("preemption: not eligible due to a terminating pod on the nominated node.");
+        }
+        let lower = placed.iter().any(|v| !v.terminating && v.priority < prio);
+        let victims = if lower { preemption::select(prio, req, resolvable, placed, infos) } else { None };
+        let Some(victims) = victims else {
+            let mut parts = Vec::new();
+            if !resolvable.is_empty() {
+                parts.push(format!("{} No preemption victims found for incoming pod.", resolvable.len()));
+            }
+            if count > resolvable.len() {
+                parts.push(format!("{} Preemption is not helpful for scheduling.", count - resolvable.len()));
+            }
+            parts.sort();
+            if count == 0 {
+                return PostFilter::message("");
+            }
+            return PostFilter::message(&format!("preemption: 0/{count} nodes are available: {}.", parts.join(", ")));
+        };
+        let node = &infos[victims.node].name;
+        let ns = p.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let patch = json!({"status": {"nominatedNodeName": node}});
+        if let Err(e) = api.patch_status(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            tracing::debug!(error = %e, "nominating a preemptor failed");
+        }
+        for &v in &victims.pods {
+            placed[v].terminating = true;
+            let victim = placed[v].pod.clone();
+            self.evict(&victim, p, node).await;
+        }
+        tracing::info!(pod = %p.name_any(), %node, victims = victims.pods.len(), "preempting lower-priority pods");
+        PostFilter { message: String::new(), nominate: Some(victims.node) }
+    }
+
+    /// Evicts a preemption victim: a `DisruptionTarget` condition, then deletion with
+    /// the pod's grace period, and a `Preempted` event.
+    async fn evict(&self, victim: &Pod, by: &Pod, node: &str) {
+        let ns = victim.namespace().unwrap_or_default();
+        let name = victim.name_any();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let profile = by.spec.as_ref().and_then(|s| s.scheduler_name.clone()).unwrap_or_else(|| NAME.into());
+        let cond = json!({"status": {"conditions": [{
+            "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+            "message": format!("{profile}: preempting to accommodate a higher priority pod"),
+            "lastTransitionTime": now,
+        }]}});
+        if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&cond)).await {
+            tracing::debug!(pod = %name, error = %e, "marking a preemption victim failed");
+        }
+        let dp = DeleteParams { preconditions: None, ..Default::default() };
+        match api.delete(&name, &dp).await {
+            Ok(_) => {
+                let note = format!("Preempted by pod {} on node {node}", by.uid().unwrap_or_default());
+                let ev = Event {
+                    type_: EventType::Normal,
+                    reason: "Preempted".into(),
+                    note: Some(note),
+                    action: "Preempting".into(),
+                    secondary: Some(by.object_ref(&())),
+                };
+                let recorder = self.recorders.get(&profile).or_else(|| self.recorders.values().next());
+                if let Some(r) = recorder
+                    && let Err(e) = r.publish(&ev, &victim.object_ref(&())).await
+                {
+                    tracing::debug!(error = %e, "recording a preemption event failed");
+                }
+            }
+            Err(e) => tracing::debug!(pod = %name, error = %e, "deleting a preemption victim failed"),
         }
     }
 
@@ -451,7 +730,8 @@ impl Scheduler {
         });
         match api.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &binding).await {
             Ok(_) => {
-                self.event(p, false, "Scheduled", format!("Successfully assigned {ns}/{name} to {node}")).await;
+                let msg = format!("Successfully assigned {ns}/{name} to {node}");
+                self.event(p, false, "Scheduled", "Binding", msg).await;
                 true
             }
             Err(e) => {
@@ -461,15 +741,7 @@ impl Scheduler {
         }
     }
 
-    async fn unschedulable(&self, p: &Pod, nodes: usize, reasons: &BTreeMap<String, usize>) {
-        let mut msg = format!("0/{nodes} nodes are available");
-        if !reasons.is_empty() {
-            let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-            msg.push_str(&format!(": {}", parts.join(", ")));
-        }
-        msg.push_str(&format!(
-            ". preemption: 0/{nodes} nodes are available: {nodes} Preemption is not helpful for scheduling."
-        ));
+    async fn unschedulable(&self, p: &Pod, msg: String) {
         let current = p
             .status
             .as_ref()
@@ -496,58 +768,93 @@ impl Scheduler {
         if let Err(e) = api.patch_status(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
             tracing::debug!(error = %e, "marking a pod unschedulable failed");
         }
-        self.event(p, true, "FailedScheduling", msg).await;
+        self.event(p, true, "FailedScheduling", "Scheduling", msg).await;
     }
 }
 
+/// The outcome of [`Scheduler::post_filter`].
+struct PostFilter {
+    /// Appended to the FailedScheduling message (empty when preemption went ahead).
+    message: String,
+    /// The node the pod now waits for.
+    nominate: Option<usize>,
+}
+
+impl PostFilter {
+    fn message(m: &str) -> PostFilter {
+        PostFilter { message: m.to_string(), nominate: None }
+    }
+}
+
+fn wake_on_change<K>(
+    client: &kube::Client,
+    writer: reflector::store::Writer<K>,
+    wake: Arc<Notify>,
+) -> impl std::future::Future<Output = ()> + use<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watcher::Config::default()))
+        .default_backoff()
+        .for_each(move |_| {
+            wake.notify_one();
+            futures::future::ready(())
+        })
+}
+
 /// Runs the scheduler until `shutdown`.
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+pub async fn run(client: kube::Client, cfg: SchedulerConfig, shutdown: CancellationToken) {
     let wake = Arc::new(Notify::new());
     let (nodes, nodes_w) = reflector::store::<Node>();
     let (pods, pods_w) = reflector::store::<Pod>();
-    let feed_nodes = {
-        let wake = wake.clone();
-        reflector::reflector(nodes_w, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .for_each(move |_| {
-                wake.notify_one();
-                futures::future::ready(())
-            })
-    };
-    let feed_pods = {
-        let wake = wake.clone();
-        reflector::reflector(pods_w, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .for_each(move |_| {
-                wake.notify_one();
-                futures::future::ready(())
-            })
-    };
-    let reporter = Reporter { controller: NAME.into(), instance: None };
+    let (namespaces, namespaces_w) = reflector::store::<Namespace>();
+    let feed_nodes = wake_on_change(&client, nodes_w, wake.clone());
+    let feed_pods = wake_on_change(&client, pods_w, wake.clone());
+    let feed_namespaces = wake_on_change(&client, namespaces_w, wake.clone());
+    let recorders = cfg
+        .profiles
+        .iter()
+        .map(|p| {
+            let reporter = Reporter { controller: p.scheduler_name.clone(), instance: None };
+            (p.scheduler_name.clone(), Recorder::new(client.clone(), reporter))
+        })
+        .collect();
     let mut s = Scheduler {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorders,
         client,
+        cfg: Arc::new(cfg),
         nodes: nodes.clone(),
         pods: pods.clone(),
+        namespaces: namespaces.clone(),
         assumed: HashMap::new(),
+        backoff: HashMap::new(),
         next: 0,
     };
     let main = async {
-        if nodes.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
+        if nodes.wait_until_ready().await.is_err()
+            || pods.wait_until_ready().await.is_err()
+            || namespaces.wait_until_ready().await.is_err()
+        {
             return;
         }
         crate::component_ready("scheduler");
+        let mut retry: Option<Instant> = None;
         loop {
-            wake.notified().await;
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(retry.unwrap_or(far)) => {}
+            }
             // Let a burst of changes settle into one pass.
             tokio::time::sleep(Duration::from_millis(5)).await;
-            s.pass().await;
+            retry = s.pass().await;
         }
     };
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = feed_nodes => {}
         _ = feed_pods => {}
+        _ = feed_namespaces => {}
         _ = main => {}
     }
 }

@@ -371,11 +371,42 @@ impl OpenApi {
     }
 }
 
-/// `/openapi/v2` as JSON (Swagger 2.0 definitions of every kind, built-in and custom).
-/// kubectl asks only for the protobuf form, as a fallback it tolerates missing, so a
-/// request that does not accept JSON gets 404 as from a server without v2.
+/// The protobuf form of `/openapi/v2` kubectl asks for.
+const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// A gnostic `openapi.v2.Document` with `swagger` and `info` and neither paths nor
+/// definitions.
+fn openapi_v2_protobuf() -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+        out.push(tag << 3 | 2);
+        let mut n = bytes.len();
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(&mut info, 1, b"Kubernetes");
+    field(&mut info, 2, format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0").as_bytes());
+    let mut doc = Vec::new();
+    field(&mut doc, 1, b"2.0");
+    field(&mut doc, 2, &info);
+    doc
+}
+
+/// `/openapi/v2`: as JSON, Swagger 2.0 definitions of every kind, built-in and custom.
+/// kubectl asks only for the protobuf form, where rk answers with an empty document
+/// (no paths, no definitions): kubectl reads v3 for everything it can, and falls back
+/// to v2 only for what v3 cannot say (a `kind: List`, create-only kinds such as
+/// TokenReview), where an empty document means "not known here, let the server
+/// validate" rather than the failure a 404 is.
 pub fn openapi_v2(reg: &Registry, headers: &HeaderMap) -> Result<Resp, crate::api::status::ApiError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("protobuf") {
+        return Ok(bytes_response(200, OPENAPI_V2_PROTOBUF, bytes::Bytes::from(openapi_v2_protobuf())));
+    }
     if !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
         return Err(crate::api::status::ApiError::no_route());
     }
