@@ -467,6 +467,14 @@ async fn scheduler_honours_pod_affinity_anti_affinity_and_topology_spread() {
     let wide = eventually(&s, &["get", "pods", "-o", "wide", "-l", "app=spread"], |o| running_pods(o) == 4).await;
     let per = pods_per_node(&wide, "spread");
     assert_eq!(per.get("sim-2"), Some(&2), "zone b holds half: {wide}");
+    // Preferred node affinity outweighs the busier node's lower resource score.
+    let prefers = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"prefers-b"},
+      "spec":{"affinity":{"nodeAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":50,
+        "preference":{"matchExpressions":[{"key":"topology.kubernetes.io/zone","operator":"In","values":["b"]}]}}]}},
+        "containers":[{"name":"c","image":"busybox"}]}}"#;
+    apply(&s, prefers).await;
+    let node = eventually(&s, &["get", "pod", "prefers-b", "-o", "jsonpath={.spec.nodeName}"], |o| !o.is_empty()).await;
+    assert_eq!(node, "sim-2");
     // A node without the key cannot take part.
     s.kubectl_ok(&["label", "node", "sim-2", "topology.kubernetes.io/zone-"]).await;
     s.kubectl_ok(&["label", "node", "sim-0", "sim-1", "topology.kubernetes.io/zone-"]).await;
@@ -574,4 +582,38 @@ async fn a_higher_priority_pod_preempts_and_profiles_and_backoff_come_from_the_c
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cond = s.kubectl_ok(&["get", "pod", "other", "-o", "jsonpath={.spec.nodeName}{.status.conditions}"]).await;
     assert_eq!(cond, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_rollout_exceeds_its_progress_deadline_and_recovers() {
+    let (s, _stop) = with_nodes(1).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 1).await;
+    let slow =
+        deployment("slow", 2, "", "64").replace(r#""replicas":2,"#, r#""replicas":2,"progressDeadlineSeconds":2,"#);
+    apply(&s, &slow).await;
+    let reason = eventually(
+        &s,
+        &["get", "deployment", "slow", "-o", "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}"],
+        |o| o == "ProgressDeadlineExceeded",
+    )
+    .await;
+    assert_eq!(reason, "ProgressDeadlineExceeded");
+    let out = s.kubectl(&["rollout", "status", "deployment/slow", "--timeout=20s"]).await;
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "error: deployment \"slow\" exceeded its progress deadline\n");
+    let describe = s.kubectl_ok(&["describe", "deployment", "slow"]).await;
+    assert!(describe.contains("Progressing    False   ProgressDeadlineExceeded"), "{describe}");
+    // A template that fits rolls out, and the condition says so.
+    s.kubectl_ok(&["set", "resources", "deployment/slow", "--requests=cpu=10m"]).await;
+    s.kubectl_ok(&["rollout", "status", "deployment/slow", "--timeout=60s"]).await;
+    let cond = s
+        .kubectl_ok(&[
+            "get",
+            "deployment",
+            "slow",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Progressing\")].status}/{.status.conditions[?(@.type==\"Progressing\")].reason}",
+        ])
+        .await;
+    assert_eq!(cond, "True/NewReplicaSetAvailable");
 }

@@ -380,14 +380,28 @@ fn choose(
     placement: Option<&topology::Placement>,
     nodes: &[NodeInfo],
 ) -> Option<usize> {
-    let mut totals: Vec<f64> = candidates.iter().map(|c| c.1).collect();
-    let idx: Vec<usize> = candidates.iter().map(|c| c.0).collect();
+    let first_best = |scores: &mut dyn Iterator<Item = (usize, f64)>| {
+        let mut best: Option<(f64, usize)> = None;
+        for (i, s) in scores {
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, i));
+            }
+        }
+        best.map(|(_, i)| i)
+    };
     let preferred_nodes = p
         .spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.node_affinity.as_ref())
         .is_some_and(|na| na.preferred_during_scheduling_ignored_during_execution.is_some());
+    let soft_taints = candidates.iter().any(|&(i, _)| !nodes[i].soft_taints.is_empty());
+    let placed_scores = placement.is_some_and(|pl| pl.scores_anything());
+    if !preferred_nodes && !soft_taints && !placed_scores {
+        return first_best(&mut candidates.iter().copied());
+    }
+    let mut totals: Vec<f64> = candidates.iter().map(|c| c.1).collect();
+    let idx: Vec<usize> = candidates.iter().map(|c| c.0).collect();
     if preferred_nodes {
         let raw: Vec<f64> = idx.iter().map(|&i| preferred_node_affinity(p, &nodes[i].node)).collect();
         let max = raw.iter().copied().fold(0.0, f64::max);
@@ -395,7 +409,7 @@ fn choose(
             totals.iter_mut().zip(&raw).for_each(|(t, r)| *t += 2.0 * 100.0 * r / max);
         }
     }
-    if idx.iter().any(|&i| !nodes[i].soft_taints.is_empty()) {
+    if soft_taints {
         let raw: Vec<f64> = idx
             .iter()
             .map(|&i| {
@@ -410,13 +424,7 @@ fn choose(
     if let Some(pl) = placement.filter(|pl| pl.scores_anything()) {
         totals.iter_mut().zip(pl.scores(&idx, nodes)).for_each(|(t, s)| *t += s);
     }
-    let mut best: Option<(f64, usize)> = None;
-    for (k, t) in totals.iter().enumerate() {
-        if best.is_none_or(|(b, _)| *t > b) {
-            best = Some((*t, idx[k]));
-        }
-    }
-    best.map(|(_, i)| i)
+    first_best(&mut idx.iter().copied().zip(totals))
 }
 
 impl Scheduler {
@@ -535,13 +543,17 @@ impl Scheduler {
             for k in 0..count {
                 let i = (self.next + k) % count;
                 visited = k + 1;
-                let reserved: Vec<&Request> = nominated
-                    .get(&i)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(np, nuid, _)| *np >= prio && *nuid != uid)
-                    .map(|(_, _, r)| r)
-                    .collect();
+                let reserved: Vec<&Request> = if nominated.is_empty() {
+                    Vec::new()
+                } else {
+                    nominated
+                        .get(&i)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(np, nuid, _)| *np >= prio && *nuid != uid)
+                        .map(|(_, _, r)| r)
+                        .collect()
+                };
                 let with_reserved;
                 let u = if reserved.is_empty() {
                     &used[i]

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -346,15 +347,33 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
     };
     let new_name = new_rs.as_ref().map(|r| r.name_any()).unwrap_or_default();
     let complete = updated == replicas && available == replicas && total == replicas;
+    // Progress as Kubernetes's `DeploymentProgressing` sees it: more pods updated, ready
+    // or available, or fewer old ones.
+    let before = d.status.clone().unwrap_or_default();
+    let old_pods = |total: i32, updated: i32| total - updated;
+    let progressed = updated > before.updated_replicas.unwrap_or(0)
+        || ready > before.ready_replicas.unwrap_or(0)
+        || available > before.available_replicas.unwrap_or(0)
+        || old_pods(total, updated) < old_pods(before.replicas.unwrap_or(0), before.updated_replicas.unwrap_or(0));
+    let old_prog = find("Progressing");
+    let old_reason = old_prog.and_then(|c| c.reason.as_deref()).unwrap_or("");
+    let deadline = spec.progress_deadline_seconds.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64));
+    let now = k8s_openapi::jiff::Timestamp::now();
+    // How long the rollout has until its deadline, from the last recorded progress.
+    let left = |c: &DeploymentCondition| {
+        let since = c.last_update_time.as_ref().map(|t| t.0).unwrap_or(now);
+        let elapsed = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+        deadline.map(|d| d.saturating_sub(elapsed))
+    };
     let prog_cond = if paused {
-        condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), find("Progressing"))
+        condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), old_prog)
     } else if created_new {
         condition(
             "Progressing",
             "True",
             "NewReplicaSetCreated",
             format!("Created new replica set {new_name:?}"),
-            find("Progressing"),
+            old_prog,
         )
     } else if complete {
         condition(
@@ -362,21 +381,36 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
             "True",
             "NewReplicaSetAvailable",
             format!("ReplicaSet {new_name:?} has successfully progressed."),
-            find("Progressing"),
+            old_prog,
         )
-    } else if find("Progressing").is_some_and(|c| {
-        c.reason.as_deref() == Some("NewReplicaSetCreated")
-            && c.message.as_deref().is_some_and(|m| m.contains(&new_name))
-    }) {
-        find("Progressing").cloned().expect("found")
-    } else {
-        condition(
+    } else if progressed || old_prog.is_none() || old_reason == "DeploymentPaused" {
+        let mut c = condition(
             "Progressing",
             "True",
             "ReplicaSetUpdated",
             format!("ReplicaSet {new_name:?} is progressing."),
-            find("Progressing"),
+            old_prog,
+        );
+        c.last_update_time = Some(Time(now));
+        c
+    } else if let Some(old) = old_prog.filter(|_| old_reason != "ProgressDeadlineExceeded")
+        && left(old) == Some(Duration::ZERO)
+    {
+        condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            format!("ReplicaSet {new_name:?} has timed out progressing."),
+            Some(old),
         )
+    } else {
+        old_prog.cloned().expect("checked above")
+    };
+    // Come back when the deadline passes, if nothing else happens first.
+    let requeue = if paused || complete || prog_cond.reason.as_deref() == Some("ProgressDeadlineExceeded") {
+        None
+    } else {
+        left(&prog_cond).map(|l| l + Duration::from_secs(1))
     };
     let status = DeploymentStatus {
         observed_generation: d.metadata.generation,
@@ -405,5 +439,5 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
         let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
         dapi.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await?;
     }
-    Ok(Action::await_change())
+    Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
