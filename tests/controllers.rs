@@ -617,3 +617,45 @@ async fn a_stuck_rollout_exceeds_its_progress_deadline_and_recovers() {
         .await;
     assert_eq!(cond, "True/NewReplicaSetAvailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_conditions_and_cordon_become_taints() {
+    let (s, _stop) = with_nodes(2).await;
+    eventually(&s, &["get", "nodes"], |o| o.matches(" Ready ").count() == 2).await;
+    let taints = |node: &'static str| {
+        let s = &s;
+        async move {
+            s.kubectl_ok(&["get", "node", node, "-o", "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}"]).await
+        }
+    };
+    let pressure = |status: &str| {
+        format!(
+            r#"{{"status":{{"conditions":[{{"type":"MemoryPressure","status":"{status}","reason":"KubeletHasInsufficientMemory",
+              "message":"kubelet has insufficient memory available"}}]}}}}"#
+        )
+    };
+    // What a kubelet under memory pressure reports (the agent's own readings are unit-tested).
+    s.kubectl_ok(&["patch", "node", "sim-0", "--subresource=status", "-p", &pressure("True")]).await;
+    eventually(&s, &["get", "node", "sim-0", "-o", "jsonpath={.spec.taints[*].key}"], |o| {
+        o.contains("node.kubernetes.io/memory-pressure")
+    })
+    .await;
+    assert_eq!(taints("sim-0").await.trim(), "node.kubernetes.io/memory-pressure:NoSchedule");
+    // New pods go to the other node.
+    apply(&s, &deployment("fresh", 3, "", "10m")).await;
+    let wide = eventually(&s, &["get", "pods", "-o", "wide", "-l", "app=fresh"], |o| running_pods(o) == 3).await;
+    assert_eq!(pods_per_node(&wide, "fresh").keys().collect::<Vec<_>>(), ["sim-1"], "{wide}");
+    s.kubectl_ok(&["patch", "node", "sim-0", "--subresource=status", "-p", &pressure("False")]).await;
+    eventually(&s, &["get", "node", "sim-0", "-o", "jsonpath={.spec.taints}"], |o| o.is_empty()).await;
+
+    // A cordoned node carries the unschedulable taint, as in Kubernetes.
+    s.kubectl_ok(&["cordon", "sim-1"]).await;
+    eventually(&s, &["get", "node", "sim-1", "-o", "jsonpath={.spec.taints[*].key}"], |o| {
+        o == "node.kubernetes.io/unschedulable"
+    })
+    .await;
+    let describe = s.kubectl_ok(&["describe", "node", "sim-1"]).await;
+    assert!(describe.contains("Taints:             node.kubernetes.io/unschedulable:NoSchedule"), "{describe}");
+    s.kubectl_ok(&["uncordon", "sim-1"]).await;
+    eventually(&s, &["get", "node", "sim-1", "-o", "jsonpath={.spec.taints}"], |o| o.is_empty()).await;
+}

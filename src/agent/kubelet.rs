@@ -7,6 +7,7 @@ pub mod cni;
 pub mod env;
 pub mod node;
 pub mod pod_worker;
+pub mod pressure;
 pub mod static_pods;
 pub mod status;
 pub mod volumes;

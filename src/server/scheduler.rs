@@ -456,47 +456,53 @@ impl Scheduler {
     /// One pass over every pending pod; returns when the next backoff expires.
     async fn pass(&mut self) -> Option<Instant> {
         let cfg = self.cfg.clone();
-        let nodes = self.nodes.state();
         let pods = self.pods.state();
+        // Pods without a node, including those assumed bound: an assumption the cache
+        // has caught up with (bound, or gone) is forgotten.
+        let unbound: HashSet<&str> =
+            pods.iter().filter(|p| is_pending(p, &cfg)).filter_map(|p| p.metadata.uid.as_deref()).collect();
+        self.assumed.retain(|uid, _| unbound.contains(uid.as_str()));
+        self.backoff.retain(|uid, _| unbound.contains(uid.as_str()) && !self.assumed.contains_key(uid));
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
+        let mut pending: Vec<Arc<Pod>> = Vec::new();
+        for p in pods.iter().filter(|p| is_pending(p, &cfg)) {
+            let uid = p.metadata.uid.as_deref().unwrap_or_default();
+            if self.assumed.contains_key(uid) {
+                continue;
+            }
+            match self.backoff.get(uid) {
+                Some((_, at)) if *at > now => wake = Some(wake.map_or(*at, |w| w.min(*at))),
+                _ => pending.push(p.clone()),
+            }
+        }
+        // Nothing to place (the usual case once pods run): no need to look further.
+        if pending.is_empty() {
+            return wake;
+        }
+        let pending_uids: HashSet<String> = unbound.iter().map(|u| u.to_string()).collect();
+        drop(unbound);
+
         let namespaces: topology::Namespaces =
             self.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
-        // Forget assumptions the cache has caught up with.
-        let bound: HashSet<String> = pods.iter().filter(|p| !is_pending(p, &cfg)).filter_map(|p| p.uid()).collect();
-        let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
-        self.assumed.retain(|uid, _| live.contains(uid) && !bound.contains(uid));
-
-        let mut infos: Vec<NodeInfo> = nodes.into_iter().map(NodeInfo::new).collect();
+        let mut infos: Vec<NodeInfo> = self.nodes.state().into_iter().map(NodeInfo::new).collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         let index: HashMap<String, usize> = infos.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
 
-        let mut pending: Vec<Arc<Pod>> = Vec::new();
         let mut placed: Vec<topology::Placed> = Vec::new();
         for p in pods.iter() {
             let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty());
-            let uid = p.uid().unwrap_or_default();
-            let assumed = self.assumed.get(&uid);
+            let assumed =
+                node.is_none().then(|| self.assumed.get(p.metadata.uid.as_deref().unwrap_or_default())).flatten();
             let at = node.or(assumed.map(|a| a.0.as_str())).and_then(|n| index.get(n).copied());
             if let Some(at) = at
                 && !terminal(p)
             {
-                let req = assumed.filter(|_| node.is_none()).map(|a| a.1.clone()).unwrap_or_else(|| pod_request(p));
+                let req = assumed.map(|a| a.1.clone()).unwrap_or_else(|| pod_request(p));
                 let terminating = p.metadata.deletion_timestamp.is_some();
                 placed.push(topology::Placed { pod: p.clone(), node: at, priority: priority(p), req, terminating });
-            } else if assumed.is_none() && is_pending(p, &cfg) {
-                pending.push(p.clone());
             }
         }
-        let pending_uids: HashSet<String> = pending.iter().filter_map(|p| p.uid()).collect();
-        self.backoff.retain(|uid, _| pending_uids.contains(uid));
-        let now = Instant::now();
-        let mut wake: Option<Instant> = None;
-        pending.retain(|p| match self.backoff.get(&p.uid().unwrap_or_default()) {
-            Some((_, at)) if *at > now => {
-                wake = Some(wake.map_or(*at, |w| w.min(*at)));
-                false
-            }
-            _ => true,
-        });
         pending.sort_by_key(|p| {
             (
                 std::cmp::Reverse(priority(p)),
@@ -513,7 +519,7 @@ impl Scheduler {
         // Pods nominated to a node by a preemption hold its room against pods of no
         // higher priority until they are placed.
         let mut nominated: HashMap<usize, Vec<(i32, String, Request)>> = HashMap::new();
-        for p in pods.iter().filter(|p| pending_uids.contains(&p.uid().unwrap_or_default())) {
+        for p in pods.iter().filter(|p| pending_uids.contains(p.metadata.uid.as_deref().unwrap_or_default())) {
             if let Some(&i) =
                 p.status.as_ref().and_then(|s| s.nominated_node_name.as_ref()).and_then(|n| index.get(n.as_str()))
             {
@@ -605,7 +611,24 @@ impl Scheduler {
                 binds.push((p, infos[i].name.clone()));
                 continue;
             }
-            let post = self.post_filter(&p, prio, &req, &resolvable, count, &mut placed, &infos).await;
+            // Evicting must cure more than resources: the pod's affinity and spreading
+            // are checked again without the victims.
+            let still_fits = |v: &preemption::Victims| {
+                if !topology::Placement::needed(&p, &holders) {
+                    return true;
+                }
+                let rest: Vec<topology::Placed> =
+                    placed.iter().enumerate().filter(|(i, _)| !v.pods.contains(i)).map(|(_, x)| x.clone()).collect();
+                let rest_holders: Vec<topology::AntiHolder> =
+                    (0..rest.len()).filter_map(|i| topology::anti_holder(&rest, i, &namespaces)).collect();
+                let tolerated = |n: &NodeInfo| n.tolerated_by(&tolerations);
+                let pl = topology::Placement::new(&p, &rest, &rest_holders, &infos, &namespaces, &tolerated);
+                pl.filter(&infos[v.node]).is_ok()
+            };
+            let post = self.post_filter(&p, prio, &req, &resolvable, count, &placed, &infos, &still_fits).await;
+            for &v in &post.victims {
+                placed[v].terminating = true;
+            }
             if let Some(node) = &post.nominate {
                 nominated.entry(*node).or_default().push((prio, uid.clone(), req.clone()));
             }
@@ -647,8 +670,9 @@ impl Scheduler {
         req: &Request,
         resolvable: &[usize],
         count: usize,
-        placed: &mut [topology::Placed],
+        placed: &[topology::Placed],
         infos: &[NodeInfo],
+        still_fits: &(dyn Fn(&preemption::Victims) -> bool + Sync),
     ) -> PostFilter {
         let spec = p.spec.as_ref();
         if spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
@@ -662,7 +686,7 @@ impl Scheduler {
             return PostFilter::message("preemption: not eligible due to a terminating pod on the nominated node.");
         }
         let lower = placed.iter().any(|v| !v.terminating && v.priority < prio);
-        let victims = if lower { preemption::select(prio, req, resolvable, placed, infos) } else { None };
+        let victims = if lower { preemption::select(prio, req, resolvable, placed, infos, still_fits) } else { None };
         let Some(victims) = victims else {
             let mut parts = Vec::new();
             if !resolvable.is_empty() {
@@ -685,12 +709,10 @@ impl Scheduler {
             tracing::debug!(error = %e, "nominating a preemptor failed");
         }
         for &v in &victims.pods {
-            placed[v].terminating = true;
-            let victim = placed[v].pod.clone();
-            self.evict(&victim, p, node).await;
+            self.evict(&placed[v].pod, p, node).await;
         }
         tracing::info!(pod = %p.name_any(), %node, victims = victims.pods.len(), "preempting lower-priority pods");
-        PostFilter { message: String::new(), nominate: Some(victims.node) }
+        PostFilter { message: String::new(), nominate: Some(victims.node), victims: victims.pods }
     }
 
     /// Evicts a preemption victim: a `DisruptionTarget` condition, then deletion with
@@ -790,11 +812,13 @@ struct PostFilter {
     message: String,
     /// The node the pod now waits for.
     nominate: Option<usize>,
+    /// The placed pods being evicted for it.
+    victims: Vec<usize>,
 }
 
 impl PostFilter {
     fn message(m: &str) -> PostFilter {
-        PostFilter { message: m.to_string(), nominate: None }
+        PostFilter { message: m.to_string(), nominate: None, victims: Vec::new() }
     }
 }
 

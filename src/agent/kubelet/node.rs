@@ -21,6 +21,8 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// `--node-taint key=value:Effect`, applied at registration.
     pub taints: Vec<Taint>,
+    /// `--eviction-hard`: when the node reports pressure.
+    pub eviction_hard: super::pressure::Thresholds,
 }
 
 /// Bytes of memory on this machine.
@@ -94,9 +96,29 @@ fn arch() -> &'static str {
     }
 }
 
-/// The node's status: capacity, addresses, nodeInfo, conditions (`ready` or not yet).
+/// The file system images live on: rk's own containerd root, else containerd's
+/// default, else the data dir's.
+fn imagefs(data_dir: &std::path::Path) -> std::path::PathBuf {
+    [data_dir.join("agent/containerd"), std::path::PathBuf::from("/var/lib/containerd")]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| data_dir.to_path_buf())
+}
+
+/// The node's status: capacity and allocatable (capacity less the memory eviction
+/// threshold, as the kubelet reserves it), addresses, nodeInfo, the pressure
+/// conditions from the eviction thresholds, and Ready (`ready` or not yet).
 pub fn status(cfg: &NodeConfig, data_dir: &std::path::Path, runtime_version: &str, ready: (bool, &str)) -> Value {
     let cap = capacity(data_dir);
+    let mut alloc = cap.clone();
+    let mem = memory_capacity() as f64;
+    let reserve = cfg.eviction_hard.memory_reserve(mem);
+    if reserve > 0.0 {
+        alloc.insert("memory".into(), format!("{}Ki", ((mem - reserve).max(0.0) / 1024.0) as u64));
+    }
+    let observed = super::pressure::observe(data_dir, &imagefs(data_dir));
+    let under = cfg.eviction_hard.pressure(&observed);
+    let pressed = |c: super::pressure::Condition| under.contains(&c);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let cond = |t: &str, s: &str, reason: &str, msg: &str| json!({"type": t, "status": s, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now});
     let uname = nix::sys::utsname::uname().ok();
@@ -109,11 +131,23 @@ pub fn status(cfg: &NodeConfig, data_dir: &std::path::Path, runtime_version: &st
     }
     addresses.push(json!({"type": "Hostname", "address": cfg.name}));
     json!({
-        "capacity": cap, "allocatable": cap,
+        "capacity": cap, "allocatable": alloc,
         "conditions": [
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            if pressed(super::pressure::Condition::Memory) {
+                cond("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+            } else {
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+            },
+            if pressed(super::pressure::Condition::Disk) {
+                cond("DiskPressure", "True", "KubeletHasDiskPressure", "kubelet has disk pressure")
+            } else {
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+            },
+            if pressed(super::pressure::Condition::Pid) {
+                cond("PIDPressure", "True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+            } else {
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available")
+            },
             if ok { cond("Ready", "True", "KubeletReady", "kubelet is posting ready status") }
             else { cond("Ready", "False", "KubeletNotReady", why) },
         ],

@@ -4,6 +4,11 @@
 //! taints (`not-ready` ones for Ready=False); when it comes back they go. Pods on a
 //! node with a NoExecute taint they do not tolerate are evicted, at once or after
 //! their `tolerationSeconds` (300 s by default, from DefaultTolerationSeconds).
+//!
+//! As kube-controller-manager's TaintNodesByCondition, the conditions a kubelet
+//! reports also become NoSchedule taints (`memory-pressure`, `disk-pressure`,
+//! `pid-pressure`, `network-unavailable`), and a cordoned node gets
+//! `node.kubernetes.io/unschedulable`; they go when the condition clears.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,18 +30,45 @@ use super::Ctx;
 
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
+const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 
-fn ready(n: &Node) -> Option<&NodeCondition> {
-    n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+/// Conditions that, True, taint a node NoSchedule.
+const CONDITION_TAINTS: [(&str, &str); 4] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    ("NetworkUnavailable", "node.kubernetes.io/network-unavailable"),
+];
+
+/// Every taint key this controller manages.
+fn managed(key: &str) -> bool {
+    [UNREACHABLE, NOT_READY, UNSCHEDULABLE].contains(&key) || CONDITION_TAINTS.iter().any(|(_, k)| *k == key)
 }
 
-/// The taints a node's readiness calls for.
-fn wanted_taints(n: &Node) -> Vec<&'static str> {
-    match ready(n).map(|c| c.status.as_str()) {
+fn condition<'a>(n: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
+    n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+}
+
+fn ready(n: &Node) -> Option<&NodeCondition> {
+    condition(n, "Ready")
+}
+
+/// The taints (key, effect) a node's conditions and cordon call for.
+fn wanted_taints(n: &Node) -> Vec<(&'static str, &'static str)> {
+    let mut out = match ready(n).map(|c| c.status.as_str()) {
         Some("True") => vec![],
-        Some("False") => vec![NOT_READY],
-        _ => vec![UNREACHABLE],
+        Some("False") => vec![(NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")],
+        _ => vec![(UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")],
+    };
+    for (cond, key) in CONDITION_TAINTS {
+        if condition(n, cond).is_some_and(|c| c.status == "True") {
+            out.push((key, "NoSchedule"));
+        }
     }
+    if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        out.push((UNSCHEDULABLE, "NoSchedule"));
+    }
+    out
 }
 
 fn tolerated_for(p: &Pod, taint: &Taint) -> Option<Option<i64>> {
@@ -118,23 +150,23 @@ impl Monitor {
         let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
         let mut next: Vec<Taint> = taints
             .iter()
-            .filter(|t| !([UNREACHABLE, NOT_READY].contains(&t.key.as_str()) && !wanted.contains(&t.key.as_str())))
+            .filter(|t| !managed(&t.key) || wanted.contains(&(t.key.as_str(), t.effect.as_str())))
             .cloned()
             .collect();
-        for key in &wanted {
-            for effect in ["NoSchedule", "NoExecute"] {
-                if !next.iter().any(|t| t.key == *key && t.effect == effect) {
-                    next.push(Taint {
-                        key: key.to_string(),
-                        effect: effect.into(),
-                        time_added: (effect == "NoExecute").then(|| Time(now)),
-                        value: None,
-                    });
-                }
+        for (key, effect) in &wanted {
+            if !next.iter().any(|t| t.key == *key && t.effect == *effect) {
+                next.push(Taint {
+                    key: key.to_string(),
+                    effect: effect.to_string(),
+                    time_added: (*effect == "NoExecute").then(|| Time(now)),
+                    value: None,
+                });
             }
         }
         if next != taints {
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"taints": next}}))).await?;
+            // No taints left: the field goes, as Go's omitempty would drop it.
+            let value = if next.is_empty() { serde_json::Value::Null } else { json!(next) };
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"taints": value}}))).await?;
         }
         Ok(())
     }

@@ -30,13 +30,15 @@ fn fits(req: &Request, n: &NodeInfo, used: &Usage) -> bool {
 }
 
 /// Chooses victims for a pod of `priority` asking for `req` among `candidates` (node
-/// indexes), or None when no eviction makes room.
+/// indexes), or None when no eviction makes room. `still_fits` checks what resources
+/// alone cannot (affinity, spreading) with the victims gone.
 pub(super) fn select(
     priority: i32,
     req: &Request,
     candidates: &[usize],
     placed: &[Placed],
     nodes: &[NodeInfo],
+    still_fits: &(dyn Fn(&Victims) -> bool + Sync),
 ) -> Option<Victims> {
     let mut on_node: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, p) in placed.iter().enumerate() {
@@ -78,6 +80,11 @@ pub(super) fn select(
             // because of pods this pass has just assumed; nothing to do here.
             continue;
         }
+        let v = Victims { node: n, pods: victims };
+        if !still_fits(&v) {
+            continue;
+        }
+        let victims = v.pods;
         let key = (
             victims.iter().map(|&i| placed[i].priority).max().unwrap_or(i32::MIN),
             victims.iter().map(|&i| i64::from(placed[i].priority)).sum::<i64>(),

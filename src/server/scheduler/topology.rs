@@ -23,6 +23,7 @@ use crate::api::selectors::LabelSelector;
 pub(super) type Namespaces = HashMap<String, BTreeMap<String, String>>;
 
 /// A pod that occupies a node in this pass: bound, or assumed by this scheduler.
+#[derive(Clone)]
 pub(super) struct Placed {
     pub pod: Arc<Pod>,
     /// Index into the pass's nodes.
