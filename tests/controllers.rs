@@ -395,6 +395,25 @@ fn pods_per_node(out: &str, app: &str) -> std::collections::BTreeMap<String, usi
     m
 }
 
+/// The one Pending pod of `app` (as `pod/<name>`), once there is exactly one.
+async fn the_pending_pod(s: &TestServer, app: &str) -> String {
+    let label = format!("app={app}");
+    let out =
+        eventually(s, &["get", "pods", "-l", &label, "--field-selector=status.phase=Pending", "-o", "name"], |o| {
+            o.lines().count() == 1
+        })
+        .await;
+    out.trim().to_string()
+}
+
+/// The scheduler's message on a pod's `PodScheduled` condition, once there is one.
+async fn scheduling_message(s: &TestServer, pod: &str) -> String {
+    eventually(s, &["get", pod, "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"], |o| {
+        !o.is_empty()
+    })
+    .await
+}
+
 fn deployment(name: &str, replicas: u32, spec_extra: &str, cpu: &str) -> String {
     format!(
         r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}"}},
@@ -419,18 +438,8 @@ async fn scheduler_honours_pod_affinity_anti_affinity_and_topology_spread() {
     apply(&s, &deployment("solo", 4, anti, "10m")).await;
     let wide = eventually(&s, &["get", "pods", "-o", "wide", "-l", "app=solo"], |o| running_pods(o) == 3).await;
     assert_eq!(pods_per_node(&wide, "solo").values().max(), Some(&1), "{wide}");
-    let pending = eventually(
-        &s,
-        &["get", "pods", "-l", "app=solo", "--field-selector=status.phase=Pending", "-o", "name"],
-        |o| o.lines().count() == 1,
-    )
-    .await;
-    let msg = eventually(
-        &s,
-        &["get", pending.trim(), "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
-        |o| !o.is_empty(),
-    )
-    .await;
+    let pending = the_pending_pod(&s, "solo").await;
+    let msg = scheduling_message(&s, &pending).await;
     assert_eq!(
         msg,
         "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are \
@@ -452,12 +461,7 @@ async fn scheduler_honours_pod_affinity_anti_affinity_and_topology_spread() {
     // Affinity to pods that exist nowhere: Pending, in kube-scheduler's words.
     let lonely = near.replace("\"near\"", "\"lonely\"").replace("\"db\"", "\"cache\"");
     apply(&s, &lonely).await;
-    let msg = eventually(
-        &s,
-        &["get", "pod", "lonely", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
-        |o| !o.is_empty(),
-    )
-    .await;
+    let msg = scheduling_message(&s, "pod/lonely").await;
     assert!(msg.starts_with("0/3 nodes are available: 3 node(s) didn't match pod affinity rules."), "{msg}");
 
     // Spread over zones with maxSkew 1: zone b (one node) gets as many as zone a (two).
@@ -479,18 +483,8 @@ async fn scheduler_honours_pod_affinity_anti_affinity_and_topology_spread() {
     s.kubectl_ok(&["label", "node", "sim-2", "topology.kubernetes.io/zone-"]).await;
     s.kubectl_ok(&["label", "node", "sim-0", "sim-1", "topology.kubernetes.io/zone-"]).await;
     s.kubectl_ok(&["scale", "deployment", "spread", "--replicas=5"]).await;
-    let pending = eventually(
-        &s,
-        &["get", "pods", "-l", "app=spread", "--field-selector=status.phase=Pending", "-o", "name"],
-        |o| o.lines().count() == 1,
-    )
-    .await;
-    let msg = eventually(
-        &s,
-        &["get", pending.trim(), "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
-        |o| !o.is_empty(),
-    )
-    .await;
+    let pending = the_pending_pod(&s, "spread").await;
+    let msg = scheduling_message(&s, &pending).await;
     assert!(msg.contains("3 node(s) didn't match pod topology spread constraints (missing required label)"), "{msg}");
 }
 
@@ -511,13 +505,8 @@ async fn a_higher_priority_pod_preempts_and_profiles_and_backoff_come_from_the_c
 
     // Without priority: no victims.
     apply(&s, &deployment("plain", 1, "", "1500m")).await;
-    let pending = eventually(&s, &["get", "pods", "-l", "app=plain", "-o", "name"], |o| o.lines().count() == 1).await;
-    let msg = eventually(
-        &s,
-        &["get", pending.trim(), "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
-        |o| !o.is_empty(),
-    )
-    .await;
+    let pending = the_pending_pod(&s, "plain").await;
+    let msg = scheduling_message(&s, &pending).await;
     assert_eq!(
         msg,
         "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption \
@@ -539,12 +528,7 @@ async fn a_higher_priority_pod_preempts_and_profiles_and_backoff_come_from_the_c
         )
     };
     apply(&s, &pod("polite", "polite")).await;
-    let msg = eventually(
-        &s,
-        &["get", "pod", "polite", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
-        |o| !o.is_empty(),
-    )
-    .await;
+    let msg = scheduling_message(&s, "pod/polite").await;
     assert!(msg.ends_with("preemption: not eligible due to preemptionPolicy=Never."), "{msg}");
     s.kubectl_ok(&["delete", "pod", "polite"]).await;
 

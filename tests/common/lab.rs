@@ -37,6 +37,9 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Turns the kubelet's hard eviction thresholds off (see [`Lab::spawn_rk`]).
+const NO_EVICTION_THRESHOLDS: &str = "--eviction-hard=";
+
 impl Lab {
     /// Two hosts, `host0` (192.168.250.1) and `host1` (192.168.250.2).
     pub fn new() -> Lab {
@@ -82,6 +85,10 @@ impl Lab {
     }
 
     /// Starts `rk ARGS` on host `h` with its log in the lab dir; returns its PID.
+    ///
+    /// Lab nodes run without eviction thresholds: they share the host's disk, and a
+    /// host whose disk is over 90% full (CI machines often are) would rightly report
+    /// DiskPressure on every node and taint them all, so no new pod would schedule.
     pub fn spawn_rk(&mut self, h: usize, args: &[&str], log: &str) -> u32 {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(self.path(log)).unwrap();
         let child = self
@@ -115,6 +122,7 @@ impl Lab {
             "server",
             "--node-ip",
             HOST_IPS[0],
+            NO_EVICTION_THRESHOLDS,
         ];
         args.extend_from_slice(extra);
         self.spawn_rk(0, &args, "server.log")
@@ -143,7 +151,18 @@ impl Lab {
         let url = format!("https://{}:6443", HOST_IPS[0]);
         let dir = self.path(name);
         let dir = dir.to_str().unwrap().to_string();
-        let mut args = vec!["agent", "--join", &url, "--token", token, "--node-name", name, "--data-dir", &dir];
+        let mut args = vec![
+            "agent",
+            "--join",
+            &url,
+            "--token",
+            token,
+            "--node-name",
+            name,
+            "--data-dir",
+            &dir,
+            NO_EVICTION_THRESHOLDS,
+        ];
         args.extend_from_slice(extra);
         self.spawn_rk(h, &args, &format!("{name}.log"))
     }
