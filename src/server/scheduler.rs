@@ -347,6 +347,11 @@ fn is_pending(p: &Pod, cfg: &SchedulerConfig) -> bool {
         && !terminal(p)
 }
 
+/// Keeps the earlier of `wake` and `at`.
+fn earliest(wake: &mut Option<Instant>, at: Instant) {
+    *wake = Some(wake.map_or(at, |w| w.min(at)));
+}
+
 /// kube-scheduler's message for a pod that fits nowhere: each reason with the number
 /// of nodes it applies to, sorted as strings (as `sortReasonsHistogram` does).
 fn histogram(reasons: &BTreeMap<String, usize>) -> String {
@@ -472,7 +477,7 @@ impl Scheduler {
                 continue;
             }
             match self.backoff.get(uid) {
-                Some((_, at)) if *at > now => wake = Some(wake.map_or(*at, |w| w.min(*at))),
+                Some((_, at)) if *at > now => earliest(&mut wake, *at),
                 _ => pending.push(p.clone()),
             }
         }
@@ -480,7 +485,6 @@ impl Scheduler {
         if pending.is_empty() {
             return wake;
         }
-        let pending_uids: HashSet<String> = unbound.iter().map(|u| u.to_string()).collect();
         drop(unbound);
 
         let namespaces: topology::Namespaces =
@@ -519,7 +523,7 @@ impl Scheduler {
         // Pods nominated to a node by a preemption hold its room against pods of no
         // higher priority until they are placed.
         let mut nominated: HashMap<usize, Vec<(i32, String, Request)>> = HashMap::new();
-        for p in pods.iter().filter(|p| pending_uids.contains(p.metadata.uid.as_deref().unwrap_or_default())) {
+        for p in pods.iter().filter(|p| is_pending(p, &cfg)) {
             if let Some(&i) =
                 p.status.as_ref().and_then(|s| s.nominated_node_name.as_ref()).and_then(|n| index.get(n.as_str()))
             {
@@ -643,7 +647,7 @@ impl Scheduler {
             }
             self.unschedulable(&p, msg).await;
             let at = self.back_off(&uid);
-            wake = Some(wake.map_or(at, |w| w.min(at)));
+            earliest(&mut wake, at);
         }
         // Binding is asynchronous in kube-scheduler too: decisions are made, then bound.
         let this = &*self;
@@ -656,7 +660,7 @@ impl Scheduler {
         for uid in failed {
             self.assumed.remove(&uid);
             let at = self.back_off(&uid);
-            wake = Some(wake.map_or(at, |w| w.min(at)));
+            earliest(&mut wake, at);
         }
         wake
     }

@@ -27,15 +27,7 @@ pub struct NodeConfig {
 
 /// Bytes of memory on this machine.
 pub fn memory_capacity() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    super::pressure::meminfo("MemTotal:").unwrap_or(0.0) as u64
 }
 
 /// The node's InternalIP: the one given, else the first IPv4 of an up, non-loopback
@@ -109,16 +101,16 @@ fn imagefs(data_dir: &std::path::Path) -> std::path::PathBuf {
 /// threshold, as the kubelet reserves it), addresses, nodeInfo, the pressure
 /// conditions from the eviction thresholds, and Ready (`ready` or not yet).
 pub fn status(cfg: &NodeConfig, data_dir: &std::path::Path, runtime_version: &str, ready: (bool, &str)) -> Value {
+    use super::pressure::Condition;
     let cap = capacity(data_dir);
+    let observed = super::pressure::observe(data_dir, &imagefs(data_dir));
     let mut alloc = cap.clone();
-    let mem = memory_capacity() as f64;
+    let mem = observed.memory.map(|m| m.capacity).unwrap_or(0.0);
     let reserve = cfg.eviction_hard.memory_reserve(mem);
     if reserve > 0.0 {
         alloc.insert("memory".into(), format!("{}Ki", ((mem - reserve).max(0.0) / 1024.0) as u64));
     }
-    let observed = super::pressure::observe(data_dir, &imagefs(data_dir));
     let under = cfg.eviction_hard.pressure(&observed);
-    let pressed = |c: super::pressure::Condition| under.contains(&c);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let cond = |t: &str, s: &str, reason: &str, msg: &str| json!({"type": t, "status": s, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now});
     let uname = nix::sys::utsname::uname().ok();
@@ -130,27 +122,43 @@ pub fn status(cfg: &NodeConfig, data_dir: &std::path::Path, runtime_version: &st
         addresses.push(json!({"type": "ExternalIP", "address": ext.to_string()}));
     }
     addresses.push(json!({"type": "Hostname", "address": cfg.name}));
+    // The kubelet's words for each pressure condition: (type, under pressure, not).
+    let pressures = [
+        (
+            Condition::Memory,
+            "MemoryPressure",
+            ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
+            ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ),
+        (
+            Condition::Disk,
+            "DiskPressure",
+            ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ),
+        (
+            Condition::Pid,
+            "PIDPressure",
+            ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
+            ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        ),
+    ];
+    let mut conditions: Vec<Value> = pressures
+        .iter()
+        .map(
+            |(c, type_, yes, no)| {
+                if under.contains(c) { cond(type_, "True", yes.0, yes.1) } else { cond(type_, "False", no.0, no.1) }
+            },
+        )
+        .collect();
+    conditions.push(if ok {
+        cond("Ready", "True", "KubeletReady", "kubelet is posting ready status")
+    } else {
+        cond("Ready", "False", "KubeletNotReady", why)
+    });
     json!({
         "capacity": cap, "allocatable": alloc,
-        "conditions": [
-            if pressed(super::pressure::Condition::Memory) {
-                cond("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
-            } else {
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
-            },
-            if pressed(super::pressure::Condition::Disk) {
-                cond("DiskPressure", "True", "KubeletHasDiskPressure", "kubelet has disk pressure")
-            } else {
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
-            },
-            if pressed(super::pressure::Condition::Pid) {
-                cond("PIDPressure", "True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
-            } else {
-                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available")
-            },
-            if ok { cond("Ready", "True", "KubeletReady", "kubelet is posting ready status") }
-            else { cond("Ready", "False", "KubeletNotReady", why) },
-        ],
+        "conditions": conditions,
         "addresses": addresses,
         "nodeInfo": {
             "machineID": read_trim("/etc/machine-id"), "systemUUID": read_trim("/sys/class/dmi/id/product_uuid"),

@@ -146,7 +146,8 @@ pub struct Observed {
     pub pids: Option<Reading>,
 }
 
-fn meminfo(field: &str) -> Option<f64> {
+/// A /proc/meminfo field (e.g. `"MemTotal:"`) in bytes.
+pub fn meminfo(field: &str) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let v = s.lines().find_map(|l| l.strip_prefix(field))?;
     Some(v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()? * 1024.0)

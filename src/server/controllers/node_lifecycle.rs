@@ -73,25 +73,14 @@ fn wanted_taints(n: &Node) -> Vec<(&'static str, &'static str)> {
 
 fn tolerated_for(p: &Pod, taint: &Taint) -> Option<Option<i64>> {
     let tols = p.spec.as_ref()?.tolerations.as_ref()?;
-    tols.iter()
-        .filter(|t| {
-            let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
-            let exists = t.operator.as_deref() == Some("Exists");
-            let key_ok = match t.key.as_deref() {
-                None | Some("") => exists,
-                Some(k) => {
-                    k == taint.key
-                        && (exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""))
-                }
-            };
-            effect_ok && key_ok
-        })
-        .map(|t| t.toleration_seconds)
-        .fold(None, |acc: Option<Option<i64>>, s| match (acc, s) {
+    tols.iter().filter(|t| crate::server::scheduler::tolerates(t, taint)).map(|t| t.toleration_seconds).fold(
+        None,
+        |acc: Option<Option<i64>>, s| match (acc, s) {
             (None, s) => Some(s),
             (Some(None), _) | (_, None) => Some(None),
             (Some(Some(a)), Some(b)) => Some(Some(a.max(b))),
-        })
+        },
+    )
 }
 
 struct Monitor {
