@@ -1,23 +1,27 @@
 //! Control-plane benchmark on simulated nodes: how fast a Deployment's pods are created,
-//! scheduled and reported Running, at several cluster sizes, and the process's memory
-//! at the end. rk runs in-process (API, store, controllers, scheduler) with the
-//! simulated nodes in the same process, talking to it over HTTPS as `rk agent
-//! --simulate` does.
+//! scheduled and reported Running, at several cluster sizes, and the server's memory at
+//! the end. rk's server runs in this process (API, store, controllers, scheduler); the
+//! simulated nodes are the real `rk agent --simulate N` in a child process, joined
+//! with the server's token over HTTPS. Progress is followed through a watch, as a
+//! controller would, so the measuring costs the server one event stream.
 //!
 //! `cargo bench --bench scheduler` (`RK_BENCH_QUICK=1` for 100 nodes only;
-//! `RK_BENCH_NODES=100,1000,5000` and `RK_BENCH_PODS=3000` to choose). The anchor is
+//! `RK_BENCH_RUNS=100:3000,1000:30000` chooses nodes:pods per run). The anchor is
 //! kube-scheduler's published ~100 pods/s at 5,000 nodes (no Kubernetes can run here to
 //! measure it in the same run).
 
 mod common;
 
 use common::rss_mib;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
-use rk::agent::simulate::{self, SimConfig};
+use kube::runtime::{WatchStreamExt, watcher};
 use rk::server::{self, ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,7 +32,7 @@ async fn client(yaml: &str) -> kube::Client {
     kube::Client::try_from(cfg).unwrap()
 }
 
-fn deployment(name: &str, replicas: i32) -> Deployment {
+fn deployment(name: &str, replicas: usize) -> Deployment {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
@@ -39,18 +43,62 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
     .unwrap()
 }
 
-/// Polls until `want` pods of `app` satisfy `pred`; returns the elapsed time.
-async fn until(pods: &Api<Pod>, app: &str, want: usize, t0: Instant, pred: impl Fn(&Pod) -> bool) -> Duration {
-    loop {
-        let l = pods.list(&ListParams::default().labels(&format!("app={app}"))).await.unwrap();
-        if l.items.iter().filter(|p| pred(p)).count() >= want {
-            return t0.elapsed();
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            panic!("{app}: not done after 600 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// The simulated nodes' process, ended when dropped.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// The pod network: a /24 for each of up to 16,384 nodes, clear of the Service range.
+const CLUSTER_CIDR: &str = "10.64.0.0/10";
+
+fn simulated_nodes(addr: std::net::SocketAddr, token: &str, dir: &std::path::Path, n: usize) -> Agent {
+    let child = Command::new(env!("CARGO_BIN_EXE_rk"))
+        .args(["agent", "--config", "/dev/null", "--node-name", "sim", "--cluster-cidr", CLUSTER_CIDR])
+        .args(["--simulate-cpu", "8", "--simulate-memory", "32Gi", "--simulate-pods", "110"])
+        .arg("--simulate")
+        .arg(n.to_string())
+        .arg("--join")
+        .arg(format!("https://{addr}"))
+        .arg("--token")
+        .arg(token)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("RK_URL")
+        .env_remove("RK_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.with_extension("log")).expect("the agent's log file"))
+        .spawn()
+        .expect("starting rk agent --simulate");
+    Agent(child)
+}
+
+/// When all `want` pods of `app` were first seen bound, and then Running, by a watch.
+async fn follow(pods: Api<Pod>, app: &str, want: usize, t0: Instant) -> (Duration, Duration) {
+    let cfg = watcher::Config::default().labels(&format!("app={app}"));
+    let mut stream = watcher(pods, cfg).default_backoff().applied_objects().boxed();
+    let mut seen: HashMap<String, (bool, bool)> = HashMap::new();
+    let mut bound_at = None;
+    while let Some(ev) = stream.next().await {
+        let Ok(p) = ev else { continue };
+        let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        seen.insert(p.metadata.name.unwrap_or_default(), (bound, running));
+        if bound_at.is_none() && seen.values().filter(|s| s.0).count() >= want {
+            bound_at = Some(t0.elapsed());
+        }
+        if let Some(b) = bound_at
+            && seen.values().filter(|s| s.1).count() >= want
+        {
+            return (b, t0.elapsed());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1800), "{app}: not done after 1800 s");
+    }
+    panic!("{app}: the watch ended");
 }
 
 #[tokio::main]
@@ -59,65 +107,63 @@ async fn main() {
         return;
     }
     let quick = std::env::var_os("RK_BENCH_QUICK").is_some();
-    let sizes: Vec<usize> = std::env::var("RK_BENCH_NODES")
+    let runs: Vec<(usize, usize)> = std::env::var("RK_BENCH_RUNS")
         .ok()
-        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| if quick { vec![100] } else { vec![100, 1000] });
-    let pods_n: i32 =
-        std::env::var("RK_BENCH_PODS").ok().and_then(|p| p.parse().ok()).unwrap_or(if quick { 1000 } else { 3000 });
+        .map(|s| {
+            s.split(',')
+                .filter_map(|r| {
+                    let (n, p) = r.trim().split_once(':')?;
+                    Some((n.parse().ok()?, p.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| if quick { vec![(100, 1000)] } else { vec![(100, 3000), (1000, 3000), (1000, 30000)] });
     let base = std::env::var("RK_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
 
     println!(
-        "| nodes | pods | nodes Ready, s | pods scheduled, s | scheduling pods/s | all Running, s | process RSS, MiB |"
+        "| nodes | pods | nodes Ready, s | pods scheduled, s | scheduling pods/s | all Running, s | server RSS, MiB | simulated nodes RSS, MiB |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for &n in &sizes {
+    println!("|---|---|---|---|---|---|---|---|");
+    for &(n, pods_n) in &runs {
         let dir = tempfile::tempdir_in(&base).unwrap();
-        let cfg = ServerConfig::loopback(dir.path());
+        let mut cfg = ServerConfig::loopback(dir.path());
+        cfg.cluster_cidr = CLUSTER_CIDR.parse().unwrap();
         let shutdown = CancellationToken::new();
         let running = server::start(&cfg, shutdown.clone(), &TaskTracker::new()).await.unwrap();
         let c = client(&running.kubeconfig).await;
 
         let t0 = Instant::now();
-        let sim = SimConfig {
-            count: n,
-            prefix: "sim".into(),
-            cpu: "8".into(),
-            memory: "32Gi".into(),
-            pods: 110,
-            run_for: Duration::from_secs(5),
-            cluster_cidr: cfg.cluster_cidr,
-        };
-        let sim_client = client(&running.kubeconfig).await;
-        let stop = shutdown.clone();
-        tokio::spawn(async move { simulate::run(sim_client, sim, stop).await });
+        let agent_dir = dir.path().join("agent");
+        let mut agent = simulated_nodes(running.addr, &running.identity.token, &agent_dir, n);
         let nodes: Api<Node> = Api::all(c.clone());
         loop {
+            if let Ok(Some(st)) = agent.0.try_wait() {
+                let log = std::fs::read_to_string(agent_dir.with_extension("log")).unwrap_or_default();
+                panic!("rk agent --simulate ended ({st}):\n{log}");
+            }
             if nodes.list(&ListParams::default()).await.unwrap().items.len() >= n {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let ready = t0.elapsed();
 
         let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
         let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
         let t1 = Instant::now();
+        let progress = tokio::spawn(follow(pods, "bench", pods_n, t1));
         deps.create(&PostParams::default(), &deployment("bench", pods_n)).await.unwrap();
-        let want = pods_n as usize;
-        let sched =
-            until(&pods, "bench", want, t1, |p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).await;
-        let run =
-            until(&pods, "bench", want, t1, |p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .await;
+        let (sched, run) = progress.await.unwrap();
         println!(
-            "| {n} | {pods_n} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} |",
+            "| {n} | {pods_n} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} | {:.0} |",
             ready.as_secs_f64(),
             sched.as_secs_f64(),
-            f64::from(pods_n) / sched.as_secs_f64(),
+            pods_n as f64 / sched.as_secs_f64(),
             run.as_secs_f64(),
-            rss_mib(std::process::id())
+            rss_mib(std::process::id()),
+            rss_mib(agent.0.id()),
         );
+        drop(agent);
         shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

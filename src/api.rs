@@ -14,6 +14,7 @@ pub mod quota;
 pub mod registry;
 pub mod schema;
 pub mod selectors;
+pub mod sparse;
 pub mod status;
 pub mod table;
 pub mod validation;

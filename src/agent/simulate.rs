@@ -7,7 +7,7 @@
 //! tested and benchmarked at scale, and how users plan capacity.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -48,6 +48,10 @@ impl SimConfig {
 }
 
 const LEASE_EVERY: Duration = Duration::from_secs(10);
+
+/// How many API calls the simulated nodes have under way at once: each real node's
+/// kubelet works on its own, so the simulation must not queue every node behind one.
+const CONCURRENCY: usize = 64;
 
 pub(crate) fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
@@ -122,53 +126,65 @@ async fn register(client: &kube::Client, cfg: &SimConfig) -> Result<Vec<Node>, k
     Ok(out)
 }
 
-/// Renews each node's Lease in `kube-node-lease`.
+/// Renews each node's Lease in `kube-node-lease`, several at a time (a kubelet per
+/// node would renew them all in parallel).
 pub(crate) async fn renew_leases(client: &kube::Client, names: &[String]) {
     let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    for name in names {
-        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        let patch = json!({"spec": {"renewTime": now, "holderIdentity": name, "leaseDurationSeconds": 40}});
-        match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                let lease = Lease {
-                    metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(name.clone()),
-                        lease_duration_seconds: Some(40),
-                        renew_time: Some(now),
-                        ..Default::default()
-                    }),
-                };
-                if let Err(e) = api.create(&PostParams::default(), &lease).await {
-                    tracing::debug!(node = %name, error = %e, "creating a node lease failed");
-                }
+    futures::stream::iter(names).for_each_concurrent(CONCURRENCY, |name| renew_lease(&api, name)).await;
+}
+
+async fn renew_lease(api: &Api<Lease>, name: &String) {
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let patch = json!({"spec": {"renewTime": now, "holderIdentity": name, "leaseDurationSeconds": 40}});
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.clone()),
+                    lease_duration_seconds: Some(40),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            if let Err(e) = api.create(&PostParams::default(), &lease).await {
+                tracing::debug!(node = %name, error = %e, "creating a node lease failed");
             }
-            Err(e) => tracing::debug!(node = %name, error = %e, "renewing a node lease failed"),
         }
+        Err(e) => tracing::debug!(node = %name, error = %e, "renewing a node lease failed"),
     }
 }
 
 /// Per-node pod IP allocation within the podCIDR the node IPAM gave the node.
+#[derive(Default)]
 struct Ipam {
     next: HashMap<String, u32>,
     cidrs: HashMap<String, ipnet::Ipv4Net>,
+    /// Pods (by uid) already reported Running: an older version of one seen later
+    /// must not start it again with another IP.
+    started: std::collections::HashSet<String>,
 }
 
 impl Ipam {
-    async fn next_ip(&mut self, client: &kube::Client, cfg: &SimConfig, node: &Node) -> String {
+    /// The next pod IP on `node` (its podCIDR read from the API the first time).
+    async fn next_ip(me: &Mutex<Ipam>, client: &kube::Client, cfg: &SimConfig, node: &Node) -> String {
         let name = node.name_any();
-        if !self.cidrs.contains_key(&name) {
+        let known = me.lock().unwrap_or_else(|e| e.into_inner()).cidrs.contains_key(&name);
+        let given = if known {
+            None
+        } else {
             let fresh = Api::<Node>::all(client.clone()).get(&name).await.ok();
-            let given = fresh.and_then(|n| n.spec?.pod_cidr).and_then(|c| c.parse().ok());
-            if let Some(c) = given {
-                self.cidrs.insert(name.clone(), c);
-            }
+            fresh.and_then(|n| n.spec?.pod_cidr).and_then(|c| c.parse().ok())
+        };
+        let mut me = me.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = given {
+            me.cidrs.insert(name.clone(), c);
         }
         let index = name.rsplit('-').next().and_then(|i| i.parse().ok()).unwrap_or(0);
-        let cidr = self.cidrs.get(&name).copied().unwrap_or_else(|| fallback_cidr(cfg, index));
+        let cidr = me.cidrs.get(&name).copied().unwrap_or_else(|| fallback_cidr(cfg, index));
         let size = (1u32 << (32 - cidr.prefix_len())).saturating_sub(3).max(1);
-        let n = self.next.entry(name).or_insert(0);
+        let n = me.next.entry(name).or_insert(0);
         let ip = u32::from(cidr.network()) + 2 + (*n % size);
         *n += 1;
         std::net::Ipv4Addr::from(ip).to_string()
@@ -190,13 +206,14 @@ fn container_statuses(p: &Pod, ready: bool, state: serde_json::Value) -> Vec<ser
 }
 
 /// Takes one pod on one of our nodes a step towards where a kubelet would have it.
-async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mut Ipam, p: &Pod) {
+async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &Mutex<Ipam>, p: &Pod) {
     let ns = p.namespace().unwrap_or_default();
     let name = p.name_any();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     if p.metadata.deletion_timestamp.is_some() {
         // The containers "stop" at once; finish the deletion as the kubelet does.
         let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+        ipam.lock().unwrap_or_else(|e| e.into_inner()).started.remove(&p.uid().unwrap_or_default());
         if let Err(e) = api.delete(&name, &dp).await {
             tracing::debug!(pod = %name, error = %e, "finishing a pod deletion failed");
         }
@@ -209,7 +226,10 @@ async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mu
     let now = now_time();
     match phase {
         "Pending" | "" => {
-            let pod_ip = ipam.next_ip(client, cfg, node).await;
+            if !ipam.lock().unwrap_or_else(|e| e.into_inner()).started.insert(p.uid().unwrap_or_default()) {
+                return;
+            }
+            let pod_ip = Ipam::next_ip(ipam, client, cfg, node).await;
             let host_ip = node
                 .status
                 .as_ref()
@@ -228,6 +248,7 @@ async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mu
             }});
             if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 tracing::debug!(pod = %name, error = %e, "reporting a pod running failed");
+                ipam.lock().unwrap_or_else(|e| e.into_inner()).started.remove(&p.uid().unwrap_or_default());
             }
         }
         "Running" if finite => {
@@ -256,6 +277,68 @@ async fn sync_pod(client: &kube::Client, cfg: &SimConfig, node: &Node, ipam: &mu
     }
 }
 
+/// What every pod sync needs.
+struct Sim {
+    client: kube::Client,
+    cfg: SimConfig,
+    by_name: Arc<HashMap<String, Node>>,
+    ipam: Mutex<Ipam>,
+}
+
+impl Sim {
+    /// Whether the pod is bound to one of the simulated nodes.
+    fn ours(&self, p: &Pod) -> bool {
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| self.by_name.contains_key(n))
+    }
+}
+
+/// The pod syncs under way: each pod is worked on by one task at a time (as a kubelet's
+/// pod worker), with the newest version seen meanwhile taken up when it finishes, and
+/// at most [`CONCURRENCY`] pods at once.
+struct Workers {
+    busy: Mutex<HashMap<String, Option<Pod>>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers { busy: Mutex::default(), slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENCY)) }
+    }
+}
+
+impl Workers {
+    fn sync(self: &Arc<Self>, sim: &Arc<Sim>, key: String, pod: Pod) {
+        {
+            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(next) = busy.get_mut(&key) {
+                *next = Some(pod);
+                return;
+            }
+            busy.insert(key.clone(), None);
+        }
+        let (me, sim) = (self.clone(), sim.clone());
+        tokio::spawn(async move {
+            let Ok(_slot) = me.slots.clone().acquire_owned().await else { return };
+            let mut pod = pod;
+            loop {
+                if let Some(node) =
+                    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| sim.by_name.get(n))
+                {
+                    sync_pod(&sim.client, &sim.cfg, node, &sim.ipam, &pod).await;
+                }
+                let mut busy = me.busy.lock().unwrap_or_else(|e| e.into_inner());
+                match busy.get_mut(&key).and_then(Option::take) {
+                    Some(next) => pod = next,
+                    None => {
+                        busy.remove(&key);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// Runs the simulated nodes until `shutdown`.
 pub async fn run(client: kube::Client, cfg: SimConfig, shutdown: CancellationToken) -> Result<(), kube::Error> {
     let nodes = register(&client, &cfg).await?;
@@ -276,37 +359,37 @@ pub async fn run(client: kube::Client, cfg: SimConfig, shutdown: CancellationTok
         }
     };
     let pods = {
-        let (client, cfg, by_name) = (client.clone(), cfg.clone(), by_name.clone());
+        let sim = Arc::new(Sim { client: client.clone(), cfg: cfg.clone(), by_name, ipam: Mutex::default() });
         async move {
-            let mut ipam = Ipam { next: HashMap::new(), cidrs: HashMap::new() };
             let api: Api<Pod> = Api::all(client.clone());
             // Finished pods are revisited on a timer, since nothing else changes them.
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
             let mut running: HashMap<String, Pod> = HashMap::new();
+            let workers = Arc::new(Workers::default());
             loop {
                 tokio::select! {
                     ev = stream.next() => match ev {
                         Some(Ok(p)) => {
-                            let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| by_name.get(n)) else { continue };
+                            if !sim.ours(&p) {
+                                continue;
+                            }
                             let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
-                            sync_pod(&client, &cfg, node, &mut ipam, &p).await;
                             let finite = matches!(p.spec.as_ref().and_then(|s| s.restart_policy.as_deref()), Some("Never" | "OnFailure"));
                             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
                             if finite && p.metadata.deletion_timestamp.is_none() && phase == "Running" {
-                                running.insert(key, p);
+                                running.insert(key.clone(), p.clone());
                             } else {
                                 running.remove(&key);
                             }
+                            workers.sync(&sim, key, p);
                         }
                         Some(Err(e)) => tracing::debug!(error = %e, "pod watch error"),
                         None => return,
                     },
                     _ = tick.tick() => {
-                        for p in running.values() {
-                            if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| by_name.get(n)) {
-                                sync_pod(&client, &cfg, node, &mut ipam, p).await;
-                            }
+                        for (key, p) in &running {
+                            workers.sync(&sim, key.clone(), p.clone());
                         }
                     }
                 }

@@ -250,14 +250,29 @@ impl FieldSelector {
     }
 }
 
+/// What of a stored object [`LabelSelector::matches_object`] and
+/// [`FieldSelector::matches`] look at (plus the name and namespace), for
+/// [`super::sparse::Paths::parse`].
+pub fn selected_paths(labels: &LabelSelector, fields: &FieldSelector) -> super::sparse::Paths {
+    let mut paths = vec!["metadata.name", "metadata.namespace"];
+    if !labels.is_empty() {
+        paths.push("metadata.labels");
+    }
+    paths.extend(fields.0.iter().map(|(k, _, _)| field_path(k)));
+    super::sparse::Paths::new(paths)
+}
+
+fn field_path(key: &str) -> &str {
+    match key {
+        "source" => "source.component",
+        k => k,
+    }
+}
+
 /// The string value of a field label, as Kubernetes's per-kind field-label functions
 /// compute it (missing = "", booleans as "true"/"false").
 fn field_value(obj: &Value, key: &str) -> String {
-    let path = match key {
-        "source" => "source.component",
-        k => k,
-    };
-    match super::meta::path(obj, path) {
+    match super::meta::path(obj, field_path(key)) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Number(n)) => n.to_string(),

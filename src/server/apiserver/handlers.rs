@@ -81,6 +81,16 @@ impl Call {
         Ok(if self.def.stored_as_core_event() { crate::api::events::from_core(&v) } else { v })
     }
 
+    /// Enough of a stored object to test it against `paths` (see
+    /// [`crate::api::sparse`]); the whole converted object where conversion renames
+    /// fields.
+    pub(super) fn decode_for_match(&self, kv: &KeyValue, paths: &crate::api::sparse::Paths) -> Result<Value, ApiError> {
+        if self.def.stored_as_core_event() {
+            return self.decode(kv);
+        }
+        paths.parse(&kv.value).map_err(|e| ApiError::internal(format!("decoding {}: {e}", kv.key)))
+    }
+
     /// An object in the stored form.
     pub(super) fn encode(&self, obj: &Value) -> Bytes {
         if let Some(c) = &self.def.custom {
@@ -493,6 +503,7 @@ impl ApiServer {
         }
         let prefix = call.def.list_prefix(call.ns.as_deref());
         let filtered = !labels.is_empty() || !fields.is_empty();
+        let wanted = crate::api::selectors::selected_paths(&labels, &fields);
         let batch = if limit == 0 {
             0
         } else if filtered {
@@ -514,7 +525,7 @@ impl ApiServer {
             let last_key = page.kvs.last().map(|kv| kv.key.clone());
             for (i, kv) in page.kvs.into_iter().enumerate() {
                 if filtered {
-                    let obj = call.decode(&kv)?;
+                    let obj = call.decode_for_match(&kv, &wanted)?;
                     if !labels.matches_object(&obj) || !fields.matches(&obj) {
                         continue;
                     }

@@ -34,6 +34,8 @@ struct Filter {
     name: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
+    /// What of an object the test looks at.
+    wanted: crate::api::sparse::Paths,
 }
 
 impl Filter {
@@ -58,7 +60,8 @@ impl ApiServer {
         let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""), call.def.field_labels)
             .map_err(ApiError::bad_request)?;
         let name = call.name.clone().or_else(|| fields.exact_name().map(str::to_string));
-        let filter = Filter { ns: call.ns.clone().filter(|_| call.def.namespaced), name, labels, fields };
+        let wanted = crate::api::selectors::selected_paths(&labels, &fields);
+        let filter = Filter { ns: call.ns.clone().filter(|_| call.def.namespaced), name, labels, fields, wanted };
         let bookmarks = q.flag("allowWatchBookmarks");
         let timeout = match q.int("timeoutSeconds")? {
             Some(t) if t > 0 => Duration::from_secs(t as u64),
@@ -94,9 +97,8 @@ impl ApiServer {
         let start = if send_initial {
             let page = self.store.list(&prefix, None, 0, 0).await.map_err(|e| storage_error(call.target(""), e))?;
             for kv in &page.kvs {
-                let obj = call.decode(kv)?;
-                if filter.matches(&obj) {
-                    initial.push(obj);
+                if filter.matches(&call.decode_for_match(kv, &filter.wanted)?) {
+                    initial.push(call.decode(kv)?);
                 }
             }
             page.rev
@@ -169,9 +171,25 @@ impl ApiServer {
                                 }
                                 continue;
                             }
-                            match translate(&call, &ev, &filter) {
-                                Ok(Some((ty, obj))) => if !send(&mut enc, ty, &obj).await { return },
-                                Ok(None) => {}
+                            let ty = match event_type(&call, &ev, &filter) {
+                                Ok(Some(ty)) => ty,
+                                Ok(None) => continue,
+                                Err(e) => {
+                                    let _ = tx.send(error_frame(&e)).await;
+                                    return;
+                                }
+                            };
+                            // Sent as stored where nothing is converted or tabled.
+                            if !enc.table && !call.converts()
+                                && let Some(obj) = super::wire::with_rv(&ev.kv.value, ev.kv.mod_rev)
+                            {
+                                if tx.send(envelope(ty, &obj)).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                            match call.decode(&ev.kv) {
+                                Ok(obj) => if !send(&mut enc, ty, &obj).await { return },
                                 Err(e) => {
                                     let _ = tx.send(error_frame(&e)).await;
                                     return;
@@ -240,19 +258,20 @@ fn fast_frame(ev: &Event, f: &Filter) -> Option<Option<Bytes>> {
     Some(Some(envelope(ty, &obj)))
 }
 
-/// The watch event a store event becomes for this watcher, if any.
-fn translate(call: &Call, ev: &Event, f: &Filter) -> Result<Option<(&'static str, Value)>, ApiError> {
-    let obj = call.decode(&ev.kv)?;
+/// The watch event type a store event becomes for this watcher, if any: only the
+/// parts of the objects the filter looks at are parsed.
+fn event_type(call: &Call, ev: &Event, f: &Filter) -> Result<Option<&'static str>, ApiError> {
+    let matches = |kv| Ok::<_, ApiError>(f.matches(&call.decode_for_match(kv, &f.wanted)?));
     let prev_match = match &ev.prev {
-        Some(p) => f.matches(&call.decode(p)?),
+        Some(p) => matches(p)?,
         None => false,
     };
     Ok(match ev.kind {
-        EventKind::Delete => prev_match.then_some(("DELETED", obj)),
-        EventKind::Put => match (prev_match, f.matches(&obj)) {
-            (false, true) => Some(("ADDED", obj)),
-            (true, true) => Some(("MODIFIED", obj)),
-            (true, false) => Some(("DELETED", obj)),
+        EventKind::Delete => prev_match.then_some("DELETED"),
+        EventKind::Put => match (prev_match, matches(&ev.kv)?) {
+            (false, true) => Some("ADDED"),
+            (true, true) => Some("MODIFIED"),
+            (true, false) => Some("DELETED"),
             (false, false) => None,
         },
     })
