@@ -286,9 +286,9 @@ struct Sim {
 }
 
 impl Sim {
-    /// Whether the pod is bound to one of the simulated nodes.
-    fn ours(&self, p: &Pod) -> bool {
-        p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| self.by_name.contains_key(n))
+    /// The simulated node the pod is bound to, if it is one of ours.
+    fn node(&self, p: &Pod) -> Option<&Node> {
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| self.by_name.get(n))
     }
 }
 
@@ -321,9 +321,7 @@ impl Workers {
             let Ok(_slot) = me.slots.clone().acquire_owned().await else { return };
             let mut pod = pod;
             loop {
-                if let Some(node) =
-                    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| sim.by_name.get(n))
-                {
+                if let Some(node) = sim.node(&pod) {
                     sync_pod(&sim.client, &sim.cfg, node, &sim.ipam, &pod).await;
                 }
                 let mut busy = me.busy.lock().unwrap_or_else(|e| e.into_inner());
@@ -371,7 +369,7 @@ pub async fn run(client: kube::Client, cfg: SimConfig, shutdown: CancellationTok
                 tokio::select! {
                     ev = stream.next() => match ev {
                         Some(Ok(p)) => {
-                            if !sim.ours(&p) {
+                            if sim.node(&p).is_none() {
                                 continue;
                             }
                             let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());

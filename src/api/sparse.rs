@@ -12,37 +12,33 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-/// The members to keep, as a tree of dotted paths; a path's whole value is kept.
-#[derive(Debug, Default)]
-pub struct Paths(HashMap<String, Paths>);
+/// The members to keep, as a tree of dotted paths.
+#[derive(Debug)]
+pub enum Paths {
+    /// The whole value (a path ends here).
+    Whole,
+    /// Only these members of an object.
+    Members(HashMap<String, Paths>),
+}
 
 impl Paths {
     /// The tree of the given dotted paths (`metadata.labels`, `status.phase`).
     pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>) -> Paths {
-        let mut root = Paths::default();
+        let mut root = Paths::Members(HashMap::new());
         for p in paths {
             let mut at = &mut root;
             let mut segments = p.split('.').peekable();
             while let Some(s) = segments.next() {
-                let is_leaf = segments.peek().is_none();
-                let child = at.0.entry(s.to_string()).or_default();
-                if is_leaf {
-                    // Everything under a wanted path is kept: no sub-paths to prune by.
-                    child.0.clear();
-                    child.0.insert(String::new(), Paths::default());
-                    break;
-                }
-                if child.keeps_all() {
-                    break;
+                // Under a path kept whole there is nothing to prune by.
+                let Paths::Members(members) = at else { break };
+                let child = members.entry(s.to_string()).or_insert_with(|| Paths::Members(HashMap::new()));
+                if segments.peek().is_none() {
+                    *child = Paths::Whole;
                 }
                 at = child;
             }
         }
         root
-    }
-
-    fn keeps_all(&self) -> bool {
-        self.0.len() == 1 && self.0.contains_key("")
     }
 
     /// The wanted members of the JSON document `bytes` (objects along the paths keep
@@ -59,11 +55,14 @@ impl<'de> DeserializeSeed<'de> for &Paths {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        if self.keeps_all() { serde::Deserialize::deserialize(d) } else { d.deserialize_any(Sparse(self)) }
+        match self {
+            Paths::Whole => serde::Deserialize::deserialize(d),
+            Paths::Members(m) => d.deserialize_any(Sparse(m)),
+        }
     }
 }
 
-struct Sparse<'a>(&'a Paths);
+struct Sparse<'a>(&'a HashMap<String, Paths>);
 
 impl<'de> Visitor<'de> for Sparse<'_> {
     type Value = Value;
@@ -75,7 +74,7 @@ impl<'de> Visitor<'de> for Sparse<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            match self.0.0.get(&key) {
+            match self.0.get(&key) {
                 Some(want) => {
                     let v = map.next_value_seed(want)?;
                     out.insert(key, v);

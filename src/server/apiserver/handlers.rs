@@ -503,7 +503,7 @@ impl ApiServer {
         }
         let prefix = call.def.list_prefix(call.ns.as_deref());
         let filtered = !labels.is_empty() || !fields.is_empty();
-        let wanted = crate::api::selectors::selected_paths(&labels, &fields);
+        let wanted = filtered.then(|| crate::api::selectors::selected_paths(&labels, &fields));
         let batch = if limit == 0 {
             0
         } else if filtered {
@@ -524,8 +524,8 @@ impl ApiServer {
             let more = page.more;
             let last_key = page.kvs.last().map(|kv| kv.key.clone());
             for (i, kv) in page.kvs.into_iter().enumerate() {
-                if filtered {
-                    let obj = call.decode_for_match(&kv, &wanted)?;
+                if let Some(wanted) = &wanted {
+                    let obj = call.decode_for_match(&kv, wanted)?;
                     if !labels.matches_object(&obj) || !fields.matches(&obj) {
                         continue;
                     }

@@ -165,12 +165,6 @@ impl ApiServer {
                         }
                         Some(Ok(ev)) => {
                             last = ev.kv.mod_rev;
-                            if !enc.table && !call.converts() && let Some(frame) = fast_frame(&ev, &filter) {
-                                if let Some(f) = frame && tx.send(f).await.is_err() {
-                                    return;
-                                }
-                                continue;
-                            }
                             let ty = match event_type(&call, &ev, &filter) {
                                 Ok(Some(ty)) => ty,
                                 Ok(None) => continue,
@@ -238,29 +232,20 @@ fn error_frame(e: &ApiError) -> Bytes {
     envelope("ERROR", &serde_json::to_vec(&e.to_status()).expect("JSON values serialise"))
 }
 
-/// Without label or field selectors, the frame is built from the stored bytes: no
-/// decoding. Returns None when the slow path must decide; Some(None) to skip.
-fn fast_frame(ev: &Event, f: &Filter) -> Option<Option<Bytes>> {
-    if !f.labels.is_empty() || !f.fields.is_empty() {
-        return None;
-    }
-    if let Some(name) = &f.name
-        && ev.kv.key.rsplit('/').next() != Some(name.as_str())
-    {
-        return Some(None);
-    }
-    let ty = match (ev.kind, &ev.prev) {
-        (EventKind::Delete, _) => "DELETED",
-        (EventKind::Put, None) => "ADDED",
-        (EventKind::Put, Some(_)) => "MODIFIED",
-    };
-    let obj = super::wire::with_rv(&ev.kv.value, ev.kv.mod_rev)?;
-    Some(Some(envelope(ty, &obj)))
-}
-
 /// The watch event type a store event becomes for this watcher, if any: only the
-/// parts of the objects the filter looks at are parsed.
+/// parts of the objects the filter looks at are parsed, and nothing without label or
+/// field selectors (the store's prefix has the namespace, the key ends in the name).
 fn event_type(call: &Call, ev: &Event, f: &Filter) -> Result<Option<&'static str>, ApiError> {
+    if f.labels.is_empty() && f.fields.is_empty() {
+        if f.name.as_deref().is_some_and(|name| ev.kv.key.rsplit('/').next() != Some(name)) {
+            return Ok(None);
+        }
+        return Ok(Some(match (ev.kind, &ev.prev) {
+            (EventKind::Delete, _) => "DELETED",
+            (EventKind::Put, None) => "ADDED",
+            (EventKind::Put, Some(_)) => "MODIFIED",
+        }));
+    }
     let matches = |kv| Ok::<_, ApiError>(f.matches(&call.decode_for_match(kv, &f.wanted)?));
     let prev_match = match &ev.prev {
         Some(p) => matches(p)?,
