@@ -83,16 +83,21 @@ async fn follow(pods: Api<Pod>, app: &str, want: usize, t0: Instant) -> (Duratio
     let mut stream = watcher(pods, cfg).default_backoff().applied_objects().boxed();
     let mut seen: HashMap<String, (bool, bool)> = HashMap::new();
     let mut bound_at = None;
+    let (mut n_bound, mut n_running) = (0usize, 0usize);
     while let Some(ev) = stream.next().await {
         let Ok(p) = ev else { continue };
         let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-        seen.insert(p.metadata.name.unwrap_or_default(), (bound, running));
-        if bound_at.is_none() && seen.values().filter(|s| s.0).count() >= want {
+        // Counted as they change: a count over every pod per event would load the
+        // process that also runs the server.
+        let was = seen.insert(p.metadata.name.unwrap_or_default(), (bound, running)).unwrap_or((false, false));
+        n_bound = n_bound + usize::from(bound) - usize::from(was.0);
+        n_running = n_running + usize::from(running) - usize::from(was.1);
+        if bound_at.is_none() && n_bound >= want {
             bound_at = Some(t0.elapsed());
         }
         if let Some(b) = bound_at
-            && seen.values().filter(|s| s.1).count() >= want
+            && n_running >= want
         {
             return (b, t0.elapsed());
         }

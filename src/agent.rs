@@ -123,7 +123,7 @@ const CERT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(12 
 /// node's certificates are within 90 days of expiry: the agent renews them when it
 /// next starts.
 async fn cert_monitor(client: kube::Client, node: String, data_dir: PathBuf, shutdown: CancellationToken) {
-    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    use crate::events::{Event, EventType, Recorder, Reporter};
     let recorder =
         Recorder::new(client.clone(), Reporter { controller: "rk-agent".into(), instance: Some(node.clone()) });
     let mut wait = std::time::Duration::from_secs(10);

@@ -6,6 +6,7 @@ pub mod api;
 pub mod checks;
 pub mod cli;
 pub mod embedded;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod server;

@@ -14,6 +14,7 @@ pub mod garbage_collector;
 pub mod job;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod pod_cache;
 pub mod podgc;
 pub mod replicaset;
 pub mod replicationcontroller;
@@ -28,11 +29,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use std::time::Duration;
 
+use crate::events::{Event, EventType, Recorder, Reporter};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::Resource;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,8 +51,10 @@ impl Ctx {
         Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client })
     }
 
-    /// Records an Event about `obj`; failures are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+    /// Records an Event about `obj` in the background, as client-go's recorder does: a
+    /// controller never waits on its events (a ReplicaSet creating 500 pods would
+    /// otherwise wait for 500 event writes one after another). Failures are logged.
+    pub fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
         // kube-runtime folds events with the same reason and action into one series;
         // Kubernetes keeps events with different messages apart, so the message goes
         // into the (otherwise unseen) action.
@@ -63,9 +66,12 @@ impl Ctx {
             action,
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::debug!(error = %e, reason, "recording an event failed");
-        }
+        let (recorder, reference) = (self.recorder.clone(), obj.object_ref(&()));
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::debug!(error = %e, reason = %ev.reason, "recording an event failed");
+            }
+        });
     }
 }
 
@@ -133,7 +139,9 @@ where
     fn new(api: kube::Api<K>, period: Option<Duration>) -> Watched<K> {
         use kube::runtime::{WatchStreamExt, reflector, watcher};
         let (reader, writer) = reflector::store();
-        let events = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff()).boxed();
+        // Cached without managedFields, as kube-controller-manager trims them.
+        let watch = watcher(api, watcher::Config::default()).modify(|o| o.meta_mut().managed_fields = None);
+        let events = reflector::reflector(writer, watch.default_backoff()).boxed();
         Watched { reader, events, tick: period.map(tokio::time::interval), ready: false }
     }
 
@@ -200,17 +208,24 @@ pub fn start(
         cfg.node_monitor_grace,
         shutdown.clone(),
     ));
-    tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), shutdown.clone()));
+    // One watch of every pod serves the controllers that own pods.
+    let pods = pod_cache::PodCache::new();
+    tracker.spawn(pods.clone().run(client.clone(), shutdown.clone()));
+    tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), pods.clone(), shutdown.clone()));
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
-    tracker.spawn(daemonset::run(Ctx::new(client.clone(), "daemonset-controller"), shutdown.clone()));
-    tracker.spawn(statefulset::run(Ctx::new(client.clone(), "statefulset-controller"), shutdown.clone()));
+    tracker.spawn(daemonset::run(Ctx::new(client.clone(), "daemonset-controller"), pods.clone(), shutdown.clone()));
+    tracker.spawn(statefulset::run(Ctx::new(client.clone(), "statefulset-controller"), pods.clone(), shutdown.clone()));
     tracker.spawn(cronjob::run(Ctx::new(client.clone(), "cronjob-controller"), shutdown.clone()));
-    tracker.spawn(disruption::run(Ctx::new(client.clone(), "disruption-controller"), shutdown.clone()));
+    tracker.spawn(disruption::run(Ctx::new(client.clone(), "disruption-controller"), pods.clone(), shutdown.clone()));
     tracker.spawn(podgc::run(client.clone(), shutdown.clone()));
     tracker.spawn(tokencleaner::run(client.clone(), shutdown.clone()));
-    tracker.spawn(replicationcontroller::run(Ctx::new(client.clone(), "replication-controller"), shutdown.clone()));
-    tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), shutdown.clone()));
-    tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), shutdown.clone()));
+    tracker.spawn(replicationcontroller::run(
+        Ctx::new(client.clone(), "replication-controller"),
+        pods.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(job::run(Ctx::new(client.clone(), "job-controller"), pods.clone(), shutdown.clone()));
+    tracker.spawn(endpoints::run(Ctx::new(client.clone(), "endpoint-controller"), pods.clone(), shutdown.clone()));
     tracker.spawn(servicelb::run(Ctx::new(client.clone(), "service-lb-controller"), shutdown.clone()));
     tracker
         .spawn(servicelb::run_ingress_status(Ctx::new(client.clone(), "ingress-status-controller"), shutdown.clone()));
@@ -229,6 +244,26 @@ where
         .owns(kube::Api::<Child>::all(ctx.client.clone()), kube::runtime::watcher::Config::default())
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, |_, _, _| retry_soon(), ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// [`run_owning`] for controllers of pods: triggered by, and reading, the shared pod
+/// cache rather than a watch of their own.
+pub(crate) async fn run_owning_pods<K, F, Fut>(
+    ctx: Arc<Ctx>,
+    pods: Arc<pod_cache::PodCache>,
+    shutdown: CancellationToken,
+    mut reconcile: F,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    F: FnMut(Arc<K>, Arc<Ctx>, Arc<pod_cache::PodCache>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, kube::Error>> + Send + 'static,
+{
+    kube::runtime::Controller::new(kube::Api::<K>::all(ctx.client.clone()), kube::runtime::watcher::Config::default())
+        .owns_stream(pods.subscribe())
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(move |obj, ctx| reconcile(obj, ctx, pods.clone()), |_, _, _| retry_soon(), ctx)
         .for_each(|_| async {})
         .await;
 }

@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::events::{Event, EventType, Recorder, Reporter};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -834,12 +834,14 @@ fn wake_on_change<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .for_each(move |_| {
-            wake.notify_one();
-            futures::future::ready(())
-        })
+    // Cached without managedFields, as kube-scheduler trims them.
+    let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .modify(|o| o.meta_mut().managed_fields = None)
+        .default_backoff();
+    reflector::reflector(writer, events).for_each(move |_| {
+        wake.notify_one();
+        futures::future::ready(())
+    })
 }
 
 /// Runs the scheduler until `shutdown`.

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::{Event, EventType, Recorder};
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -79,7 +79,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, kube::Erro
         Some(z) => match z.parse() {
             Ok(t) => t,
             Err(_) => {
-                ctx.event(cj.as_ref(), true, "UnknownTimeZone", format!("invalid timeZone: {z:?}")).await;
+                ctx.event(cj.as_ref(), true, "UnknownTimeZone", format!("invalid timeZone: {z:?}"));
                 return Ok(Action::await_change());
             }
         },
@@ -92,8 +92,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, kube::Erro
                 true,
                 "UnparseableSchedule",
                 format!("unparseable schedule: {:?} : {e}", spec.schedule),
-            )
-            .await;
+            );
             return Ok(Action::await_change());
         }
     };
@@ -114,7 +113,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, kube::Erro
     let from = last_schedule.or_else(|| cj.metadata.creation_timestamp.as_ref().map(to_chrono)).unwrap_or(now);
     let (due, count) = missed(&cron, tz, from, now);
     if count > 100 {
-        ctx.event(cj.as_ref(), true, "TooManyMissedTimes", format!("too many missed start times: {count}. Set or decrease .spec.startingDeadlineSeconds or check clock skew")).await;
+        ctx.event(cj.as_ref(), true, "TooManyMissedTimes", format!("too many missed start times: {count}. Set or decrease .spec.startingDeadlineSeconds or check clock skew"));
     }
     let mut replaced = Vec::new();
     if let Some(t) = due
@@ -129,8 +128,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, kube::Erro
                 true,
                 "MissSchedule",
                 format!("Missed scheduled time to start a job: {}", to_time(t)),
-            )
-            .await;
+            );
             last_schedule = Some(t);
         } else if policy == "Forbid" && !active.is_empty() {
             // Skipped: the next run waits for the active one to end.
@@ -140,7 +138,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, kube::Erro
                     let dp =
                         DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
                     let _ = jobs.delete(&j.name_any(), &dp).await;
-                    ctx.event(cj.as_ref(), false, "SuccessfulDelete", format!("Deleted job {}", j.name_any())).await;
+                    ctx.event(cj.as_ref(), false, "SuccessfulDelete", format!("Deleted job {}", j.name_any()));
                     replaced.push(j.name_any());
                 }
             }
@@ -162,7 +160,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, kube::Erro
             };
             match jobs.create(&PostParams::default(), &job).await {
                 Ok(j) => {
-                    ctx.event(cj.as_ref(), false, "SuccessfulCreate", format!("Created job {job_name}")).await;
+                    ctx.event(cj.as_ref(), false, "SuccessfulCreate", format!("Created job {job_name}"));
                     owned.push(j);
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -189,7 +187,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, kube::Erro
         for j in &done[..extra] {
             let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
             if jobs.delete(&j.name_any(), &dp).await.is_ok() {
-                ctx.event(cj.as_ref(), false, "SuccessfulDelete", format!("Deleted job {}", j.name_any())).await;
+                ctx.event(cj.as_ref(), false, "SuccessfulDelete", format!("Deleted job {}", j.name_any()));
             }
         }
     }

@@ -20,16 +20,17 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::pod_cache::PodCache;
 use super::{Ctx, controlled_by, pod_active, pod_available, pod_ready, retry_soon, selector_query};
 use crate::server::scheduler::{affinity_matches, tolerates};
 
 const GENERATION: &str = "pod-template-generation";
 
-pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let ctrl = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
     let store = ctrl.store();
-    ctrl.owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+    ctrl.owns_stream(pods.subscribe())
         .watches(Api::<Node>::all(client), watcher::Config::default(), move |_| {
             store.state().iter().map(|d| ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
         })
@@ -191,16 +192,16 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
             status: None,
         };
         match pods_api.create(&PostParams::default(), &pod).await {
-            Ok(p) => ctx.event(ds.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any())).await,
+            Ok(p) => ctx.event(ds.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any())),
             Err(e) => {
-                ctx.event(ds.as_ref(), true, "FailedCreate", format!("Error creating: {e}")).await;
+                ctx.event(ds.as_ref(), true, "FailedCreate", format!("Error creating: {e}"));
                 return Err(e);
             }
         }
     }
     for p in &to_delete {
         match pods_api.delete(p, &DeleteParams::default()).await {
-            Ok(_) => ctx.event(ds.as_ref(), false, "SuccessfulDelete", format!("Deleted pod: {p}")).await,
+            Ok(_) => ctx.event(ds.as_ref(), false, "SuccessfulDelete", format!("Deleted pod: {p}")),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e),
         }

@@ -114,7 +114,7 @@ impl Scaler<'_> {
         if from != to {
             let dir = if to > from { "up" } else { "down" };
             let msg = format!("Scaled {dir} replica set {} from {from} to {to}", rs.name_any());
-            self.ctx.event(self.d, false, "ScalingReplicaSet", msg).await;
+            self.ctx.event(self.d, false, "ScalingReplicaSet", msg);
         }
         Ok(())
     }
@@ -208,7 +208,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
                 Ok(r) => {
                     created_new = true;
                     let msg = format!("Scaled up replica set {} from 0 to {start}", r.name_any());
-                    ctx.event(d.as_ref(), false, "ScalingReplicaSet", msg).await;
+                    ctx.event(d.as_ref(), false, "ScalingReplicaSet", msg);
                     Some(r)
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {

@@ -16,13 +16,14 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::pod_cache::PodCache;
 use super::{Ctx, pod_active, pod_ready, retry_soon, selector_query};
 
-pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let ctrl = Controller::new(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default());
     let store = ctrl.store();
-    ctrl.watches(Api::<Pod>::all(client), watcher::Config::default(), move |pod| {
+    ctrl.watches_stream(pods.subscribe(), move |pod: Pod| {
         store
             .state()
             .iter()

@@ -23,6 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
+use super::pod_cache::PodCache;
 use super::{Ctx, pod_ready, retry_soon};
 
 /// The label naming a slice's Service.
@@ -39,7 +40,7 @@ fn selects(svc: &Service, pod: &Pod) -> bool {
     svc.namespace() == pod.namespace() && sel.iter().all(|(k, v)| pod.labels().get(k) == Some(v))
 }
 
-pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let ctrl = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = ctrl.store();
@@ -72,7 +73,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         }
     };
     let main = ctrl
-        .watches(Api::<Pod>::all(client), watcher::Config::default(), move |pod| {
+        .watches_stream(pods.subscribe(), move |pod: Pod| {
             services
                 .state()
                 .iter()

@@ -19,12 +19,13 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::pod_cache::PodCache;
 use super::{Ctx, controlled_by, pod_ready};
 
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
-pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    super::run_owning::<Job, Pod, _, _>(ctx, shutdown, reconcile).await;
+pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
+    super::run_owning_pods::<Job, _, _>(ctx, pods, shutdown, |obj, ctx, _| reconcile(obj, ctx)).await;
 }
 
 fn finished(job: &Job) -> Option<(String, Option<Timestamp>)> {
@@ -142,12 +143,12 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> 
         if *kind == "Failed" {
             conditions.push(cond("FailureTarget", reason, message, now));
             conditions.push(cond("Failed", reason, message, now));
-            ctx.event(job.as_ref(), true, reason, message.clone()).await;
+            ctx.event(job.as_ref(), true, reason, message.clone());
         } else {
             conditions.push(cond("SuccessCriteriaMet", reason, message, now));
             conditions.push(cond("Complete", reason, message, now));
             completion_time = Some(Time(now));
-            ctx.event(job.as_ref(), false, "Completed", "Job completed".into()).await;
+            ctx.event(job.as_ref(), false, "Completed", "Job completed".into());
         }
     } else {
         // How many should run now.
@@ -195,10 +196,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> 
             match pods_api.create(&PostParams::default(), &pod).await {
                 Ok(p) => {
                     created += 1;
-                    ctx.event(job.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any())).await;
+                    ctx.event(job.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any()));
                 }
                 Err(e) => {
-                    ctx.event(job.as_ref(), true, "FailedCreate", format!("Error creating: {e}")).await;
+                    ctx.event(job.as_ref(), true, "FailedCreate", format!("Error creating: {e}"));
                     return Err(e);
                 }
             }

@@ -54,14 +54,12 @@ async fn reconcile(node: Arc<Node>, d: Arc<Data>) -> Result<Action, kube::Error>
         .filter_map(|n| n.spec.and_then(|s| s.pod_cidr))
         .collect();
     let Some(free) = d.cidr.subnets(24).ok().and_then(|mut s| s.find(|c| !taken.contains(&c.to_string()))) else {
-        d.ctx
-            .event(
-                node.as_ref(),
-                true,
-                "CIDRNotAvailable",
-                format!("Node {} status is now: CIDRNotAvailable", node.name_any()),
-            )
-            .await;
+        d.ctx.event(
+            node.as_ref(),
+            true,
+            "CIDRNotAvailable",
+            format!("Node {} status is now: CIDRNotAvailable", node.name_any()),
+        );
         return Ok(Action::requeue(std::time::Duration::from_secs(30)));
     };
     let patch = json!({"spec": {"podCIDR": free.to_string(), "podCIDRs": [free.to_string()]}});

@@ -133,7 +133,7 @@ impl Monitor {
             node = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"conditions": conds}})))
                 .await?;
-            self.ctx.event(&node, false, "NodeNotReady", format!("Node {name} status is now: NodeNotReady")).await;
+            self.ctx.event(&node, false, "NodeNotReady", format!("Node {name} status is now: NodeNotReady"));
         }
         let wanted = wanted_taints(&node);
         let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
@@ -196,16 +196,12 @@ impl Monitor {
             let ns = p.namespace().unwrap_or_default();
             let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
             match api.delete(&p.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {
-                    self.ctx
-                        .event(
-                            p.as_ref(),
-                            false,
-                            "TaintManagerEviction",
-                            format!("Marking for deletion Pod {ns}/{}", p.name_any()),
-                        )
-                        .await
-                }
+                Ok(_) => self.ctx.event(
+                    p.as_ref(),
+                    false,
+                    "TaintManagerEviction",
+                    format!("Marking for deletion Pod {ns}/{}", p.name_any()),
+                ),
                 Err(e) => tracing::debug!(pod = %p.name_any(), error = %e, "evicting a pod failed"),
             }
         }
@@ -216,9 +212,8 @@ fn feed<K>(api: Api<K>, w: reflector::store::Writer<K>) -> impl std::future::Fut
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    reflector::reflector(w, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .for_each(|_| futures::future::ready(()))
+    let events = watcher(api, watcher::Config::default()).modify(|o| o.meta_mut().managed_fields = None);
+    reflector::reflector(w, events).default_backoff().for_each(|_| futures::future::ready(()))
 }
 
 pub(super) async fn run(ctx: Arc<Ctx>, grace: Duration, shutdown: CancellationToken) {

@@ -7,19 +7,21 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
+use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, controlled_by, pod_active, pod_available, pod_ready, selector_query};
+use super::pod_cache::PodCache;
+use super::{Ctx, pod_active, pod_available, pod_ready};
 
 /// Pods created per reconcile at most; the rest follow on the next pass.
 const BURST: usize = 500;
 
-pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    super::run_owning::<ReplicaSet, Pod, _, _>(ctx, shutdown, reconcile).await;
+pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
+    super::run_owning_pods::<ReplicaSet, _, _>(ctx, pods, shutdown, reconcile).await;
 }
 
 /// The order Kubernetes deletes surplus pods in: unscheduled, then pending, then not
@@ -47,12 +49,12 @@ fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, std::cmp::Reverse<i64>) {
     )
 }
 
-async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>, pods: Arc<PodCache>) -> Result<Action, kube::Error> {
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let spec = rs.spec.clone().unwrap_or_default();
-    let (mut status, action) = sync_pods(rs.as_ref(), &spec, &ctx).await?;
+    let (mut status, action) = sync_pods(rs.as_ref(), &spec, &ctx, &pods).await?;
     status.observed_generation = rs.metadata.generation;
     status.conditions = rs.status.as_ref().and_then(|s| s.conditions.clone());
     if rs.status.as_ref() != Some(&status) {
@@ -69,6 +71,7 @@ pub(super) async fn sync_pods<K>(
     owner: &K,
     spec: &k8s_openapi::api::apps::v1::ReplicaSetSpec,
     ctx: &Ctx,
+    cache: &PodCache,
 ) -> Result<(ReplicaSetStatus, Action), kube::Error>
 where
     K: kube::Resource<DynamicType = ()>,
@@ -79,15 +82,18 @@ where
     let uid = rs.meta().uid.clone().unwrap_or_default();
     let spec = spec.clone();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let sel = selector_query(&spec.selector);
-    let mine: Vec<Pod> = pods
-        .list(&ListParams::default().labels(&sel))
-        .await?
-        .items
+    // The pods it controls that its selector still matches, from the shared cache once
+    // that has seen this owner's last writes (Kubernetes's informer and expectations).
+    let Ok(sel) = kube::core::Selector::try_from(spec.selector.clone()) else {
+        return Ok((ReplicaSetStatus::default(), Action::await_change()));
+    };
+    let mine: Vec<Arc<Pod>> = cache
+        .owned(&uid)
+        .await
         .into_iter()
-        .filter(|p| controlled_by(&p.metadata, &uid))
+        .filter(|p| sel.matches(p.labels()) && p.metadata.namespace.as_deref() == Some(&ns))
         .collect();
-    let mut active: Vec<&Pod> = mine.iter().filter(|p| pod_active(p)).collect();
+    let mut active: Vec<&Pod> = mine.iter().map(|p| p.as_ref()).filter(|p| pod_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
 
     if active.len() < want {
@@ -116,14 +122,15 @@ where
             for r in results {
                 match r {
                     Ok(p) => {
+                        cache.expect(&uid, Some(&p), None);
                         created += 1;
-                        ctx.event(rs, false, "SuccessfulCreate", format!("Created pod: {}", p.name_any())).await;
+                        ctx.event(rs, false, "SuccessfulCreate", format!("Created pod: {}", p.name_any()));
                     }
                     Err(e) => failed = Some(e),
                 }
             }
             if let Some(e) = failed {
-                ctx.event(rs, true, "FailedCreate", format!("Error creating: {e}")).await;
+                ctx.event(rs, true, "FailedCreate", format!("Error creating: {e}"));
                 return Err(e);
             }
             left -= n;
@@ -135,7 +142,13 @@ where
         let surplus: Vec<String> = active[..active.len() - want].iter().map(|p| p.name_any()).collect();
         for p in surplus {
             match pods.delete(&p, &DeleteParams::default()).await {
-                Ok(_) => ctx.event(rs, false, "SuccessfulDelete", format!("Deleted pod: {p}")).await,
+                Ok(gone) => {
+                    match gone.left() {
+                        Some(pod) => cache.expect(&uid, Some(&pod), None),
+                        None => cache.expect(&uid, None, Some(PodCache::key_of(&ns, &p))),
+                    }
+                    ctx.event(rs, false, "SuccessfulDelete", format!("Deleted pod: {p}"))
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
@@ -148,7 +161,7 @@ where
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let tlabels =
         spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
-    let active: Vec<&Pod> = mine.iter().filter(|p| pod_active(p)).collect();
+    let active: Vec<&Pod> = mine.iter().map(|p| p.as_ref()).filter(|p| pod_active(p)).collect();
     let status = ReplicaSetStatus {
         replicas: active.len() as i32,
         fully_labeled_replicas: Some(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::ReplicaSetSpec;
-use k8s_openapi::api::core::v1::{Pod, ReplicationController, ReplicationControllerStatus};
+use k8s_openapi::api::core::v1::{ReplicationController, ReplicationControllerStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -13,12 +13,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
+use super::pod_cache::PodCache;
 
-pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    super::run_owning::<ReplicationController, Pod, _, _>(ctx, shutdown, reconcile).await;
+pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
+    super::run_owning_pods::<ReplicationController, _, _>(ctx, pods, shutdown, reconcile).await;
 }
 
-async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>, pods: Arc<PodCache>) -> Result<Action, kube::Error> {
     if rc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -36,7 +37,7 @@ async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<Acti
         selector: LabelSelector { match_labels: Some(labels), match_expressions: None },
         template: spec.template.clone(),
     };
-    let (st, action) = super::replicaset::sync_pods(rc.as_ref(), &rs_spec, &ctx).await?;
+    let (st, action) = super::replicaset::sync_pods(rc.as_ref(), &rs_spec, &ctx, &pods).await?;
     let status = ReplicationControllerStatus {
         replicas: st.replicas,
         fully_labeled_replicas: st.fully_labeled_replicas,

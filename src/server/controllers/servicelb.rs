@@ -156,22 +156,19 @@ async fn reconcile(svc: Arc<Service>, d: Arc<Data>) -> Result<Action, kube::Erro
                 true,
                 "Pending",
                 "no node can carry this load balancer: none is Ready (with svccontroller.rk.io/enablelb=true where nodes are labelled) with its ports free".into(),
-            )
-            .await;
+            );
     }
     if want != have {
         let ingress: Vec<serde_json::Value> = want.iter().map(|ip| json!({"ip": ip, "ipMode": "VIP"})).collect();
         let patch = json!({"status": {"loadBalancer": {"ingress": if ingress.is_empty() { serde_json::Value::Null } else { ingress.into() }}}});
         api.patch_status(&svc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
         if !want.is_empty() {
-            d.ctx
-                .event(
-                    svc.as_ref(),
-                    false,
-                    "UpdatedLoadBalancer",
-                    format!("Updated LoadBalancer with new IPs: {have:?} -> {want:?}"),
-                )
-                .await;
+            d.ctx.event(
+                svc.as_ref(),
+                false,
+                "UpdatedLoadBalancer",
+                format!("Updated LoadBalancer with new IPs: {have:?} -> {want:?}"),
+            );
         }
     }
     Ok(if want.is_empty() { Action::requeue(std::time::Duration::from_secs(30)) } else { Action::await_change() })

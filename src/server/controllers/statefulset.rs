@@ -18,14 +18,15 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::pod_cache::PodCache;
 use super::{Ctx, controlled_by, pod_available, pod_ready, selector_query, template_hash};
 
 const REVISION: &str = "controller-revision-hash";
 const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 
-pub(super) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    super::run_owning::<StatefulSet, Pod, _, _>(ctx, shutdown, reconcile).await;
+pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
+    super::run_owning_pods::<StatefulSet, _, _>(ctx, pods, shutdown, |obj, ctx, _| reconcile(obj, ctx)).await;
 }
 
 fn ordinal(set: &str, p: &Pod) -> Option<i32> {
@@ -92,15 +93,12 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
                     status: None,
                 };
                 match pvcs.create(&PostParams::default(), &pvc).await {
-                    Ok(_) => {
-                        ctx.event(
-                            sts.as_ref(),
-                            false,
-                            "SuccessfulCreate",
-                            format!("create Claim {claim} Pod {pod_name} in StatefulSet {name} success"),
-                        )
-                        .await
-                    }
+                    Ok(_) => ctx.event(
+                        sts.as_ref(),
+                        false,
+                        "SuccessfulCreate",
+                        format!("create Claim {claim} Pod {pod_name} in StatefulSet {name} success"),
+                    ),
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
                     Err(e) => return Err(e),
                 }
@@ -144,8 +142,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
                     false,
                     "SuccessfulCreate",
                     format!("create Pod {pod_name} in StatefulSet {name} successful"),
-                )
-                .await;
+                );
                 action_taken = true;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -172,8 +169,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
                     false,
                     "SuccessfulDelete",
                     format!("delete Pod {p} in StatefulSet {name} successful"),
-                )
-                .await;
+                );
                 action_taken = true;
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -197,8 +193,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
                 false,
                 "SuccessfulDelete",
                 format!("delete Pod {pn} in StatefulSet {name} successful"),
-            )
-            .await;
+            );
         }
     }
 
