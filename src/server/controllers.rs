@@ -139,8 +139,7 @@ where
     fn new(api: kube::Api<K>, period: Option<Duration>) -> Watched<K> {
         use kube::runtime::{WatchStreamExt, reflector, watcher};
         let (reader, writer) = reflector::store();
-        // Cached without managedFields, as kube-controller-manager trims them.
-        let watch = watcher(api, watcher::Config::default()).modify(|o| o.meta_mut().managed_fields = None);
+        let watch = watcher(api, watcher::Config::default()).modify(trim_managed_fields);
         let events = reflector::reflector(writer, watch.default_backoff()).boxed();
         Watched { reader, events, tick: period.map(tokio::time::interval), ready: false }
     }
@@ -266,6 +265,13 @@ pub(crate) async fn run_owning_pods<K, F, Fut>(
         .run(move |obj, ctx| reconcile(obj, ctx, pods.clone()), |_, _, _| retry_soon(), ctx)
         .for_each(|_| async {})
         .await;
+}
+
+/// Drops an object's managedFields before it enters a cache, as kube-controller-manager
+/// and kube-scheduler trim their informers: nothing reads them there, and they are
+/// often half of an object's size.
+pub(crate) fn trim_managed_fields<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }
 
 /// Requeue after an error, as the controller-manager's rate limiter would.

@@ -834,9 +834,8 @@ fn wake_on_change<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    // Cached without managedFields, as kube-scheduler trims them.
     let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .modify(|o| o.meta_mut().managed_fields = None)
+        .modify(super::controllers::trim_managed_fields)
         .default_backoff();
     reflector::reflector(writer, events).for_each(move |_| {
         wake.notify_one();

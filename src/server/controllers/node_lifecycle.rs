@@ -212,7 +212,7 @@ fn feed<K>(api: Api<K>, w: reflector::store::Writer<K>) -> impl std::future::Fut
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let events = watcher(api, watcher::Config::default()).modify(|o| o.meta_mut().managed_fields = None);
+    let events = watcher(api, watcher::Config::default()).modify(super::trim_managed_fields);
     reflector::reflector(w, events).default_backoff().for_each(|_| futures::future::ready(()))
 }
 

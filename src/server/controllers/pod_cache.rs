@@ -4,8 +4,7 @@
 //! its own writes (kube-controller-manager's shared informer plus
 //! `ControllerExpectations`).
 //!
-//! Pods are cached without `managedFields`, as kube-controller-manager trims them:
-//! no controller reads them and they are often half of a pod's size.
+//! Pods are cached without `managedFields` ([`super::trim_managed_fields`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -122,7 +121,7 @@ impl PodCache {
     /// Keeps the cache current from a watch of every pod until `shutdown`.
     pub async fn run(self: Arc<Self>, client: kube::Client, shutdown: CancellationToken) {
         let mut events = watcher(Api::<Pod>::all(client), watcher::Config::default())
-            .modify(|p| p.metadata.managed_fields = None)
+            .modify(super::trim_managed_fields)
             .default_backoff()
             .boxed();
         let mut relist: Option<State> = None;
@@ -264,7 +263,7 @@ mod tests {
         assert_eq!(names(c.owned("b").now_or_never().unwrap()), ["p2"]);
         c.apply(watcher::Event::Delete(pod("p1", "a", 4)), &mut relist);
         assert!(c.owned("a").now_or_never().unwrap().is_empty());
-        assert!(c.state.read().unwrap().by_owner.get("a").is_none(), "empty owner entries are dropped");
+        assert!(!c.state.read().unwrap().by_owner.contains_key("a"), "empty owner entries are dropped");
     }
 
     #[tokio::test]
