@@ -55,7 +55,7 @@ impl Ctx {
     /// controller never waits on its events (a ReplicaSet creating 500 pods would
     /// otherwise wait for 500 event writes one after another). Failures are logged.
     pub fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
-        // kube-runtime folds events with the same reason and action into one series;
+        // The recorder folds events with the same reason and action into one series;
         // Kubernetes keeps events with different messages apart, so the message goes
         // into the (otherwise unseen) action.
         let action: String = note.chars().take(128).collect();

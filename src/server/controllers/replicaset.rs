@@ -9,13 +9,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
-use kube::core::SelectorExt;
 use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::pod_cache::PodCache;
 use super::{Ctx, pod_active, pod_available, pod_ready};
+use crate::api::selectors::LabelSelector;
 
 /// Pods created per reconcile at most; the rest follow on the next pass.
 const BURST: usize = 500;
@@ -54,7 +54,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>, pods: Arc<PodCache>) -> R
         return Ok(Action::await_change());
     }
     let spec = rs.spec.clone().unwrap_or_default();
-    let (mut status, action) = sync_pods(rs.as_ref(), &spec, &ctx, &pods).await?;
+    let Some((mut status, action)) = sync_pods(rs.as_ref(), &spec, &ctx, &pods).await? else {
+        return Ok(Action::await_change());
+    };
     status.observed_generation = rs.metadata.generation;
     status.conditions = rs.status.as_ref().and_then(|s| s.conditions.clone());
     if rs.status.as_ref() != Some(&status) {
@@ -66,13 +68,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>, pods: Arc<PodCache>) -> R
 }
 
 /// Brings an owner's pods to `spec.replicas` (the ReplicaSet logic, shared with
-/// ReplicationControllers); returns the counts for its status and when to look again.
+/// ReplicationControllers); returns the counts for its status and when to look again,
+/// or None when its selector is invalid.
 pub(super) async fn sync_pods<K>(
     owner: &K,
     spec: &k8s_openapi::api::apps::v1::ReplicaSetSpec,
     ctx: &Ctx,
     cache: &PodCache,
-) -> Result<(ReplicaSetStatus, Action), kube::Error>
+) -> Result<Option<(ReplicaSetStatus, Action)>, kube::Error>
 where
     K: kube::Resource<DynamicType = ()>,
 {
@@ -84,14 +87,20 @@ where
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     // The pods it controls that its selector still matches, from the shared cache once
     // that has seen this owner's last writes (Kubernetes's informer and expectations).
-    let Ok(sel) = kube::core::Selector::try_from(spec.selector.clone()) else {
-        return Ok((ReplicaSetStatus::default(), Action::await_change()));
+    // An invalid selector (validation refuses one) leaves the owner alone, as
+    // Kubernetes's ReplicaSet controller does.
+    let sel = match LabelSelector::from_label_selector(&serde_json::to_value(&spec.selector).unwrap_or_default()) {
+        Ok(sel) => sel,
+        Err(e) => {
+            tracing::warn!(owner = %name, ns = %ns, error = %e, "invalid pod selector; not syncing");
+            return Ok(None);
+        }
     };
     let mine: Vec<Arc<Pod>> = cache
         .owned(&uid)
         .await
         .into_iter()
-        .filter(|p| sel.matches(p.labels()) && p.metadata.namespace.as_deref() == Some(&ns))
+        .filter(|p| sel.matches_fn(|k| p.labels().get(k).map(String::as_str)))
         .collect();
     let mut active: Vec<&Pod> = mine.iter().map(|p| p.as_ref()).filter(|p| pod_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
@@ -180,5 +189,5 @@ where
     } else {
         Action::await_change()
     };
-    Ok((status, action))
+    Ok(Some((status, action)))
 }

@@ -37,7 +37,9 @@ async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>, pods: Arc<PodC
         selector: LabelSelector { match_labels: Some(labels), match_expressions: None },
         template: spec.template.clone(),
     };
-    let (st, action) = super::replicaset::sync_pods(rc.as_ref(), &rs_spec, &ctx, &pods).await?;
+    let Some((st, action)) = super::replicaset::sync_pods(rc.as_ref(), &rs_spec, &ctx, &pods).await? else {
+        return Ok(Action::await_change());
+    };
     let status = ReplicationControllerStatus {
         replicas: st.replicas,
         fully_labeled_replicas: st.fully_labeled_replicas,
