@@ -52,8 +52,8 @@ pub struct AgentConfig {
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// `--node-taint`.
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
-    /// `--eviction-hard`.
-    pub eviction_hard: kubelet::pressure::Thresholds,
+    /// `--eviction-hard` and the other eviction and image GC flags.
+    pub eviction: kubelet::eviction::EvictionArgs,
     /// `--container-runtime-endpoint`: use this containerd instead of starting one.
     pub runtime_endpoint: Option<PathBuf>,
     /// The cluster DNS Service IP given to pods.
@@ -75,7 +75,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 external_ip: cfg.node_external_ip,
                 labels: cfg.node_labels.clone(),
                 taints: cfg.node_taints.clone(),
-                eviction_hard: cfg.eviction_hard.clone(),
+                eviction: cfg.eviction.clone(),
             },
             data_dir: cfg.data_dir.clone(),
             cluster_dns: cfg.cluster_dns.clone(),

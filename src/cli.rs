@@ -281,16 +281,9 @@ pub struct NodeArgs {
     /// Use this containerd socket instead of starting rk's own containerd.
     #[arg(long, env = "RK_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
-    /// The kubelet's hard eviction thresholds, below which the node reports
-    /// MemoryPressure, DiskPressure or PIDPressure (and gets the matching NoSchedule
-    /// taint). Naming any replaces all the defaults; "" turns them off.
-    #[arg(
-        long,
-        env = "RK_EVICTION_HARD",
-        value_name = "SIGNAL<QUANTITY,...",
-        default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%"
-    )]
-    pub eviction_hard: crate::agent::kubelet::pressure::Thresholds,
+    /// Node-pressure eviction and image garbage collection.
+    #[command(flatten)]
+    pub eviction: crate::agent::kubelet::eviction::EvictionArgs,
 }
 
 /// Validated node flags: labels and taints.
@@ -416,7 +409,7 @@ impl AgentArgs {
             pod_network: self.node.pod_network,
             node_labels: labels,
             node_taints: taints,
-            eviction_hard: self.node.eviction_hard,
+            eviction: self.node.eviction,
             runtime_endpoint: self.node.container_runtime_endpoint,
             cluster_dns: self.cluster_dns.to_string(),
             cluster_domain: self.cluster_domain,
@@ -616,7 +609,7 @@ impl ServerArgs {
             pod_network: self.node.pod_network,
             node_labels,
             node_taints,
-            eviction_hard: self.node.eviction_hard,
+            eviction: self.node.eviction,
             runtime_endpoint: self.node.container_runtime_endpoint,
         })
     }

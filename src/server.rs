@@ -79,8 +79,8 @@ pub struct ServerConfig {
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// The own agent's `--node-taint`s.
     pub node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
-    /// The own agent's `--eviction-hard`.
-    pub eviction_hard: crate::agent::kubelet::pressure::Thresholds,
+    /// The own agent's `--eviction-hard` and the other eviction and image GC flags.
+    pub eviction: crate::agent::kubelet::eviction::EvictionArgs,
     /// The own agent's `--container-runtime-endpoint`.
     pub runtime_endpoint: Option<PathBuf>,
     /// The audit log, when `--audit-log-path` is given.
@@ -128,7 +128,7 @@ impl ServerConfig {
             pod_network: Default::default(),
             node_labels: Default::default(),
             node_taints: vec![],
-            eviction_hard: Default::default(),
+            eviction: Default::default(),
             runtime_endpoint: None,
             audit: None,
             snapshots: SnapshotConfig {
@@ -165,7 +165,7 @@ impl ServerConfig {
             pod_network: self.pod_network,
             node_labels: self.node_labels.clone(),
             node_taints: self.node_taints.clone(),
-            eviction_hard: self.eviction_hard.clone(),
+            eviction: self.eviction.clone(),
             runtime_endpoint: self.runtime_endpoint.clone(),
             cluster_dns: self.dns_ip().to_string(),
             cluster_domain: self.cluster_domain.clone(),

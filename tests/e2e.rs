@@ -338,3 +338,120 @@ fn children(pid: u32) -> Vec<i32> {
 fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
 }
+
+const PRESSURE_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: besteffort}
+spec:
+  nodeName: server
+  containers: [{name: main, image: busybox:1.35, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: burstable}
+spec:
+  nodeName: server
+  containers: [{name: main, image: busybox:1.35, command: [sleep, "3600"], resources: {requests: {memory: 1Mi}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: critical, namespace: kube-system}
+spec:
+  nodeName: server
+  priorityClassName: system-node-critical
+  containers: [{name: main, image: busybox:1.35, command: [sleep, "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: deadline, namespace: kube-system}
+spec:
+  nodeName: server
+  priorityClassName: system-node-critical
+  activeDeadlineSeconds: 5
+  containers: [{name: main, image: busybox:1.35, command: [sleep, "3600"]}]
+"#;
+
+/// Node-pressure eviction with real containers, as the kubelet does it: under memory
+/// pressure a new BestEffort pod is rejected, a running pod is evicted (Failed,
+/// `Evicted`, the kubelet's message, a DisruptionTarget condition, an event), and a
+/// critical pod runs on; under disk pressure unused images are removed first, and the
+/// condition goes once the disk is freed. A pod past its activeDeadlineSeconds fails.
+#[test]
+fn node_pressure_rejects_evicts_and_frees_images() {
+    if let Some(why) = lab::unavailable() {
+        eprintln!("skipping the end-to-end test: {why}");
+        return;
+    }
+    let mut lab = Lab::with_hosts(1);
+    // The node's image file system is a small tmpfs, which the test fills to make disk
+    // pressure (the lab unmounts it at the end).
+    let imagefs = lab.path("server/agent/containerd");
+    std::fs::create_dir_all(&imagefs).unwrap();
+    nix::mount::mount(Some("tmpfs"), &imagefs, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=256m"))
+        .expect("mounting a tmpfs");
+    lab::busybox_image(&lab.path("server/agent/images/busybox.tar"));
+    lab::tiny_image(&lab.path("server/agent/images/spare.tar"), "docker.io/library/spare:1");
+    // Asking for more free memory than any machine has: memory pressure from the start.
+    lab.spawn_server(&[
+        "--eviction-hard=memory.available<1Pi,imagefs.available<50%",
+        "--eviction-pressure-transition-period=0s",
+        "--image-minimum-gc-age=0s",
+    ]);
+    lab.server_token();
+    let cond = |t: &str| {
+        jsonpath(&lab, &["get", "node", "server"], &format!("{{.status.conditions[?(@.type==\"{t}\")].status}}"))
+    };
+    wait_for("the node Ready under memory pressure", 60, || {
+        cond("Ready") == "True" && cond("MemoryPressure") == "True"
+    });
+    assert_eq!(cond("DiskPressure"), "False");
+    let data_dir = lab.path("server");
+    let images = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rk"))
+            .args(["images", "ls", "--data-dir", data_dir.to_str().unwrap()])
+            .output()
+            .expect("rk images ls runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_for("the spare image imported", 30, || images().contains("docker.io/library/spare:1"));
+
+    let out = lab.kubectl_stdin(&["apply", "-f", "-"], Some(PRESSURE_PODS));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let field = |ns: &str, pod: &str, path: &str| jsonpath(&lab, &["get", "pod", "-n", ns, pod], path);
+    wait_for("the BestEffort pod rejected", 60, || field("default", "besteffort", "{.status.phase}") == "Failed");
+    assert_eq!(
+        field("default", "besteffort", "{.status.reason}|{.status.message}"),
+        "Evicted|Pod was rejected: The node had condition: [MemoryPressure]. "
+    );
+    wait_for("the Burstable pod evicted", 60, || field("default", "burstable", "{.status.phase}") == "Failed");
+    let msg = field("default", "burstable", "{.status.message}");
+    assert!(msg.starts_with("The node was low on resource: memory. Threshold quantity: 1Pi, available: "), "{msg}");
+    assert_eq!(
+        field("default", "burstable", "{.status.reason} {.status.conditions[?(@.type==\"DisruptionTarget\")].reason}"),
+        "Evicted TerminationByKubelet"
+    );
+    wait_for("the Evicted events", 30, || {
+        let ev = jsonpath(&lab, &["get", "events"], "{range .items[*]}{.involvedObject.name}={.reason} {end}");
+        ev.contains("burstable=Evicted") && ev.contains("besteffort=Evicted")
+    });
+    wait_for("the critical pod Running", 60, || field("kube-system", "critical", "{.status.phase}") == "Running");
+    // A pod past its activeDeadlineSeconds is ended by its kubelet.
+    wait_for("the deadline pod Failed", 60, || field("kube-system", "deadline", "{.status.phase}") == "Failed");
+    assert_eq!(
+        field("kube-system", "deadline", "{.status.reason}|{.status.message}"),
+        "DeadlineExceeded|Pod was active on the node longer than the specified deadline"
+    );
+
+    // Disk pressure: the unused image goes; the ones in use and the pause image stay.
+    std::fs::write(imagefs.join("filler"), vec![0u8; 160 << 20]).unwrap();
+    wait_for("DiskPressure", 40, || cond("DiskPressure") == "True");
+    wait_for("the unused image removed", 30, || !images().contains("spare:1"));
+    let ls = images();
+    assert!(ls.contains("busybox:1.35") && ls.contains("rk.local/pause:1"), "{ls}");
+    assert_eq!(field("kube-system", "critical", "{.status.phase}"), "Running");
+    std::fs::remove_file(imagefs.join("filler")).unwrap();
+    wait_for("DiskPressure gone", 40, || cond("DiskPressure") == "False");
+    assert_eq!(cond("MemoryPressure"), "True");
+    assert_eq!(field("kube-system", "critical", "{.status.phase}"), "Running");
+}

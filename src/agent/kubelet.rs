@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cni;
 pub mod env;
+pub mod eviction;
 pub mod node;
 pub mod pod_worker;
 pub mod pressure;
@@ -85,11 +86,15 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
     let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
 
     let ncfg = cfg.node.clone();
+    let imagefs = node::imagefs(&cfg.data_dir);
+    let under = ncfg.eviction.eviction_hard.pressure(&pressure::observe(&cfg.data_dir, &imagefs));
+    let (pressure_tx, pressure_rx) = watch::channel(under.clone());
     let st = node::status(
         &ncfg,
         &cfg.data_dir,
         &runtime_version,
         (false, "container runtime network not ready: cni config uninitialized"),
+        &under,
     );
     node::register(&client, &ncfg, st).await?;
     let host_ip = node::node_ip(ncfg.ip).to_string();
@@ -124,11 +129,22 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
         node_alloc: alloc,
         cgroup_root: "/rk".into(),
         network_ready: net_rx,
+        pressure: pressure_rx.clone(),
+        evictions: Default::default(),
+        wake: watch::channel(()).0,
     });
+    let evictions =
+        eviction::Manager::new(ctx.clone(), ncfg.eviction.clone(), cfg.data_dir.clone(), imagefs, pressure_tx).run();
 
     let network = {
-        let (client, ncfg, paths, data_dir, rv) =
-            (client.clone(), ncfg.clone(), paths.clone(), cfg.data_dir.clone(), runtime_version.clone());
+        let (client, ncfg, paths, data_dir, rv, pressure) = (
+            client.clone(),
+            ncfg.clone(),
+            paths.clone(),
+            cfg.data_dir.clone(),
+            runtime_version.clone(),
+            pressure_rx.clone(),
+        );
         let vxlan = cfg.vxlan;
         async move {
             let api: Api<Node> = Api::all(client.clone());
@@ -151,7 +167,8 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
                         Ok(()) => {
                             tracing::info!(%cidr, "pod network configured");
                             let _ = net_tx.send(true);
-                            let st = node::status(&ncfg, &data_dir, &rv, (true, ""));
+                            let under = pressure.borrow().clone();
+                            let st = node::status(&ncfg, &data_dir, &rv, (true, ""), &under);
                             let _ = node::register(&client, &ncfg, st).await;
                             return;
                         }
@@ -163,23 +180,42 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
         }
     };
     let heartbeat = {
-        let (client, ncfg, data_dir, rv, ready) =
-            (client.clone(), ncfg.clone(), cfg.data_dir.clone(), runtime_version.clone(), ctx.network_ready.clone());
+        let (client, ncfg, data_dir, rv, ready, mut pressure) = (
+            client.clone(),
+            ncfg.clone(),
+            cfg.data_dir.clone(),
+            runtime_version.clone(),
+            ctx.network_ready.clone(),
+            pressure_rx,
+        );
         async move {
             let mut lease = tokio::time::interval(LEASE_EVERY);
             let mut status = tokio::time::interval(STATUS_EVERY);
             loop {
+                // The status every minute, and at once when the pressure conditions change.
                 tokio::select! {
-                    _ = lease.tick() => crate::agent::simulate::renew_leases(&client, std::slice::from_ref(&ncfg.name)).await,
-                    _ = status.tick() => {
-                        let ok = *ready.borrow();
-                        let st = node::status(&ncfg, &data_dir, &rv, (ok, "container runtime network not ready: cni config uninitialized"));
-                        let api: Api<Node> = Api::all(client.clone());
-                        let patch = serde_json::json!({"status": st});
-                        if let Err(e) = api.patch_status(&ncfg.name, &Default::default(), &kube::api::Patch::Merge(&patch)).await {
-                            tracing::debug!(error = %e, "node status update failed");
-                        }
+                    _ = lease.tick() => {
+                        crate::agent::simulate::renew_leases(&client, std::slice::from_ref(&ncfg.name)).await;
+                        continue;
                     }
+                    _ = status.tick() => {}
+                    r = pressure.changed() => if r.is_err() { return },
+                }
+                let ok = *ready.borrow();
+                let under = pressure.borrow_and_update().clone();
+                let st = node::status(
+                    &ncfg,
+                    &data_dir,
+                    &rv,
+                    (ok, "container runtime network not ready: cni config uninitialized"),
+                    &under,
+                );
+                let api: Api<Node> = Api::all(client.clone());
+                let patch = serde_json::json!({"status": st});
+                if let Err(e) =
+                    api.patch_status(&ncfg.name, &Default::default(), &kube::api::Patch::Merge(&patch)).await
+                {
+                    tracing::debug!(error = %e, "node status update failed");
                 }
             }
         }
@@ -193,6 +229,7 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
         _ = shutdown.cancelled() => {}
         _ = async { network.await; std::future::pending::<()>().await } => {}
         _ = heartbeat => {}
+        _ = evictions => {}
         r = dispatch(ctx, shutdown.clone()) => r?,
     }
     Ok(())

@@ -37,8 +37,21 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-/// Turns the kubelet's hard eviction thresholds off (see [`Lab::spawn_rk`]).
-const NO_EVICTION_THRESHOLDS: &str = "--eviction-hard=";
+/// Turn the kubelet's hard eviction thresholds and routine image GC off (see
+/// [`Lab::spawn_rk`]), unless the test gives those flags itself.
+const NO_EVICTION: [&str; 2] = ["--eviction-hard=", "--image-gc-high-threshold=100"];
+
+/// The lab's node flags: [`NO_EVICTION`] less what `extra` sets, then `extra`.
+fn node_flags<'a>(mut args: Vec<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
+    for d in NO_EVICTION {
+        let name = d.split('=').next().unwrap();
+        if !extra.iter().any(|e| e.split('=').next() == Some(name)) {
+            args.push(d);
+        }
+    }
+    args.extend_from_slice(extra);
+    args
+}
 
 impl Lab {
     /// Two hosts, `host0` (192.168.250.1) and `host1` (192.168.250.2).
@@ -86,9 +99,10 @@ impl Lab {
 
     /// Starts `rk ARGS` on host `h` with its log in the lab dir; returns its PID.
     ///
-    /// Lab nodes run without eviction thresholds: they share the host's disk, and a
-    /// host whose disk is over 90% full (CI machines often are) would rightly report
-    /// DiskPressure on every node and taint them all, so no new pod would schedule.
+    /// Lab nodes run without eviction thresholds or image GC: they share the host's
+    /// disk, and a host whose disk is over 90% full (CI machines often are) would
+    /// rightly report DiskPressure on every node and taint them all, so no new pod
+    /// would schedule, and would remove the test images while no pod uses them.
     pub fn spawn_rk(&mut self, h: usize, args: &[&str], log: &str) -> u32 {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(self.path(log)).unwrap();
         let child = self
@@ -112,7 +126,7 @@ impl Lab {
     pub fn spawn_server(&mut self, extra: &[&str]) -> u32 {
         let server_dir = self.path("server");
         let kubeconfig = self.path("kubeconfig.yaml");
-        let mut args = vec![
+        let args = vec![
             "server",
             "--data-dir",
             server_dir.to_str().unwrap(),
@@ -122,10 +136,8 @@ impl Lab {
             "server",
             "--node-ip",
             HOST_IPS[0],
-            NO_EVICTION_THRESHOLDS,
         ];
-        args.extend_from_slice(extra);
-        self.spawn_rk(0, &args, "server.log")
+        self.spawn_rk(0, &node_flags(args, extra), "server.log")
     }
 
     /// Waits (up to 30 s) for the server on host 0 to write `kubeconfig.yaml` into the
@@ -151,20 +163,8 @@ impl Lab {
         let url = format!("https://{}:6443", HOST_IPS[0]);
         let dir = self.path(name);
         let dir = dir.to_str().unwrap().to_string();
-        let mut args = vec![
-            "agent",
-            "--join",
-            &url,
-            "--token",
-            token,
-            "--node-name",
-            name,
-            "--data-dir",
-            &dir,
-            NO_EVICTION_THRESHOLDS,
-        ];
-        args.extend_from_slice(extra);
-        self.spawn_rk(h, &args, &format!("{name}.log"))
+        let args = vec!["agent", "--join", &url, "--token", token, "--node-name", name, "--data-dir", &dir];
+        self.spawn_rk(h, &node_flags(args, extra), &format!("{name}.log"))
     }
 
     /// The node dirs and logs the lab's rk processes use.
@@ -370,6 +370,20 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", h]).output();
         }
     }
+}
+
+/// A one-file image named `name` (an image no pod needs).
+pub fn tiny_image(out: &Path, name: &str) {
+    use rk::agent::runtime::image::{FileEntry, ImageSpec, oci_archive};
+    let spec = ImageSpec {
+        name: name.into(),
+        files: vec![FileEntry::file("hello.txt", 0o644, format!("{name}\n").into_bytes())],
+        entrypoint: vec![],
+        cmd: vec!["/hello".into()],
+        env: vec![],
+    };
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(out, oci_archive(&spec).unwrap()).unwrap();
 }
 
 /// A busybox image (`docker.io/library/busybox:1.35`) built from the host's

@@ -21,8 +21,8 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// `--node-taint key=value:Effect`, applied at registration.
     pub taints: Vec<Taint>,
-    /// `--eviction-hard`: when the node reports pressure.
-    pub eviction_hard: super::pressure::Thresholds,
+    /// `--eviction-hard` and the other eviction and image GC flags.
+    pub eviction: super::eviction::EvictionArgs,
 }
 
 /// Bytes of memory on this machine.
@@ -90,7 +90,7 @@ fn arch() -> &'static str {
 
 /// The file system images live on: rk's own containerd root, else containerd's
 /// default, else the data dir's.
-fn imagefs(data_dir: &std::path::Path) -> std::path::PathBuf {
+pub fn imagefs(data_dir: &std::path::Path) -> std::path::PathBuf {
     [data_dir.join("agent/containerd"), std::path::PathBuf::from("/var/lib/containerd")]
         .into_iter()
         .find(|p| p.is_dir())
@@ -99,18 +99,22 @@ fn imagefs(data_dir: &std::path::Path) -> std::path::PathBuf {
 
 /// The node's status: capacity and allocatable (capacity less the memory eviction
 /// threshold, as the kubelet reserves it), addresses, nodeInfo, the pressure
-/// conditions from the eviction thresholds, and Ready (`ready` or not yet).
-pub fn status(cfg: &NodeConfig, data_dir: &std::path::Path, runtime_version: &str, ready: (bool, &str)) -> Value {
+/// conditions (`under`, from the eviction manager), and Ready (`ready` or not yet).
+pub fn status(
+    cfg: &NodeConfig,
+    data_dir: &std::path::Path,
+    runtime_version: &str,
+    ready: (bool, &str),
+    under: &[super::pressure::Condition],
+) -> Value {
     use super::pressure::Condition;
     let cap = capacity(data_dir);
-    let observed = super::pressure::observe(data_dir, &imagefs(data_dir));
     let mut alloc = cap.clone();
-    let mem = observed.memory.map(|m| m.capacity).unwrap_or(0.0);
-    let reserve = cfg.eviction_hard.memory_reserve(mem);
+    let mem = super::pressure::meminfo("MemTotal:").unwrap_or(0.0);
+    let reserve = cfg.eviction.eviction_hard.memory_reserve(mem);
     if reserve > 0.0 {
         alloc.insert("memory".into(), format!("{}Ki", ((mem - reserve).max(0.0) / 1024.0) as u64));
     }
-    let under = cfg.eviction_hard.pressure(&observed);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let cond = |t: &str, s: &str, reason: &str, msg: &str| json!({"type": t, "status": s, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now});
     let uname = nix::sys::utsname::uname().ok();

@@ -51,6 +51,25 @@ pub struct NodeCtx {
     pub cgroup_root: String,
     /// True once the pod network (CNI config) is in place.
     pub network_ready: watch::Receiver<bool>,
+    /// The node's pressure conditions (see `eviction`), for admitting new pods.
+    pub pressure: watch::Receiver<Vec<super::pressure::Condition>>,
+    /// Pods the eviction manager chose, by UID, for their workers to kill.
+    pub evictions: std::sync::Mutex<HashMap<String, Termination>>,
+    /// Wakes every worker to look at `evictions`.
+    pub wake: watch::Sender<()>,
+}
+
+/// Why the kubelet ends a pod that is not being deleted, as its status will say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Termination {
+    /// `status.reason` (`Evicted`, `DeadlineExceeded`).
+    pub reason: String,
+    /// `status.message`.
+    pub message: String,
+    /// Seconds the containers get between SIGTERM and SIGKILL.
+    pub grace: i64,
+    /// Adds the `DisruptionTarget` condition (reason `TerminationByKubelet`).
+    pub disruption: bool,
 }
 
 /// Marks the sandboxes this node's kubelet made, so it only ever removes its own.
@@ -84,8 +103,16 @@ pub async fn run(
     mut rx: watch::Receiver<Option<Arc<Pod>>>,
     shutdown: CancellationToken,
 ) {
-    let mut w =
-        Worker { ctx, backoff: HashMap::new(), probes: HashMap::new(), last_status: None, pulled: HashMap::new() };
+    let mut wake = ctx.wake.subscribe();
+    let mut w = Worker {
+        ctx,
+        backoff: HashMap::new(),
+        probes: HashMap::new(),
+        last_status: None,
+        pulled: HashMap::new(),
+        admitted: false,
+        ended: None,
+    };
     loop {
         let pod = rx.borrow_and_update().clone();
         let next = match pod {
@@ -99,6 +126,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
+            _ = wake.changed() => {}
             _ = tokio::time::sleep(next) => {}
         }
     }
@@ -113,6 +141,11 @@ struct Worker {
     last_status: Option<Value>,
     /// Images this worker saw present, so "Pulled" is said once.
     pulled: HashMap<String, bool>,
+    /// The pod passed the kubelet's admission (or was already running).
+    admitted: bool,
+    /// The kubelet ended the pod (evicted, rejected, past its deadline): its containers
+    /// are stopped and its status must say why.
+    ended: Option<Termination>,
 }
 
 fn pod_key(p: &Pod) -> String {
@@ -127,21 +160,87 @@ fn now_str() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Records an event about `pod` (or one of its containers) as this node's kubelet.
+pub fn pod_event(ctx: &NodeCtx, pod: &Pod, container: Option<&str>, warning: bool, reason: &str, note: String) {
+    let mut r = kube::Resource::object_ref(pod, &());
+    if let Some(c) = container {
+        r.field_path = Some(format!("spec.containers{{{c}}}"));
+    }
+    let action: String = note.chars().take(128).collect();
+    let ev = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note),
+        action,
+        secondary: None,
+    };
+    emit(&ctx.recorder, ev, r);
+}
+
 impl Worker {
     fn event(&self, pod: &Pod, container: Option<&str>, warning: bool, reason: &str, note: String) {
-        let mut r = kube::Resource::object_ref(pod, &());
-        if let Some(c) = container {
-            r.field_path = Some(format!("spec.containers{{{c}}}"));
+        pod_event(&self.ctx, pod, container, warning, reason, note);
+    }
+
+    /// Whether the kubelet ends this pod now: chosen for eviction, past its
+    /// activeDeadlineSeconds, or (a pod not yet started) refused by admission because
+    /// the node is under pressure.
+    fn must_end(&mut self, pod: &Pod, uid: &str, sandboxes: &[cri::PodSandbox]) -> Option<Termination> {
+        if let Some(t) = &self.ended {
+            return Some(t.clone());
         }
-        let action: String = note.chars().take(128).collect();
-        let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(note),
-            action,
-            secondary: None,
-        };
-        emit(&self.ctx.recorder, ev, r);
+        if let Some(t) = self.ctx.evictions.lock().expect("evictions").remove(uid) {
+            return Some(t);
+        }
+        if deadline_left(pod) == Some(Duration::ZERO) {
+            let message = "Pod was active on the node longer than the specified deadline".to_string();
+            self.event(pod, None, false, "DeadlineExceeded", message.clone());
+            return Some(Termination {
+                reason: "DeadlineExceeded".into(),
+                message,
+                grace: grace(pod),
+                disruption: false,
+            });
+        }
+        if !self.admitted {
+            self.admitted = true;
+            if sandboxes.is_empty() {
+                let under = self.ctx.pressure.borrow().clone();
+                if let Err(why) = super::eviction::admit(pod, &under) {
+                    self.event(pod, None, true, "Evicted", why.clone());
+                    let message = format!("Pod was rejected: {why}");
+                    return Some(Termination { reason: "Evicted".into(), message, grace: 0, disruption: false });
+                }
+            }
+        }
+        None
+    }
+
+    /// Kills what runs of the pod (once) and reports it Failed with `t`'s reason.
+    async fn end(&mut self, pod: &Pod, sandboxes: &[cri::PodSandbox], t: Termination) {
+        let mut obs = PodObservation::default();
+        if self.ended.is_none() {
+            for s in sandboxes {
+                let Ok(runs) = self.containers(&s.id).await else { return };
+                let stops = runs.iter().filter(|r| r.state == CState::Running).map(|r| {
+                    self.event(pod, Some(&r.name), false, "Killing", format!("Stopping container {}", r.name));
+                    let req = cri::StopContainerRequest { container_id: r.id.clone(), timeout: t.grace };
+                    let mut rt = self.ctx.cri.rt();
+                    async move { rt.stop_container(req).await }
+                });
+                futures::future::join_all(stops.collect::<Vec<_>>()).await;
+                let req = cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() };
+                if self.ctx.cri.rt().stop_pod_sandbox(req).await.is_err() {
+                    return;
+                }
+            }
+            self.ended = Some(t.clone());
+        }
+        if let Some(s) = sandboxes.first() {
+            obs.containers = self.containers(&s.id).await.unwrap_or_default();
+        }
+        obs.ended = Some(t);
+        self.report(pod, &obs).await;
     }
 
     /// The pod's sandboxes, newest first. An error means the runtime could not
@@ -211,6 +310,13 @@ impl Worker {
             return Duration::from_secs(2);
         }
         let Ok(sandboxes) = self.sandboxes(&uid).await else { return RUNTIME_RETRY };
+        if !matches!(phase.as_str(), "Succeeded" | "Failed")
+            && let Some(t) = self.must_end(pod, &uid, &sandboxes)
+        {
+            self.end(pod, &sandboxes, t).await;
+            return Duration::from_secs(10);
+        }
+        self.admitted = true;
         if matches!(phase.as_str(), "Succeeded" | "Failed") {
             // A finished pod keeps its containers (for logs) but not its sandbox.
             for s in sandboxes.iter().filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
@@ -384,6 +490,9 @@ impl Worker {
             obs.containers = runs;
         }
         self.report(pod, &obs).await;
+        if let Some(left) = deadline_left(pod) {
+            next = next.min(left);
+        }
         next.max(Duration::from_millis(100))
     }
 
@@ -1014,7 +1123,9 @@ impl Worker {
             let mine = ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"];
             let arr = status["conditions"].as_array_mut().expect("conditions is a list");
             for c in old.iter().filter(|c| !mine.contains(&c.type_.as_str())) {
-                arr.push(serde_json::to_value(c).unwrap_or(Value::Null));
+                if !arr.iter().any(|n| n["type"] == c.type_.as_str()) {
+                    arr.push(serde_json::to_value(c).unwrap_or(Value::Null));
+                }
             }
         }
         let current = pod.status.as_ref().and_then(|s| serde_json::to_value(s).ok()).unwrap_or(Value::Null);
@@ -1142,6 +1253,15 @@ fn namespace_options(spec: &k8s_openapi::api::core::v1::PodSpec) -> cri::Namespa
         ipc: node_or(spec.host_ipc, cri::NamespaceMode::Pod) as i32,
         ..Default::default()
     }
+}
+
+/// How long the pod may still run under its activeDeadlineSeconds (counted from its
+/// startTime, as the kubelet counts), if it has one.
+fn deadline_left(pod: &Pod) -> Option<Duration> {
+    let secs = pod.spec.as_ref()?.active_deadline_seconds?;
+    let start_ms = pod.status.as_ref()?.start_time.as_ref()?.0.as_millisecond();
+    let left_ms = start_ms.saturating_add(secs.saturating_mul(1000)) - chrono::Utc::now().timestamp_millis();
+    Some(Duration::from_millis(left_ms.max(0) as u64))
 }
 
 fn grace(pod: &Pod) -> i64 {

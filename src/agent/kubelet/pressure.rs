@@ -42,7 +42,7 @@ impl Signal {
     }
 
     /// The node condition the signal feeds.
-    fn condition(self) -> Condition {
+    pub fn condition(self) -> Condition {
         match self {
             Signal::MemoryAvailable => Condition::Memory,
             Signal::PidAvailable => Condition::Pid,
@@ -52,7 +52,7 @@ impl Signal {
 }
 
 /// A node pressure condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Condition {
     /// MemoryPressure.
     Memory,
@@ -60,6 +60,20 @@ pub enum Condition {
     Disk,
     /// PIDPressure.
     Pid,
+}
+
+impl Condition {
+    /// Every pressure condition, in the order the kubelet reports them.
+    pub const ALL: [Condition; 3] = [Condition::Memory, Condition::Disk, Condition::Pid];
+
+    /// The node condition type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Condition::Memory => "MemoryPressure",
+            Condition::Disk => "DiskPressure",
+            Condition::Pid => "PIDPressure",
+        }
+    }
 }
 
 /// How little of a signal is too little.
@@ -122,6 +136,17 @@ impl std::str::FromStr for Thresholds {
         }
         Ok(Thresholds(out))
     }
+}
+
+/// A threshold crossed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Met {
+    /// The signal.
+    pub signal: Signal,
+    /// The threshold, as a quantity (a percentage applied to the capacity).
+    pub quantity: f64,
+    /// What is available.
+    pub available: f64,
 }
 
 /// One signal's reading: what is left, out of how much.
@@ -193,21 +218,27 @@ impl Observed {
 }
 
 impl Thresholds {
-    /// The conditions under pressure: a threshold is crossed when what is available is
-    /// below it (kubelet's `LessThan`).
-    pub fn pressure(&self, o: &Observed) -> Vec<Condition> {
+    /// The thresholds crossed: what is available is below the threshold (kubelet's
+    /// `LessThan`). Each comes with the threshold's quantity and what is available.
+    pub fn met(&self, o: &Observed) -> Vec<Met> {
         let mut out = Vec::new();
         for (signal, amount) in &self.0 {
             let Some(r) = o.reading(*signal) else { continue };
-            let limit = match amount {
+            let quantity = match amount {
                 Amount::Quantity(q) => *q,
                 Amount::Fraction(f) => f * r.capacity,
             };
-            if r.available < limit && !out.contains(&signal.condition()) {
-                out.push(signal.condition());
+            if r.available < quantity {
+                out.push(Met { signal: *signal, quantity, available: r.available });
             }
         }
         out
+    }
+
+    /// The conditions under pressure (see [`Thresholds::met`]), in [`Condition::ALL`] order.
+    pub fn pressure(&self, o: &Observed) -> Vec<Condition> {
+        let met = self.met(o);
+        Condition::ALL.into_iter().filter(|c| met.iter().any(|m| m.signal.condition() == *c)).collect()
     }
 
     /// The memory the kubelet keeps back from allocatable (the `memory.available`

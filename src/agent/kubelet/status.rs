@@ -62,6 +62,8 @@ pub struct PodObservation {
     pub ready: HashMap<String, bool>,
     /// Startup probe results by container name; no entry: no probe (started once running).
     pub started: HashMap<String, bool>,
+    /// The kubelet ended the pod (evicted, rejected, past its deadline): it is Failed.
+    pub ended: Option<super::pod_worker::Termination>,
 }
 
 impl PodObservation {
@@ -146,6 +148,9 @@ fn container_status(c: &Container, obs: &PodObservation, init: bool) -> (Value, 
 
 /// The pod's phase (kubelet `getPhase`).
 fn phase(pod: &Pod, obs: &PodObservation, statuses: &[Value], init_statuses: &[Value]) -> &'static str {
+    if obs.ended.is_some() {
+        return "Failed";
+    }
     let spec = pod.spec.as_ref();
     let policy = spec.and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
     let inits = spec.and_then(|s| s.init_containers.as_ref()).map(|v| v.len()).unwrap_or(0);
@@ -180,7 +185,6 @@ fn phase(pod: &Pod, obs: &PodObservation, statuses: &[Value], init_statuses: &[V
             waiting += 1;
         }
     }
-    let _ = obs;
     if waiting > 0 {
         "Pending"
     } else if running > 0 {
@@ -241,7 +245,7 @@ pub fn pod_status(pod: &Pod, obs: &PodObservation, host_ip: &str, now: &str) -> 
     };
     let not_ready_reason = if finished { Some("PodCompleted") } else { Some("ContainersNotReady") };
     let ready = all_ready && !finished;
-    let conditions = vec![
+    let mut conditions = vec![
         cond("PodReadyToStartContainers", obs.sandbox_ready, None),
         cond(
             "Initialized",
@@ -252,6 +256,11 @@ pub fn pod_status(pod: &Pod, obs: &PodObservation, host_ip: &str, now: &str) -> 
         cond("ContainersReady", ready, if ready { None } else { not_ready_reason }),
         cond("PodScheduled", true, None),
     ];
+    if let Some(t) = obs.ended.as_ref().filter(|t| t.disruption) {
+        let mut c = cond("DisruptionTarget", true, Some("TerminationByKubelet"));
+        c["message"] = json!(t.message);
+        conditions.push(c);
+    }
     let start_time = old.and_then(|s| s.start_time.as_ref()).map(|t| json!(t)).unwrap_or_else(|| json!(now));
     let mut status = json!({
         "phase": phase, "conditions": conditions, "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
@@ -259,6 +268,10 @@ pub fn pod_status(pod: &Pod, obs: &PodObservation, host_ip: &str, now: &str) -> 
     });
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = json!(init_statuses);
+    }
+    if let Some(t) = &obs.ended {
+        status["reason"] = json!(t.reason);
+        status["message"] = json!(t.message);
     }
     let ip = if spec.host_network == Some(true) { Some(host_ip.to_string()) } else { obs.pod_ip.clone() };
     if let Some(ip) = ip.or_else(|| old.and_then(|s| s.pod_ip.clone())) {
