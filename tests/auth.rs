@@ -263,7 +263,21 @@ async fn service_account_tokens_nodes_and_escalation() {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team"},
                      "spec": {"nodeName": "node-b", "serviceAccountName": "robot",
                               "containers": [{"name": "c", "image": "x", "envFrom": [{"secretRef": {"name": "s1"}}]}]}});
+    // The account's pull secrets go to its pods (ServiceAccount admission).
+    s.kubectl_ok(&[
+        "-n",
+        "team",
+        "patch",
+        "serviceaccount",
+        "robot",
+        "-p",
+        r#"{"imagePullSecrets":[{"name":"regcred"}]}"#,
+    ])
+    .await;
     s.kubectl_stdin(&["create", "-f", "-"], Some(&pod.to_string())).await;
+    let pulls =
+        s.kubectl_ok(&["-n", "team", "get", "pod", "p", "-o", "jsonpath={.spec.imagePullSecrets[*].name}"]).await;
+    assert_eq!(pulls, "regcred");
     let token = s
         .kubectl_ok(&[
             "-n",

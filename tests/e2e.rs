@@ -277,6 +277,63 @@ fn real_pods_on_two_nodes() {
     });
     assert_eq!(jsonpath(&lab, &["get", "pod", "bad-volume"], "{.status.phase}"), "Pending");
 
+    // Pulling from a private registry (a small one the test serves on the server
+    // host's loopback, behind basic auth): with the pod's pull secret, made by
+    // `kubectl create secret docker-registry`, the image is pulled and runs; without
+    // it the pull fails with the registry's 401 and backs off.
+    let archive = lab.path("hello-image.tar");
+    lab::busybox_image(&archive);
+    let reg = common::registry::Registry::start(
+        &lab.hosts[0],
+        &std::fs::read(&archive).unwrap(),
+        "rk/hello",
+        "1",
+        ("puller", "s3cret"),
+    );
+    let image = format!("127.0.0.1:{}/rk/hello:1", reg.port);
+    lab.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server=127.0.0.1:{}", reg.port),
+        "--docker-username=puller",
+        "--docker-password=s3cret",
+    ]);
+    let pods = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: pulled}}
+spec:
+  nodeName: server
+  imagePullSecrets: [{{name: regcred}}]
+  containers: [{{name: main, image: "{image}", command: [sleep, "3600"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: denied}}
+spec:
+  nodeName: server
+  containers: [{{name: main, image: "{image}", imagePullPolicy: Always, command: [sleep, "3600"]}}]
+"#
+    );
+    let out = lab.kubectl_stdin(&["apply", "-f", "-"], Some(&pods));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the pulled pod Running", 60, || {
+        jsonpath(&lab, &["get", "pod", "pulled"], "{.status.phase}") == "Running"
+    });
+    let ev = lab.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=pulled"]);
+    assert!(ev.contains(&format!("Successfully pulled image \"{image}\"")), "{ev}");
+    wait_for("the denied pod's pull to fail", 60, || {
+        let r = jsonpath(&lab, &["get", "pod", "denied"], "{.status.containerStatuses[0].state.waiting.reason}");
+        r == "ErrImagePull" || r == "ImagePullBackOff"
+    });
+    let ev = lab.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=denied"]);
+    assert!(ev.contains("Failed to pull image") && ev.contains("401"), "{ev}");
+    assert!(reg.served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(reg.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
     // kill -9 rk: containers keep running; after a restart the pods are unchanged.
     let before =
         jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID}");

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cni;
+pub mod credentials;
 pub mod env;
 pub mod eviction;
 pub mod node;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod registry;
 
 use std::path::PathBuf;
 use std::process::Output;

@@ -767,15 +767,29 @@ impl Worker {
         {
             return Err(("ImagePullBackOff".into(), format!("Back-off pulling image \"{image}\"")));
         }
+        // The pod's pull secrets that cover the image, tried in turn (none: anonymous).
+        let (creds, missing) = super::credentials::for_pod(&self.ctx.client, pod).await;
+        if !missing.is_empty() {
+            let msg = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                missing.join(", ")
+            );
+            self.event(pod, None, true, "FailedToRetrieveImagePullSecret", msg);
+        }
+        let auths = super::credentials::lookup(&creds, &image);
+        let attempts: Vec<Option<cri::AuthConfig>> =
+            if auths.is_empty() { vec![None] } else { auths.into_iter().map(Some).collect() };
         self.event(pod, Some(&c.name), false, "Pulling", format!("Pulling image \"{image}\""));
         let t0 = std::time::Instant::now();
-        match self
-            .ctx
-            .cri
-            .img()
-            .pull_image(cri::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None })
-            .await
-        {
+        let mut result = Err(tonic::Status::unknown("no pull attempted"));
+        for auth in attempts {
+            let req = cri::PullImageRequest { image: Some(spec.clone()), auth, sandbox_config: None };
+            result = self.ctx.cri.img().pull_image(req).await;
+            if result.is_ok() {
+                break;
+            }
+        }
+        match result {
             Ok(_) => {
                 self.backoff.remove(&key);
                 self.event(

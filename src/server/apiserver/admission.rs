@@ -179,7 +179,8 @@ impl ApiServer {
     /// `default` unless it names an account, and, unless it or its account opts out
     /// with `automountServiceAccountToken: false`, gets Kubernetes's
     /// `kube-api-access-<suffix>` projected volume (a bound token the kubelet keeps
-    /// fresh, `ca.crt`, `namespace`) mounted in every container.
+    /// fresh, `ca.crt`, `namespace`) mounted in every container. A pod without
+    /// imagePullSecrets gets its account's.
     pub(super) async fn admit_service_account(&self, call: &Call, obj: &mut Value) -> Result<(), ApiError> {
         if !(call.def.group.is_empty() && call.def.plural == "pods") || call.sub.is_some() {
             return Ok(());
@@ -197,12 +198,15 @@ impl ApiServer {
             .unwrap_or("default")
             .to_string();
         spec["serviceAccountName"] = Value::String(sa.clone());
+        let account = self.stored("serviceaccounts", Some(&ns), &sa).await.map_err(ApiError::internal)?;
+        // A pod that names no pull secrets gets its account's.
+        let own = spec["imagePullSecrets"].as_array().is_some_and(|a| !a.is_empty());
+        if let Some(pull) = account.as_ref().map(|a| &a["imagePullSecrets"]).filter(|p| !own && p.is_array()) {
+            spec["imagePullSecrets"] = pull.clone();
+        }
         let automount = match spec["automountServiceAccountToken"].as_bool() {
             Some(b) => b,
-            None => {
-                let account = self.stored("serviceaccounts", Some(&ns), &sa).await.map_err(ApiError::internal)?;
-                account.and_then(|v| v["automountServiceAccountToken"].as_bool()).unwrap_or(true)
-            }
+            None => account.and_then(|v| v["automountServiceAccountToken"].as_bool()).unwrap_or(true),
         };
         if !automount {
             return Ok(());
