@@ -122,28 +122,26 @@ fn urgency(s: Signal) -> u8 {
     }
 }
 
-/// A byte count as a Kubernetes BinarySI quantity prints it (`100Mi`, `81848Ki`, `1000`).
-pub fn binary_si(v: f64) -> String {
+/// `v` as a Kubernetes quantity prints it: the largest suffix that divides it exactly,
+/// in steps of `base` (`100Mi`, `81848Ki`, `1000` in BinarySI; `5k` in DecimalSI).
+fn si(v: f64, base: u64, suffixes: [&str; 7]) -> String {
     let mut v = v.max(0.0) as u64;
-    let suffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
     let mut i = 0;
-    while v != 0 && v % 1024 == 0 && i + 1 < suffixes.len() {
-        v /= 1024;
+    while v != 0 && v % base == 0 && i + 1 < suffixes.len() {
+        v /= base;
         i += 1;
     }
     format!("{v}{}", suffixes[i])
 }
 
-/// A count as a Kubernetes DecimalSI quantity prints it (`5k`, `32768`).
+/// A byte count as a BinarySI quantity.
+pub fn binary_si(v: f64) -> String {
+    si(v, 1024, ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])
+}
+
+/// A count as a DecimalSI quantity.
 fn decimal_si(v: f64) -> String {
-    let mut v = v.max(0.0) as u64;
-    let suffixes = ["", "k", "M", "G", "T", "P", "E"];
-    let mut i = 0;
-    while v != 0 && v % 1000 == 0 && i + 1 < suffixes.len() {
-        v /= 1000;
-        i += 1;
-    }
-    format!("{v}{}", suffixes[i])
+    si(v, 1000, ["", "k", "M", "G", "T", "P", "E"])
 }
 
 fn quantity(s: Signal, v: f64) -> String {

@@ -216,12 +216,16 @@ impl Worker {
         None
     }
 
-    /// Kills what runs of the pod (once) and reports it Failed with `t`'s reason.
+    /// Kills what runs of the pod (once) and reports it Failed with `t`'s reason. When
+    /// the runtime cannot answer, the next pass tries again.
     async fn end(&mut self, pod: &Pod, sandboxes: &[cri::PodSandbox], t: Termination) {
         let mut obs = PodObservation::default();
+        let again = |t: Termination| {
+            self.ctx.evictions.lock().expect("evictions").insert(pod.uid().unwrap_or_default(), t);
+        };
         if self.ended.is_none() {
             for s in sandboxes {
-                let Ok(runs) = self.containers(&s.id).await else { return };
+                let Ok(runs) = self.containers(&s.id).await else { return again(t) };
                 let stops = runs.iter().filter(|r| r.state == CState::Running).map(|r| {
                     self.event(pod, Some(&r.name), false, "Killing", format!("Stopping container {}", r.name));
                     let req = cri::StopContainerRequest { container_id: r.id.clone(), timeout: t.grace };
@@ -231,7 +235,7 @@ impl Worker {
                 futures::future::join_all(stops.collect::<Vec<_>>()).await;
                 let req = cri::StopPodSandboxRequest { pod_sandbox_id: s.id.clone() };
                 if self.ctx.cri.rt().stop_pod_sandbox(req).await.is_err() {
-                    return;
+                    return again(t);
                 }
             }
             self.ended = Some(t.clone());
