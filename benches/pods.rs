@@ -138,6 +138,7 @@ fn main() {
         let join_to_ready = spawned.elapsed();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let idle_rss = common::rss_mib(agent);
+        let (anon, file) = (common::status_mib(agent, "RssAnon:"), common::status_mib(agent, "RssFile:"));
 
         // Baseline: ctr run -d of the same image on the agent's containerd.
         let sock = worker_dir.join("run/containerd/containerd.sock");
@@ -235,7 +236,7 @@ fn main() {
             b99 / cb99
         );
         println!(
-            "\nagent join → node Ready: {:.2} s; idle `rk agent` RSS: {idle_rss:.1} MiB (containerd not counted)",
+            "\nagent join → node Ready: {:.2} s; idle `rk agent` RSS: {idle_rss:.1} MiB ({anon:.1} MiB anonymous, {file:.1} MiB file-backed; containerd not counted)",
             join_to_ready.as_secs_f64()
         );
     });

@@ -343,6 +343,16 @@ impl Worker {
             return Duration::from_secs(1);
         }
         let mut obs = PodObservation::default();
+        let ctx = self.ctx.clone();
+        let vctx = super::volumes::VolumeCtx {
+            client: &ctx.client,
+            root: &ctx.pods_root,
+            node: &ctx.node,
+            host_ip: &ctx.host_ip,
+        };
+        // Volumes made while a new sandbox starts (they do not need its IP: a downwardAPI
+        // volume cannot name status fields), so neither waits for the other.
+        let mut early_volumes = None;
         let ready = sandboxes.iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32).cloned();
         let sandbox_id = match ready {
             Some(s) => s.id,
@@ -370,13 +380,11 @@ impl Worker {
                 if let Err(e) = std::fs::create_dir_all(&cfg.log_directory) {
                     tracing::warn!(error = %e, "creating the pod log directory failed");
                 }
-                match self
-                    .ctx
-                    .cri
-                    .rt()
-                    .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() })
-                    .await
-                {
+                let req = cri::RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() };
+                let mut rt = ctx.cri.rt();
+                let (created, volumes) = tokio::join!(rt.run_pod_sandbox(req), super::volumes::setup(&vctx, pod));
+                early_volumes = Some(volumes);
+                match created {
                     Ok(r) => r.into_inner().pod_sandbox_id,
                     Err(e) => {
                         self.event(
@@ -410,13 +418,11 @@ impl Worker {
             st.pod_ip = Some(pod_ip.clone());
             st.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP { ip: pod_ip.clone() }]);
         }
-        let vctx = super::volumes::VolumeCtx {
-            client: &self.ctx.client,
-            root: &self.ctx.pods_root,
-            node: &self.ctx.node,
-            host_ip: &self.ctx.host_ip,
+        let volumes = match early_volumes {
+            Some(v) => v,
+            None => super::volumes::setup(&vctx, &seen).await,
         };
-        let volumes = match super::volumes::setup(&vctx, &seen).await {
+        let volumes = match volumes {
             Ok(v) => v,
             Err(e) => {
                 self.event(pod, None, true, "FailedMount", format!("MountVolume.SetUp failed: {e}"));
