@@ -155,8 +155,8 @@ fn quantity(s: Signal, v: f64) -> String {
 /// mirror) or one with a priority of `system-cluster-critical` (2e9) or more.
 pub fn is_critical(pod: &Pod) -> bool {
     let a = pod.annotations();
-    a.get("kubernetes.io/config.source").is_some_and(|s| s != "api")
-        || a.contains_key("kubernetes.io/config.mirror")
+    a.get(super::static_pods::SOURCE).is_some_and(|s| s != "api")
+        || a.contains_key(super::static_pods::MIRROR)
         || pod.spec.as_ref().and_then(|s| s.priority).is_some_and(|p| p >= 2_000_000_000)
 }
 

@@ -110,7 +110,7 @@ pub fn status(
     use super::pressure::Condition;
     let cap = capacity(data_dir);
     let mut alloc = cap.clone();
-    let mem = super::pressure::meminfo("MemTotal:").unwrap_or(0.0);
+    let mem = memory_capacity() as f64;
     let reserve = cfg.eviction.eviction_hard.memory_reserve(mem);
     if reserve > 0.0 {
         alloc.insert("memory".into(), format!("{}Ki", ((mem - reserve).max(0.0) / 1024.0) as u64));

@@ -15,9 +15,9 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use sha2::Digest;
 
-const SOURCE: &str = "kubernetes.io/config.source";
+pub(super) const SOURCE: &str = "kubernetes.io/config.source";
 const HASH: &str = "kubernetes.io/config.hash";
-const MIRROR: &str = "kubernetes.io/config.mirror";
+pub(super) const MIRROR: &str = "kubernetes.io/config.mirror";
 const CHECK_EVERY: Duration = Duration::from_secs(20);
 
 /// The mirror pods the manifests in `dir` stand for, by namespace/name.
