@@ -14,6 +14,7 @@ pub mod server;
 // mimalloc rather than glibc's malloc: the API server's work is a stream of short-lived
 // JSON trees built and freed on many threads, where glibc's per-thread arenas spent a
 // fifth of the CPU in consolidating free lists and kept freed memory resident.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

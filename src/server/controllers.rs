@@ -202,21 +202,22 @@ pub fn start(
         shutdown.clone(),
     ));
     tracker.spawn(node_ipam::run(Ctx::new(client.clone(), "node-ipam-controller"), cfg.cluster_cidr, shutdown.clone()));
+    // One watch of every pod serves every controller that reads pods.
+    let pods = pod_cache::PodCache::new();
+    tracker.spawn(pods.clone().run(client.clone(), shutdown.clone()));
     tracker.spawn(node_lifecycle::run(
         Ctx::new(client.clone(), "node-lifecycle-controller"),
         cfg.node_monitor_grace,
+        pods.clone(),
         shutdown.clone(),
     ));
-    // One watch of every pod serves the controllers that own pods.
-    let pods = pod_cache::PodCache::new();
-    tracker.spawn(pods.clone().run(client.clone(), shutdown.clone()));
     tracker.spawn(replicaset::run(Ctx::new(client.clone(), "replicaset-controller"), pods.clone(), shutdown.clone()));
     tracker.spawn(deployment::run(Ctx::new(client.clone(), "deployment-controller"), shutdown.clone()));
     tracker.spawn(daemonset::run(Ctx::new(client.clone(), "daemonset-controller"), pods.clone(), shutdown.clone()));
     tracker.spawn(statefulset::run(Ctx::new(client.clone(), "statefulset-controller"), pods.clone(), shutdown.clone()));
     tracker.spawn(cronjob::run(Ctx::new(client.clone(), "cronjob-controller"), shutdown.clone()));
     tracker.spawn(disruption::run(Ctx::new(client.clone(), "disruption-controller"), pods.clone(), shutdown.clone()));
-    tracker.spawn(podgc::run(client.clone(), shutdown.clone()));
+    tracker.spawn(podgc::run(client.clone(), pods.clone(), shutdown.clone()));
     tracker.spawn(tokencleaner::run(client.clone(), shutdown.clone()));
     tracker.spawn(replicationcontroller::run(
         Ctx::new(client.clone(), "replication-controller"),

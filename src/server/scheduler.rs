@@ -826,9 +826,42 @@ impl PostFilter {
     }
 }
 
+/// Drops what the scheduler never reads of a pod before it enters the cache: at
+/// 30,000 pods the container environments, probes, mounts and statuses of a full copy
+/// were a few hundred MiB of the server.
+fn slim_pod(p: &mut Pod) {
+    p.metadata.annotations = None;
+    if let Some(spec) = p.spec.as_mut() {
+        spec.volumes = None;
+        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+            c.env = None;
+            c.env_from = None;
+            c.command = None;
+            c.args = None;
+            c.volume_mounts = None;
+            c.volume_devices = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.lifecycle = None;
+            c.security_context = None;
+            c.working_dir = None;
+        }
+        spec.ephemeral_containers = None;
+    }
+    if let Some(st) = p.status.as_mut() {
+        st.container_statuses = None;
+        st.init_container_statuses = None;
+        st.ephemeral_container_statuses = None;
+        st.pod_ips = None;
+        st.host_ips = None;
+    }
+}
+
 fn wake_on_change<K>(
     client: &kube::Client,
     writer: reflector::store::Writer<K>,
+    slim: fn(&mut K),
     wake: Arc<Notify>,
 ) -> impl std::future::Future<Output = ()> + use<K>
 where
@@ -836,6 +869,7 @@ where
 {
     let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .modify(super::controllers::trim_managed_fields)
+        .modify(slim)
         .default_backoff();
     reflector::reflector(writer, events).for_each(move |_| {
         wake.notify_one();
@@ -849,9 +883,9 @@ pub async fn run(client: kube::Client, cfg: SchedulerConfig, shutdown: Cancellat
     let (nodes, nodes_w) = reflector::store::<Node>();
     let (pods, pods_w) = reflector::store::<Pod>();
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
-    let feed_nodes = wake_on_change(&client, nodes_w, wake.clone());
-    let feed_pods = wake_on_change(&client, pods_w, wake.clone());
-    let feed_namespaces = wake_on_change(&client, namespaces_w, wake.clone());
+    let feed_nodes = wake_on_change(&client, nodes_w, |_| {}, wake.clone());
+    let feed_pods = wake_on_change(&client, pods_w, slim_pod, wake.clone());
+    let feed_namespaces = wake_on_change(&client, namespaces_w, |_| {}, wake.clone());
     let recorders = cfg
         .profiles
         .iter()

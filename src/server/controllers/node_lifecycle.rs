@@ -27,6 +27,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
+use super::pod_cache::PodCache;
 
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -88,7 +89,7 @@ struct Monitor {
     grace: Duration,
     nodes: Store<Node>,
     leases: Store<Lease>,
-    pods: Store<Pod>,
+    pods: Arc<PodCache>,
 }
 
 impl Monitor {
@@ -175,7 +176,7 @@ impl Monitor {
         if tainted.is_empty() {
             return;
         }
-        for p in self.pods.state() {
+        for p in self.pods.all().await {
             if p.metadata.deletion_timestamp.is_some() {
                 continue;
             }
@@ -216,22 +217,17 @@ where
     reflector::reflector(w, events).default_backoff().for_each(|_| futures::future::ready(()))
 }
 
-pub(super) async fn run(ctx: Arc<Ctx>, grace: Duration, shutdown: CancellationToken) {
+pub(super) async fn run(ctx: Arc<Ctx>, grace: Duration, pods: Arc<PodCache>, shutdown: CancellationToken) {
     let (nodes, nw) = reflector::store::<Node>();
     let (leases, lw) = reflector::store::<Lease>();
-    let (pods, pw) = reflector::store::<Pod>();
-    let feeds = futures::future::join3(
+    let feeds = futures::future::join(
         feed(Api::<Node>::all(ctx.client.clone()), nw),
         feed(Api::<Lease>::namespaced(ctx.client.clone(), "kube-node-lease"), lw),
-        feed(Api::<Pod>::all(ctx.client.clone()), pw),
     );
     let m = Monitor { ctx, grace, nodes: nodes.clone(), leases: leases.clone(), pods: pods.clone() };
     let period = (grace / 5).clamp(Duration::from_millis(200), Duration::from_secs(5));
     let main = async {
-        if nodes.wait_until_ready().await.is_err()
-            || leases.wait_until_ready().await.is_err()
-            || pods.wait_until_ready().await.is_err()
-        {
+        if nodes.wait_until_ready().await.is_err() || leases.wait_until_ready().await.is_err() {
             return;
         }
         let mut tick = tokio::time::interval(period);

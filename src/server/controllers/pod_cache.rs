@@ -4,7 +4,9 @@
 //! its own writes (kube-controller-manager's shared informer plus
 //! `ControllerExpectations`).
 //!
-//! Pods are cached without `managedFields` ([`super::trim_managed_fields`]).
+//! Pods are cached without `managedFields` ([`super::trim_managed_fields`]). The node
+//! lifecycle and pod GC controllers read every pod from it too, instead of a watch or a
+//! LIST of their own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -221,6 +223,14 @@ impl PodCache {
         }
         let s = self.state.read().unwrap();
         s.by_owner.get(owner).into_iter().flatten().filter_map(|k| s.pods.get(k).cloned()).collect()
+    }
+
+    /// Every cached pod, once the first list is in (empty if the cache stops first).
+    pub async fn all(&self) -> Vec<Arc<Pod>> {
+        if self.seen.subscribe().wait_for(|&(ready, _)| ready).await.is_err() {
+            return Vec::new();
+        }
+        self.state.read().unwrap().pods.values().cloned().collect()
     }
 
     /// Key of a pod, for [`PodCache::expect`].

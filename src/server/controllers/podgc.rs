@@ -1,8 +1,11 @@
 //! Pod garbage collection, as kube-controller-manager's podgc: pods bound to a node that
 //! no longer exists are deleted at once (grace 0: no kubelet is left to finish them),
 //! and finished pods beyond `--terminated-pod-gc-threshold` (12,500) go oldest first.
+//! Pods are read from the shared pod cache: a LIST of every pod each pass cost a
+//! transient copy of them all (hundreds of MiB at 30,000 pods).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -10,11 +13,13 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use tokio_util::sync::CancellationToken;
 
+use super::pod_cache::PodCache;
+
 /// Kubernetes's default `--terminated-pod-gc-threshold`.
 pub const TERMINATED_THRESHOLD: usize = 12_500;
 const EVERY: Duration = Duration::from_secs(20);
 
-async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
+async fn pass(client: &kube::Client, cache: &PodCache) -> Result<(), kube::Error> {
     let nodes: HashSet<String> = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -22,7 +27,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         .iter()
         .map(|n| n.name_any())
         .collect();
-    let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let pods = cache.all().await;
     let force = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
     for p in &pods {
         let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else {
@@ -34,7 +39,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
             let _ = api.delete(&p.name_any(), &force).await;
         }
     }
-    let mut done: Vec<&Pod> = pods
+    let mut done: Vec<&Arc<Pod>> = pods
         .iter()
         .filter(|p| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
         .collect();
@@ -48,6 +53,6 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
     Ok(())
 }
 
-pub(super) async fn run(client: kube::Client, shutdown: CancellationToken) {
-    super::every(EVERY, "pod garbage collection", shutdown, || pass(&client)).await
+pub(super) async fn run(client: kube::Client, pods: Arc<PodCache>, shutdown: CancellationToken) {
+    super::every(EVERY, "pod garbage collection", shutdown, || pass(&client, &pods)).await
 }
