@@ -106,8 +106,12 @@ where
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = pass().await {
-            tracing::debug!(error = %e, "{what} pass failed");
+        // A pass may wait on a cache that will never fill once shutdown has begun.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = pass() => if let Err(e) = r {
+                tracing::debug!(error = %e, "{what} pass failed");
+            },
         }
     }
 }
