@@ -27,8 +27,16 @@ use crate::embedded::{LogStore, LogStoreOptions, Storage};
 const HISTORY: Duration = Duration::from_secs(300);
 /// kube-controller-manager's `node-monitor-grace-period`.
 pub const NODE_MONITOR_GRACE: Duration = Duration::from_secs(50);
-/// How often the compactor runs.
-const COMPACT_EVERY: Duration = Duration::from_secs(60);
+/// How often the compactor looks at the history.
+const COMPACT_EVERY: Duration = Duration::from_secs(5);
+/// History longer than this many revisions is compacted before it is [`HISTORY`] old
+/// (a burst of writes, say 30,000 pods created, bound and started, would otherwise
+/// keep every superseded version in memory for five minutes)...
+const HISTORY_MAX_REVS: i64 = 40_000;
+/// ...down to the newest this many: more than a watcher can fall behind before its
+/// event buffer drops it (`LogStoreOptions::watch_buffer`), so no live watch loses
+/// its place. kine, k3s's store shim, keeps only 1,000 past each compaction.
+const HISTORY_KEEP_REVS: i64 = 20_000;
 
 /// Validated configuration of `rk server`.
 #[derive(Clone, Debug)]
@@ -416,9 +424,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     Ok(())
 }
 
-/// Compacts history older than [`HISTORY`] every [`COMPACT_EVERY`], in bounded batches.
+/// Compacts history older than [`HISTORY`], or beyond [`HISTORY_MAX_REVS`] revisions,
+/// looking every [`COMPACT_EVERY`]; the store compacts in bounded batches.
 async fn compactor(store: LogStore, shutdown: CancellationToken) {
-    let mut seen: std::collections::VecDeque<(tokio::time::Instant, i64)> = Default::default();
+    let mut plan = CompactionPlan::default();
     let mut tick = tokio::time::interval(COMPACT_EVERY);
     loop {
         tokio::select! {
@@ -426,22 +435,37 @@ async fn compactor(store: LogStore, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = tokio::time::Instant::now();
-        seen.push_back((now, store.current_rev()));
-        let mut target = None;
-        while let Some(&(t, r)) = seen.front() {
-            if now.duration_since(t) >= HISTORY {
-                target = Some(r);
-                seen.pop_front();
-            } else {
-                break;
-            }
-        }
-        if let Some(r) = target
-            && r > store.compacted_rev()
+        if let Some(r) = plan.target(now, store.current_rev(), store.compacted_rev())
             && let Err(e) = store.compact(r).await
         {
             tracing::warn!(revision = r, error = %e, "compaction failed");
         }
+    }
+}
+
+/// Which revision to compact to: the one current [`HISTORY`] ago, or, where more than
+/// [`HISTORY_MAX_REVS`] revisions are kept, the newest [`HISTORY_KEEP_REVS`] only.
+#[derive(Default)]
+struct CompactionPlan {
+    /// The current revision at each look, oldest first.
+    seen: std::collections::VecDeque<(tokio::time::Instant, i64)>,
+}
+
+impl CompactionPlan {
+    fn target(&mut self, now: tokio::time::Instant, current: i64, compacted: i64) -> Option<i64> {
+        self.seen.push_back((now, current));
+        let mut target = None;
+        while let Some(&(t, r)) = self.seen.front() {
+            if now.duration_since(t) < HISTORY {
+                break;
+            }
+            target = Some(r);
+            self.seen.pop_front();
+        }
+        if current - compacted > HISTORY_MAX_REVS {
+            target = target.max(Some(current - HISTORY_KEEP_REVS));
+        }
+        target.filter(|&r| r > compacted)
     }
 }
 
@@ -560,4 +584,27 @@ fn local_ips() -> Vec<IpAddr> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_compacted_by_age_and_by_length() {
+        let mut plan = CompactionPlan::default();
+        let t0 = tokio::time::Instant::now();
+        // Young history of ordinary length stays.
+        assert_eq!(plan.target(t0, 100, 0), None);
+        assert_eq!(plan.target(t0 + COMPACT_EVERY, 200, 0), None);
+        // Five minutes on, what was current then goes.
+        assert_eq!(plan.target(t0 + HISTORY, 300, 0), Some(100));
+        assert_eq!(plan.target(t0 + HISTORY + COMPACT_EVERY, 300, 100), Some(200));
+        // A burst: only the newest HISTORY_KEEP_REVS are kept, at once.
+        let burst = 200 + HISTORY_MAX_REVS + 1;
+        let at = t0 + HISTORY + 2 * COMPACT_EVERY;
+        assert_eq!(plan.target(at, burst, 200), Some(burst - HISTORY_KEEP_REVS));
+        // Nothing to do once compacted there, until the age rule catches up.
+        assert_eq!(plan.target(at + COMPACT_EVERY, burst, burst - HISTORY_KEEP_REVS), None);
+    }
 }

@@ -3,8 +3,14 @@
 //! scheduler through node affinity on the node's name as Kubernetes does, with the
 //! tolerations Kubernetes adds to daemon pods; a changed template rolls out at most
 //! `maxUnavailable` nodes at a time. Status as `kubectl get ds` prints it.
+//!
+//! Pods come from the shared pod cache and nodes from this controller's own node
+//! cache, so a pass lists nothing through the API; a node change wakes the DaemonSets
+//! only when what eligibility reads (labels, taints) changed or the node came or went,
+//! not on every status heartbeat.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -12,16 +18,16 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::pod_cache::PodCache;
-use super::{Ctx, controlled_by, pod_active, pod_available, pod_ready, retry_soon, selector_query};
+use super::{Ctx, pod_active, pod_available, pod_ready, retry_soon};
 use crate::server::scheduler::{affinity_matches, tolerates};
 
 const GENERATION: &str = "pod-template-generation";
@@ -30,12 +36,38 @@ pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: Cancellati
     let client = ctx.client.clone();
     let ctrl = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
     let store = ctrl.store();
+    let (nodes, writer) = reflector::store::<Node>();
+    // What eligibility reads of each node, to pass on only the changes that matter.
+    let mut shapes: HashMap<String, u64> = HashMap::new();
+    let node_changes = reflector::reflector(
+        writer,
+        watcher(Api::<Node>::all(client), watcher::Config::default())
+            .modify(super::trim_managed_fields)
+            .default_backoff(),
+    )
+    .filter_map(move |ev| {
+        let changed = match ev {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                n.metadata.labels.hash(&mut h);
+                serde_json::to_string(&n.spec.as_ref().map(|s| &s.taints)).unwrap_or_default().hash(&mut h);
+                (shapes.insert(n.name_any(), h.finish()) != Some(h.finish())).then_some(n)
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                shapes.remove(&n.name_any());
+                Some(n)
+            }
+            _ => None,
+        };
+        std::future::ready(changed.map(Ok::<_, watcher::Error>))
+    });
+    let run_pods = pods.clone();
     ctrl.owns_stream(pods.subscribe())
-        .watches(Api::<Node>::all(client), watcher::Config::default(), move |_| {
+        .watches_stream(node_changes, move |_| {
             store.state().iter().map(|d| ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_, _, _| retry_soon(), ctx)
+        .run(move |ds, ctx| reconcile(ds, ctx, run_pods.clone(), nodes.clone()), |_, _, _| retry_soon(), ctx)
         .for_each(|_| async {})
         .await;
 }
@@ -82,7 +114,12 @@ fn node_of(p: &Pod) -> Option<String> {
     })
 }
 
-async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+async fn reconcile(
+    ds: Arc<DaemonSet>,
+    ctx: Arc<Ctx>,
+    cache: Arc<PodCache>,
+    node_cache: Store<Node>,
+) -> Result<Action, kube::Error> {
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -92,14 +129,16 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
     let spec = ds.spec.clone().unwrap_or_default();
     let generation = ds.metadata.generation.unwrap_or(1).to_string();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods: Vec<Pod> = pods_api
-        .list(&ListParams::default().labels(&selector_query(&spec.selector)))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| controlled_by(&p.metadata, &uid) && pod_active(p))
-        .collect();
-    let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await?.items;
+    // The live pods it controls that its selector matches, from the shared cache once
+    // that has seen this DaemonSet's last writes.
+    let selected = super::pod_matcher(&spec.selector);
+    let owned = cache.owned(&uid).await;
+    let pods: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).filter(|p| selected(p) && pod_active(p)).collect();
+    if node_cache.wait_until_ready().await.is_err() {
+        return Ok(retry_soon());
+    }
+    let mut nodes = node_cache.state();
+    nodes.sort_by_key(|n| n.name_any());
 
     // A pod built from the template, to test each node against.
     let mut template = spec.template.clone();
@@ -192,7 +231,10 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
             status: None,
         };
         match pods_api.create(&PostParams::default(), &pod).await {
-            Ok(p) => ctx.event(ds.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any())),
+            Ok(p) => {
+                cache.expect(&uid, Some(&p), None);
+                ctx.event(ds.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any()))
+            }
             Err(e) => {
                 ctx.event(ds.as_ref(), true, "FailedCreate", format!("Error creating: {e}"));
                 return Err(e);
@@ -201,7 +243,10 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
     }
     for p in &to_delete {
         match pods_api.delete(p, &DeleteParams::default()).await {
-            Ok(_) => ctx.event(ds.as_ref(), false, "SuccessfulDelete", format!("Deleted pod: {p}")),
+            Ok(gone) => {
+                cache.expect_delete(&uid, &ns, p, gone.left().as_ref());
+                ctx.event(ds.as_ref(), false, "SuccessfulDelete", format!("Deleted pod: {p}"))
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
@@ -210,7 +255,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
     let now = k8s_openapi::jiff::Timestamp::now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let scheduled: Vec<&Pod> =
-        pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).collect();
+        pods.iter().copied().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).collect();
     let ready = scheduled.iter().filter(|p| pod_ready(p)).count() as i32;
     let available = scheduled.iter().filter(|p| pod_available(p, min_ready, now)).count() as i32;
     let updated = pods.iter().filter(|p| p.labels().get(GENERATION) == Some(&generation)).count() as i32;

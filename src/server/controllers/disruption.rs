@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -17,12 +17,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::pod_cache::PodCache;
-use super::{Ctx, pod_active, pod_ready, retry_soon, selector_query};
+use super::{Ctx, pod_active, pod_ready, retry_soon};
 
 pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let ctrl = Controller::new(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default());
     let store = ctrl.store();
+    let cache = pods.clone();
     ctrl.watches_stream(pods.subscribe(), move |pod: Pod| {
         store
             .state()
@@ -32,7 +33,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: Cancellati
             .collect::<Vec<_>>()
     })
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(reconcile, |_, _, _| retry_soon(), ctx)
+    .run(move |pdb, ctx| reconcile(pdb, ctx, cache.clone()), |_, _, _| retry_soon(), ctx)
     .for_each(|_| async {})
     .await;
 }
@@ -47,17 +48,18 @@ fn scaled(v: &IntOrString, total: i32, round_up: bool) -> i32 {
     }
 }
 
-async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>, cache: Arc<PodCache>) -> Result<Action, kube::Error> {
     let ns = pdb.namespace().unwrap_or_default();
     let spec = pdb.spec.clone().unwrap_or_default();
-    let pods: Vec<Pod> = match &spec.selector {
-        Some(sel) => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-            .list(&ListParams::default().labels(&selector_query(sel)))
-            .await?
-            .items
-            .into_iter()
-            .filter(pod_active)
-            .collect(),
+    // A null selector selects nothing, an empty one every pod of the namespace.
+    let pods = match &spec.selector {
+        Some(sel) => {
+            let selected = super::pod_matcher(sel);
+            match cache.in_namespace(&ns, |p| pod_active(p) && selected(p)).await {
+                Some(pods) => pods,
+                None => return Ok(retry_soon()),
+            }
+        }
         None => Vec::new(),
     };
     let expected = pods.len() as i32;

@@ -72,6 +72,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: Cancellati
             }
         }
     };
+    let cache = pods.clone();
     let main = ctrl
         .watches_stream(pods.subscribe(), move |pod: Pod| {
             services
@@ -82,7 +83,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: Cancellati
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, |_, _, _| retry_soon(), ctx)
+        .run(move |svc, ctx| reconcile(svc, ctx, cache.clone()), |_, _, _| retry_soon(), ctx)
         .for_each(|_| async {});
     tokio::select! {
         _ = main => {}
@@ -122,7 +123,7 @@ struct Member {
     target: ObjectReference,
 }
 
-async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>, cache: Arc<PodCache>) -> Result<Action, kube::Error> {
     let spec = svc.spec.clone().unwrap_or_default();
     let Some(selector) = spec.selector.clone().filter(|s| !s.is_empty()) else {
         return Ok(Action::await_change());
@@ -132,15 +133,16 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, kube::Err
     }
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
-    let sel: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let pods =
-        Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default().labels(&sel.join(","))).await?;
+    // The selected pods from the shared cache, which has taken in the pod change that
+    // triggered this pass before passing it on.
+    let selects = |p: &Pod| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v));
+    let Some(pods) = cache.in_namespace(&ns, selects).await else { return Ok(retry_soon()) };
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let ports = spec.ports.clone().unwrap_or_default();
 
     // Pods grouped by their resolved port set, as Kubernetes packs subsets and slices.
     let mut groups: BTreeMap<Vec<(String, i32, String)>, Vec<Member>> = BTreeMap::new();
-    for p in &pods.items {
+    for p in pods.iter().map(|p| p.as_ref()) {
         let status = p.status.clone().unwrap_or_default();
         let phase = status.phase.as_deref().unwrap_or("");
         let Some(ip) = status.pod_ip.clone().filter(|ip| !ip.is_empty()) else { continue };

@@ -13,19 +13,19 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::pod_cache::PodCache;
-use super::{Ctx, controlled_by, pod_ready};
+use super::{Ctx, pod_ready};
 
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
-    super::run_owning_pods::<Job, _, _>(ctx, pods, shutdown, |obj, ctx, _| reconcile(obj, ctx)).await;
+    super::run_owning_pods::<Job, _, _>(ctx, pods, shutdown, reconcile).await;
 }
 
 fn finished(job: &Job) -> Option<(String, Option<Timestamp>)> {
@@ -68,7 +68,7 @@ fn ranges(set: &BTreeSet<i32>) -> String {
     out.join(",")
 }
 
-async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>, cache: Arc<PodCache>) -> Result<Action, kube::Error> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -95,18 +95,17 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> 
 
     let uid = job.uid().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods: Vec<Pod> = pods_api
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/controller-uid={uid}")))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| controlled_by(&p.metadata, &uid))
-        .collect();
+    // The pods it controls that its selector matches, from the shared cache once that
+    // has seen this Job's last writes.
+    let selected = spec.selector.as_ref().map(super::pod_matcher);
+    let owned = cache.owned(&uid).await;
+    let pods: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).filter(|p| selected.as_ref().is_none_or(|m| m(p))).collect();
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
-    let succeeded_pods: Vec<&Pod> = pods.iter().filter(|p| phase(p) == "Succeeded").collect();
+    let succeeded_pods: Vec<&Pod> = pods.iter().copied().filter(|p| phase(p) == "Succeeded").collect();
     let failed = pods.iter().filter(|p| phase(p) == "Failed").count() as i32;
     let active: Vec<&Pod> = pods
         .iter()
+        .copied()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && !matches!(phase(p), "Succeeded" | "Failed"))
         .collect();
     let done_indexes: BTreeSet<i32> = succeeded_pods.iter().filter_map(|p| index_of(p)).collect();
@@ -138,7 +137,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> 
     let mut created = 0;
     if let Some((kind, reason, message)) = &terminal {
         for p in &active {
-            let _ = pods_api.delete(&p.name_any(), &DeleteParams::default()).await;
+            if let Ok(gone) = pods_api.delete(&p.name_any(), &DeleteParams::default()).await {
+                cache.expect_delete(&uid, &ns, &p.name_any(), gone.left().as_ref());
+            }
         }
         if *kind == "Failed" {
             conditions.push(cond("FailureTarget", reason, message, now));
@@ -156,7 +157,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> 
         let want = parallelism.min(remaining.max(0)) as usize;
         if active.len() > want {
             for p in &active[want..] {
-                let _ = pods_api.delete(&p.name_any(), &DeleteParams::default()).await;
+                if let Ok(gone) = pods_api.delete(&p.name_any(), &DeleteParams::default()).await {
+                    cache.expect_delete(&uid, &ns, &p.name_any(), gone.left().as_ref());
+                }
             }
         }
         let running_indexes: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
@@ -195,6 +198,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> 
             };
             match pods_api.create(&PostParams::default(), &pod).await {
                 Ok(p) => {
+                    cache.expect(&uid, Some(&p), None);
                     created += 1;
                     ctx.event(job.as_ref(), false, "SuccessfulCreate", format!("Created pod: {}", p.name_any()));
                 }

@@ -8,7 +8,7 @@
 //! lifecycle and pod GC controllers read every pod from it too, instead of a watch or a
 //! LIST of their own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -28,7 +28,8 @@ type Key = (String, String);
 
 #[derive(Default)]
 struct State {
-    pods: HashMap<Key, Arc<Pod>>,
+    /// Ordered by (namespace, name), so that a namespace's pods are one range.
+    pods: BTreeMap<Key, Arc<Pod>>,
     /// Controller owner uid → the pods it controls.
     by_owner: HashMap<String, HashSet<Key>>,
 }
@@ -223,6 +224,36 @@ impl PodCache {
         }
         let s = self.state.read().unwrap();
         s.by_owner.get(owner).into_iter().flatten().filter_map(|k| s.pods.get(k).cloned()).collect()
+    }
+
+    /// Records the answer to `owner`'s DELETE of pod `ns`/`name`: the pod still
+    /// terminating (`returned`) must be seen at its new revision, a pod deleted
+    /// outright must be gone.
+    pub fn expect_delete(&self, owner: &str, ns: &str, name: &str, returned: Option<&Pod>) {
+        match returned {
+            Some(p) => self.expect(owner, Some(p), None),
+            None => self.expect(owner, None, Some(Self::key_of(ns, name))),
+        }
+    }
+
+    /// The pods of namespace `ns` that `keep` selects, once the first list is in; None
+    /// if it is not in within [`EXPECTATION_TIMEOUT`] (the caller retries). This is the
+    /// informer's namespace lister: no LIST through the API per reconcile.
+    pub async fn in_namespace(&self, ns: &str, keep: impl Fn(&Pod) -> bool) -> Option<Vec<Arc<Pod>>> {
+        let mut rx = self.seen.subscribe();
+        if !matches!(tokio::time::timeout(EXPECTATION_TIMEOUT, rx.wait_for(|&(ready, _)| ready)).await, Ok(Ok(_))) {
+            return None;
+        }
+        let s = self.state.read().unwrap();
+        let from = (ns.to_string(), String::new());
+        Some(
+            s.pods
+                .range(from..)
+                .take_while(|((n, _), _)| n == ns)
+                .filter(|(_, p)| keep(p))
+                .map(|(_, p)| p.clone())
+                .collect(),
+        )
     }
 
     /// Every cached pod, once the first list is in (empty if the cache stops first).

@@ -152,10 +152,7 @@ where
         for p in surplus {
             match pods.delete(&p, &DeleteParams::default()).await {
                 Ok(gone) => {
-                    match gone.left() {
-                        Some(pod) => cache.expect(&uid, Some(&pod), None),
-                        None => cache.expect(&uid, None, Some(PodCache::key_of(&ns, &p))),
-                    }
+                    cache.expect_delete(&uid, &ns, &p, gone.left().as_ref());
                     ctx.event(rs, false, "SuccessfulDelete", format!("Deleted pod: {p}"))
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}

@@ -12,21 +12,21 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
 use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::pod_cache::PodCache;
-use super::{Ctx, controlled_by, pod_available, pod_ready, selector_query, template_hash};
+use super::{Ctx, pod_available, pod_ready, template_hash};
 
 const REVISION: &str = "controller-revision-hash";
 const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 
 pub(super) async fn run(ctx: Arc<Ctx>, pods: Arc<PodCache>, shutdown: CancellationToken) {
-    super::run_owning_pods::<StatefulSet, _, _>(ctx, pods, shutdown, |obj, ctx, _| reconcile(obj, ctx)).await;
+    super::run_owning_pods::<StatefulSet, _, _>(ctx, pods, shutdown, reconcile).await;
 }
 
 fn ordinal(set: &str, p: &Pod) -> Option<i32> {
@@ -37,7 +37,7 @@ fn running_ready(p: &Pod) -> bool {
     p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && pod_ready(p)
 }
 
-async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>, cache: Arc<PodCache>) -> Result<Action, kube::Error> {
     if sts.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -55,9 +55,12 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
         template_hash(&spec.template, sts.status.as_ref().and_then(|s| s.collision_count).filter(|c| *c > 0))
     );
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut pods: BTreeMap<i32, Pod> = BTreeMap::new();
-    for p in pods_api.list(&ListParams::default().labels(&selector_query(&spec.selector))).await?.items {
-        if controlled_by(&p.metadata, &uid)
+    // The pods it controls that its selector matches, from the shared cache once that
+    // has seen this set's last writes.
+    let selected = super::pod_matcher(&spec.selector);
+    let mut pods: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
+    for p in cache.owned(&uid).await {
+        if selected(&p)
             && let Some(i) = ordinal(&name, &p)
         {
             pods.insert(i, p);
@@ -136,7 +139,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
             status: None,
         };
         match pods_api.create(&PostParams::default(), &pod).await {
-            Ok(_) => {
+            Ok(p) => {
+                cache.expect(&uid, Some(&p), None);
                 ctx.event(
                     sts.as_ref(),
                     false,
@@ -151,7 +155,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
     }
 
     // Remove ordinals at or above `replicas`, highest first.
-    let all_ready = pods.values().filter(|p| ordinal(&name, p).is_some_and(|i| i < replicas)).all(running_ready);
+    let all_ready = pods.values().filter(|p| ordinal(&name, p).is_some_and(|i| i < replicas)).all(|p| running_ready(p));
     let surplus: Vec<(i32, String)> = pods
         .iter()
         .rev()
@@ -163,7 +167,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
             break;
         }
         match pods_api.delete(p, &DeleteParams::default()).await {
-            Ok(_) => {
+            Ok(gone) => {
+                cache.expect_delete(&uid, &ns, p, gone.left().as_ref());
                 ctx.event(
                     sts.as_ref(),
                     false,
@@ -187,7 +192,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
             .find(|(i, p)| in_range(**i) && **i >= partition && p.labels().get(REVISION) != Some(&update_rev))
         {
             let pn = p.name_any();
-            pods_api.delete(&pn, &DeleteParams::default()).await?;
+            let gone = pods_api.delete(&pn, &DeleteParams::default()).await?;
+            cache.expect_delete(&uid, &ns, &pn, gone.left().as_ref());
             ctx.event(
                 sts.as_ref(),
                 false,
@@ -198,7 +204,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, kube:
     }
 
     let now = k8s_openapi::jiff::Timestamp::now();
-    let live: Vec<&Pod> = pods.values().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let live: Vec<&Pod> =
+        pods.values().map(|p| p.as_ref()).filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     let updated = live.iter().filter(|p| p.labels().get(REVISION) == Some(&update_rev)).count() as i32;
     let old_rev = sts.status.as_ref().and_then(|s| s.current_revision.clone()).unwrap_or_else(|| update_rev.clone());
     let all_updated = updated == replicas && live.len() as i32 == replicas;
