@@ -37,6 +37,10 @@ use super::wal::{self, KIND_DELETE, KIND_META, KIND_PUT, Wal};
 
 /// Revisions compacted per batch of the index lock.
 const COMPACT_BATCH: usize = 1000;
+/// Above this many writes a second the log is snapshotted only once it is 8 times the
+/// data kept (not twice): writing and syncing a snapshot of the whole store competes
+/// with the writes' own syncs, so it waits for a lull unless the log runs away.
+const BUSY_WRITES_PER_SEC: f64 = 200.0;
 
 /// Tuning for [`LogStore::open`].
 #[derive(Clone, Debug)]
@@ -65,6 +69,7 @@ pub struct LogStore {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Version {
     rev: Rev,
     create_rev: Rev,
@@ -438,11 +443,11 @@ impl Inner {
         out
     }
 
-    /// Writes a snapshot when the log files outgrow twice the data kept.
-    fn maybe_snapshot(&self, min_bytes: u64) -> Result<(), StorageError> {
+    /// Writes a snapshot when the log files outgrow `factor` times the data kept.
+    fn maybe_snapshot(&self, min_bytes: u64, factor: u64) -> Result<(), StorageError> {
         let disk = self.disk.load(Ordering::Relaxed);
         let kept = self.index.read().unwrap_or_else(|e| e.into_inner()).bytes;
-        if disk < min_bytes || disk < 2 * kept {
+        if disk < min_bytes || disk < factor * kept {
             return Ok(());
         }
         let t = std::time::Instant::now();
@@ -451,16 +456,21 @@ impl Inner {
             let seq = st.wal.rotate().map_err(io_err("start a log segment in", &self.dir))?;
             Ok::<_, StorageError>((seq, self.durable.borrow().0))
         })?;
-        let mut buf = Vec::new();
-        {
+        // The versions are taken under the index lock by reference (values are shared
+        // buffers) and encoded after it, so writers wait only for the copy of the index.
+        let (versions, bytes) = {
             let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
-            buf.reserve(idx.bytes as usize + 64);
-            for (key, vs) in &idx.keys {
-                for v in vs.iter().filter(|v| v.rev <= upto) {
-                    let kind = if v.put { KIND_PUT } else { KIND_DELETE };
-                    wal::encode(kind, v.rev, v.create_rev, key, &v.value, &mut buf);
-                }
-            }
+            let versions: Vec<(Arc<str>, Version)> = idx
+                .keys
+                .iter()
+                .flat_map(|(key, vs)| vs.iter().filter(|v| v.rev <= upto).map(|v| (key.clone(), v.clone())))
+                .collect();
+            (versions, idx.bytes)
+        };
+        let mut buf = Vec::with_capacity(bytes as usize + 64);
+        for (key, v) in versions {
+            let kind = if v.put { KIND_PUT } else { KIND_DELETE };
+            wal::encode(kind, v.rev, v.create_rev, &key, &v.value, &mut buf);
         }
         let compacted = self.compacted.load(Ordering::Acquire);
         wal::encode(KIND_META, upto, compacted, "", &[], &mut buf);
@@ -480,12 +490,17 @@ impl Inner {
 /// Snapshots the log when it has grown enough, checking on a timer and after each
 /// compaction; ends with the store.
 fn snapshotter(inner: std::sync::Weak<Inner>, rx: std::sync::mpsc::Receiver<()>, opts: LogStoreOptions) {
+    let mut last = (std::time::Instant::now(), 0);
     loop {
         if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = rx.recv_timeout(opts.snapshot_check) {
             return;
         }
         let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = inner.maybe_snapshot(opts.snapshot_min_bytes) {
+        let now = (std::time::Instant::now(), inner.current.load(Ordering::Acquire));
+        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+        last = now;
+        let factor = if rate > BUSY_WRITES_PER_SEC { 8 } else { 2 };
+        if let Err(e) = inner.maybe_snapshot(opts.snapshot_min_bytes, factor) {
             tracing::warn!(error = %e, "snapshotting the store failed; the log is kept as it is");
         }
     }

@@ -279,6 +279,30 @@ pub(crate) fn trim_managed_fields<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
 
+/// Drops what no controller or the scheduler reads of a cached pod's spec: volumes and
+/// each container's env, command, args, mounts, probes, hooks, securityContext and
+/// workingDir (names, images, ports and resources stay), and ephemeral containers.
+pub(crate) fn slim_containers(p: &mut Pod) {
+    if let Some(spec) = p.spec.as_mut() {
+        spec.volumes = None;
+        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+            c.env = None;
+            c.env_from = None;
+            c.command = None;
+            c.args = None;
+            c.volume_mounts = None;
+            c.volume_devices = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.lifecycle = None;
+            c.security_context = None;
+            c.working_dir = None;
+        }
+        spec.ephemeral_containers = None;
+    }
+}
+
 /// Requeue after an error, as the controller-manager's rate limiter would.
 pub fn retry_soon() -> Action {
     Action::requeue(Duration::from_secs(1))

@@ -831,24 +831,7 @@ impl PostFilter {
 /// were a few hundred MiB of the server.
 fn slim_pod(p: &mut Pod) {
     p.metadata.annotations = None;
-    if let Some(spec) = p.spec.as_mut() {
-        spec.volumes = None;
-        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
-            c.env = None;
-            c.env_from = None;
-            c.command = None;
-            c.args = None;
-            c.volume_mounts = None;
-            c.volume_devices = None;
-            c.liveness_probe = None;
-            c.readiness_probe = None;
-            c.startup_probe = None;
-            c.lifecycle = None;
-            c.security_context = None;
-            c.working_dir = None;
-        }
-        spec.ephemeral_containers = None;
-    }
+    super::controllers::slim_containers(p);
     if let Some(st) = p.status.as_mut() {
         st.container_statuses = None;
         st.init_container_statuses = None;

@@ -4,7 +4,8 @@
 //! its own writes (kube-controller-manager's shared informer plus
 //! `ControllerExpectations`).
 //!
-//! Pods are cached without `managedFields` ([`super::trim_managed_fields`]). The node
+//! Pods are cached without `managedFields` ([`super::trim_managed_fields`]) and without
+//! the container details no reader looks at ([`super::slim_containers`]). The node
 //! lifecycle and pod GC controllers read every pod from it too, instead of a watch or a
 //! LIST of their own.
 
@@ -125,6 +126,7 @@ impl PodCache {
     pub async fn run(self: Arc<Self>, client: kube::Client, shutdown: CancellationToken) {
         let mut events = watcher(Api::<Pod>::all(client), watcher::Config::default())
             .modify(super::trim_managed_fields)
+            .modify(super::slim_containers)
             .default_backoff()
             .boxed();
         let mut relist: Option<State> = None;
