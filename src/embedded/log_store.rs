@@ -490,15 +490,16 @@ impl Inner {
 /// Snapshots the log when it has grown enough, checking on a timer and after each
 /// compaction; ends with the store.
 fn snapshotter(inner: std::sync::Weak<Inner>, rx: std::sync::mpsc::Receiver<()>, opts: LogStoreOptions) {
-    let mut last = (std::time::Instant::now(), 0);
+    // (when, revision) at the previous look; none before the first.
+    let mut last: Option<(std::time::Instant, Rev)> = None;
     loop {
         if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = rx.recv_timeout(opts.snapshot_check) {
             return;
         }
         let Some(inner) = inner.upgrade() else { return };
         let now = (std::time::Instant::now(), inner.current.load(Ordering::Acquire));
-        let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-3);
-        last = now;
+        let rate = last.map_or(0.0, |(t, r)| (now.1 - r) as f64 / now.0.duration_since(t).as_secs_f64().max(1e-3));
+        last = Some(now);
         let factor = if rate > BUSY_WRITES_PER_SEC { 8 } else { 2 };
         if let Err(e) = inner.maybe_snapshot(opts.snapshot_min_bytes, factor) {
             tracing::warn!(error = %e, "snapshotting the store failed; the log is kept as it is");

@@ -320,14 +320,19 @@ pub fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obje
     meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
-/// A label selector as a test of a (cached) pod's labels; an invalid one selects
-/// nothing.
-pub fn pod_matcher(sel: &LabelSelector) -> impl Fn(&Pod) -> bool + use<> {
+/// A label selector as a test of a (cached) pod's labels. An invalid one (validation
+/// refuses them) is None, after a warning naming `owner`: the owner is left alone, as
+/// Kubernetes's controllers leave it.
+pub fn pod_matcher(sel: &LabelSelector, owner: &str) -> Option<impl Fn(&Pod) -> bool + use<>> {
     let sel = serde_json::to_value(sel).unwrap_or_default();
-    let m = crate::api::selectors::LabelSelector::from_label_selector(&sel).ok();
-    move |p: &Pod| {
-        m.as_ref()
-            .is_some_and(|m| m.matches_fn(|k| p.metadata.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str)))
+    match crate::api::selectors::LabelSelector::from_label_selector(&sel) {
+        Ok(m) => {
+            Some(move |p: &Pod| m.matches_fn(|k| p.metadata.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str)))
+        }
+        Err(e) => {
+            tracing::warn!(owner, error = %e, "invalid pod selector; not syncing");
+            None
+        }
     }
 }
 

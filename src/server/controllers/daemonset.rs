@@ -131,7 +131,9 @@ async fn reconcile(
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     // The live pods it controls that its selector matches, from the shared cache once
     // that has seen this DaemonSet's last writes.
-    let selected = super::pod_matcher(&spec.selector);
+    let Some(selected) = super::pod_matcher(&spec.selector, &format!("{ns}/{name}")) else {
+        return Ok(Action::await_change());
+    };
     let owned = cache.owned(&uid).await;
     let pods: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).filter(|p| selected(p) && pod_active(p)).collect();
     if node_cache.wait_until_ready().await.is_err() {

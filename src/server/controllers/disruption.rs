@@ -54,7 +54,9 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>, cache: Arc<PodC
     // A null selector selects nothing, an empty one every pod of the namespace.
     let pods = match &spec.selector {
         Some(sel) => {
-            let selected = super::pod_matcher(sel);
+            let Some(selected) = super::pod_matcher(sel, &format!("{ns}/{}", pdb.name_any())) else {
+                return Ok(Action::await_change());
+            };
             match cache.in_namespace(&ns, |p| pod_active(p) && selected(p)).await {
                 Some(pods) => pods,
                 None => return Ok(retry_soon()),

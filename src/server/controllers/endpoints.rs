@@ -125,9 +125,9 @@ struct Member {
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>, cache: Arc<PodCache>) -> Result<Action, kube::Error> {
     let spec = svc.spec.clone().unwrap_or_default();
-    let Some(selector) = spec.selector.clone().filter(|s| !s.is_empty()) else {
+    if spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
         return Ok(Action::await_change());
-    };
+    }
     if svc.metadata.deletion_timestamp.is_some() || spec.type_.as_deref() == Some("ExternalName") {
         return Ok(Action::await_change());
     }
@@ -135,8 +135,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>, cache: Arc<PodCache>) -> Re
     let name = svc.name_any();
     // The selected pods from the shared cache, which has taken in the pod change that
     // triggered this pass before passing it on.
-    let selects = |p: &Pod| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v));
-    let Some(pods) = cache.in_namespace(&ns, selects).await else { return Ok(retry_soon()) };
+    let Some(pods) = cache.in_namespace(&ns, |p| selects(&svc, p)).await else { return Ok(retry_soon()) };
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let ports = spec.ports.clone().unwrap_or_default();
 

@@ -97,7 +97,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>, cache: Arc<PodCache>) -> Result
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     // The pods it controls that its selector matches, from the shared cache once that
     // has seen this Job's last writes.
-    let selected = spec.selector.as_ref().map(super::pod_matcher);
+    let selected = match spec.selector.as_ref() {
+        Some(sel) => match super::pod_matcher(sel, &format!("{ns}/{name}")) {
+            Some(m) => Some(m),
+            None => return Ok(Action::await_change()),
+        },
+        None => None,
+    };
     let owned = cache.owned(&uid).await;
     let pods: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).filter(|p| selected.as_ref().is_none_or(|m| m(p))).collect();
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::pod_cache::PodCache;
 use super::{Ctx, pod_active, pod_available, pod_ready};
-use crate::api::selectors::LabelSelector;
 
 /// Pods created per reconcile at most; the rest follow on the next pass.
 const BURST: usize = 500;
@@ -89,19 +88,8 @@ where
     // that has seen this owner's last writes (Kubernetes's informer and expectations).
     // An invalid selector (validation refuses one) leaves the owner alone, as
     // Kubernetes's ReplicaSet controller does.
-    let sel = match LabelSelector::from_label_selector(&serde_json::to_value(&spec.selector).unwrap_or_default()) {
-        Ok(sel) => sel,
-        Err(e) => {
-            tracing::warn!(owner = %name, ns = %ns, error = %e, "invalid pod selector; not syncing");
-            return Ok(None);
-        }
-    };
-    let mine: Vec<Arc<Pod>> = cache
-        .owned(&uid)
-        .await
-        .into_iter()
-        .filter(|p| sel.matches_fn(|k| p.labels().get(k).map(String::as_str)))
-        .collect();
+    let Some(selected) = super::pod_matcher(&spec.selector, &format!("{ns}/{name}")) else { return Ok(None) };
+    let mine: Vec<Arc<Pod>> = cache.owned(&uid).await.into_iter().filter(|p| selected(p)).collect();
     let mut active: Vec<&Pod> = mine.iter().map(|p| p.as_ref()).filter(|p| pod_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
 

@@ -57,7 +57,9 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>, cache: Arc<PodCache>) -
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     // The pods it controls that its selector matches, from the shared cache once that
     // has seen this set's last writes.
-    let selected = super::pod_matcher(&spec.selector);
+    let Some(selected) = super::pod_matcher(&spec.selector, &format!("{ns}/{name}")) else {
+        return Ok(Action::await_change());
+    };
     let mut pods: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
     for p in cache.owned(&uid).await {
         if selected(&p)
