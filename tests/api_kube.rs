@@ -586,3 +586,155 @@ async fn custom_resources_with_kube_rs() {
     }
     assert_eq!(status_code(backups.list(&ListParams::default()).await.unwrap_err()), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_names_selectable_fields_formats_transitions_and_termination() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject};
+    let srv = TestServer::api_only().await;
+    let client = srv.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let definition = |plural: &str, kind: &str, selectable: serde_json::Value| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.shop.example.com")},
+            "spec": {"group": "shop.example.com", "scope": "Namespaced",
+                     "names": {"plural": plural, "kind": kind},
+                     "versions": [{"name": "v1", "served": true, "storage": true,
+                         "selectableFields": selectable,
+                         "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                             "spec": {"type": "object", "properties": {
+                                 "color": {"type": "string"},
+                                 "tags": {"type": "array", "items": {"type": "string"}},
+                                 "owner": {"type": "string", "format": "email"},
+                                 "size": {"type": "integer", "x-kubernetes-validations": [
+                                     {"rule": "self >= oldSelf", "message": "size may only grow"}]}}}}}}}]}
+        }))
+        .unwrap()
+    };
+    // A selectable field must be a scalar of the schema.
+    let e = crds
+        .create(&PostParams::default(), &definition("widgets", "Widget", json!([{"jsonPath": ".spec.tags"}])))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = e else { panic!("{e:?}") };
+    assert_eq!(s.code, 422);
+    assert!(s.message.contains("must point to a field of type string, boolean or integer"), "{}", s.message);
+
+    crds.create(&PostParams::default(), &definition("widgets", "Widget", json!([{"jsonPath": ".spec.color"}])))
+        .await
+        .unwrap();
+    let condition = |name: &'static str, ty: &'static str| {
+        let crds = crds.clone();
+        async move {
+            let c = crds.get(name).await.unwrap();
+            let cs = c.status.and_then(|s| s.conditions).unwrap_or_default();
+            cs.into_iter()
+                .find(|c| c.type_ == ty)
+                .map(|c| (c.status, c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
+        }
+    };
+    let mut tries = 0;
+    while condition("widgets.shop.example.com", "Established").await.map(|c| c.0).as_deref() != Some("True") {
+        tries += 1;
+        assert!(tries < 100, "widgets never became Established");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A second CRD of the group asking for the same kind is not given it, and not served.
+    crds.create(&PostParams::default(), &definition("gizmos", "Widget", json!([]))).await.unwrap();
+    let mut tries = 0;
+    let accepted = loop {
+        if let Some(c) = condition("gizmos.shop.example.com", "NamesAccepted").await {
+            break c;
+        }
+        tries += 1;
+        assert!(tries < 100, "gizmos never got a NamesAccepted condition");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(accepted, ("False".into(), "ListKindConflict".into(), "\"WidgetList\" is already in use".into()));
+    let established = condition("gizmos.shop.example.com", "Established").await.unwrap();
+    assert_eq!((established.0.as_str(), established.1.as_str()), ("False", "NotAccepted"));
+    let gizmo_ar = ApiResource {
+        group: "shop.example.com".into(),
+        version: "v1".into(),
+        api_version: "shop.example.com/v1".into(),
+        kind: "Widget".into(),
+        plural: "gizmos".into(),
+    };
+    let gizmos: Api<DynamicObject> = Api::default_namespaced_with(client.clone(), &gizmo_ar);
+    assert_eq!(status_code(gizmos.list(&ListParams::default()).await.unwrap_err()), 404);
+    // Once the holder of the names is gone, the second CRD gets them (checked below).
+
+    let ar = ApiResource { plural: "widgets".into(), ..gizmo_ar.clone() };
+    let widgets: Api<DynamicObject> = Api::default_namespaced_with(client.clone(), &ar);
+    let widget = |name: &str, spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "shop.example.com/v1", "kind": "Widget",
+            "metadata": {"name": name}, "spec": spec}))
+        .unwrap()
+    };
+    widgets
+        .create(&PostParams::default(), &widget("w1", json!({"color": "red", "owner": "ops@example.com", "size": 1})))
+        .await
+        .unwrap();
+    widgets.create(&PostParams::default(), &widget("w2", json!({"color": "blue", "size": 1}))).await.unwrap();
+    // format: email.
+    let e = widgets.create(&PostParams::default(), &widget("w3", json!({"owner": "nobody"}))).await.unwrap_err();
+    let kube::Error::Api(s) = e else { panic!("{e:?}") };
+    assert_eq!(s.code, 422);
+    assert!(s.message.contains("spec.owner in body must be of type email: \"nobody\""), "{}", s.message);
+
+    // Field selectors on the selectable field; others are refused.
+    let names = |l: kube::core::ObjectList<DynamicObject>| -> Vec<String> {
+        l.items.into_iter().map(|o| o.metadata.name.unwrap()).collect()
+    };
+    let red = widgets.list(&ListParams::default().fields("spec.color=red")).await.unwrap();
+    assert_eq!(names(red), ["w1"]);
+    let not_red = widgets.list(&ListParams::default().fields("spec.color!=red")).await.unwrap();
+    assert_eq!(names(not_red), ["w2"]);
+    let e = widgets.list(&ListParams::default().fields("spec.size=1")).await.unwrap_err();
+    let kube::Error::Api(s) = e else { panic!("{e:?}") };
+    assert_eq!((s.code, s.message.as_str()), (400, "field label not supported: spec.size"));
+
+    // A transition rule sees the old value on update.
+    let shrink = json!({"spec": {"size": 0}});
+    let e = widgets.patch("w1", &PatchParams::default(), &Patch::Merge(&shrink)).await.unwrap_err();
+    let kube::Error::Api(s) = e else { panic!("{e:?}") };
+    assert_eq!(s.code, 422);
+    assert!(s.message.contains("size may only grow"), "{}", s.message);
+    let grow = json!({"spec": {"size": 2}});
+    widgets.patch("w1", &PatchParams::default(), &Patch::Merge(&grow)).await.unwrap();
+
+    // While the CRD is terminating (w1 holds a finalizer), creates are refused.
+    let hold = json!({"metadata": {"finalizers": ["example.com/hold"]}});
+    widgets.patch("w1", &PatchParams::default(), &Patch::Merge(&hold)).await.unwrap();
+    crds.delete("widgets.shop.example.com", &DeleteParams::default()).await.unwrap();
+    let mut tries = 0;
+    while condition("widgets.shop.example.com", "Terminating").await.map(|c| c.0).as_deref() != Some("True") {
+        tries += 1;
+        assert!(tries < 100, "widgets never reported Terminating");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = widgets.create(&PostParams::default(), &widget("w4", json!({}))).await.unwrap_err();
+    let kube::Error::Api(s) = e else { panic!("{e:?}") };
+    assert_eq!(
+        (s.code, s.reason.as_str(), s.message.as_str()),
+        (405, "MethodNotAllowed", "create not allowed while custom resource definition is terminating")
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    widgets.patch("w1", &PatchParams::default(), &Patch::Merge(&release)).await.unwrap();
+    let mut tries = 0;
+    while crds.get_opt("widgets.shop.example.com").await.unwrap().is_some() {
+        tries += 1;
+        assert!(tries < 100, "widgets was never removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The names are free now: gizmos takes them and is served.
+    let mut tries = 0;
+    while condition("gizmos.shop.example.com", "Established").await.map(|c| c.0).as_deref() != Some("True") {
+        tries += 1;
+        assert!(tries < 100, "gizmos never became Established");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gizmos.list(&ListParams::default()).await.unwrap().items.is_empty());
+}

@@ -351,6 +351,8 @@ spec:
     subresources:
       status: {}
       scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+    selectableFields:
+    - {jsonPath: .spec.color}
     additionalPrinterColumns:
     - {name: Size, type: integer, jsonPath: .spec.size}
     - {name: Color, type: string, jsonPath: .spec.color}
@@ -466,6 +468,12 @@ async fn custom_resources_from_a_crd() {
     );
     srv.kubectl_ok(&["apply", "--server-side", "-f", &ssa]).await;
     assert_eq!(srv.kubectl_ok(&["get", "wd", "w4", "-o", "jsonpath={.spec.color}"]).await, "blue");
+    // selectableFields: field selectors on the custom resource.
+    let blue = srv.kubectl_ok(&["get", "wd", "--field-selector", "spec.color=blue", "-o", "name"]).await;
+    assert_eq!(blue, "widget.example.com/w4\n");
+    let out = srv.kubectl(&["get", "wd", "--field-selector", "spec.size=2"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("field label not supported: spec.size"), "{err}");
 
     // Deleting the CRD deletes its objects; a new CRD of the same name starts empty.
     srv.kubectl_ok(&["delete", "crd", "widgets.example.com", "--timeout=30s"]).await;

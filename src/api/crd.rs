@@ -12,6 +12,9 @@ use super::registry::ResourceDef;
 use super::schema::{Ty, TyRef};
 use super::status::Cause;
 
+mod formats;
+pub mod naming;
+
 /// The finalizer that holds a CRD until its objects are gone.
 pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
 
@@ -63,11 +66,11 @@ fn no_schema(_: &mut schemars::SchemaGenerator) -> String {
     String::new()
 }
 
-/// The resources a CRD serves, one per served version (leaked: a definition lives as
-/// long as the process, and a changed CRD makes new ones).
-pub fn defs_of(crd: &Value) -> Vec<&'static ResourceDef> {
+/// The resources a CRD serves under its accepted `names`, one per served version
+/// (leaked: a definition lives as long as the process, and a changed CRD makes new
+/// ones).
+pub fn defs_of(crd: &Value, names: &Value) -> Vec<&'static ResourceDef> {
     let spec = &crd["spec"];
-    let names = &spec["names"];
     let storage = spec["versions"]
         .as_array()
         .into_iter()
@@ -125,6 +128,16 @@ pub fn defs_of(crd: &Value) -> Vec<&'static ResourceDef> {
             status_replicas: s(sc, "/statusReplicasPath").to_string(),
             label_selector: sc.get("labelSelectorPath").and_then(Value::as_str).map(str::to_string),
         });
+        // Field selectors take the version's selectableFields, as `spec.color`.
+        let selectable: Vec<&'static str> = v
+            .get("selectableFields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.get("jsonPath").and_then(Value::as_str))
+            .map(|p| leak(p.trim_start_matches('.')))
+            .collect();
+        let selectable: &'static [&'static str] = Box::leak(selectable.into_boxed_slice());
         let custom = Custom {
             ty: root_ty(&schema),
             schema,
@@ -143,13 +156,22 @@ pub fn defs_of(crd: &Value) -> Vec<&'static ResourceDef> {
             short_names,
             categories,
             has_status: v.pointer("/subresources/status").is_some(),
-            field_labels: &[],
+            field_labels: selectable,
             roundtrip: untyped,
             schema: no_schema,
             custom: Some(Box::new(custom)),
         })));
     }
     out
+}
+
+/// Whether a CRD's status says `Established=True`.
+pub fn is_established(crd: &Value) -> bool {
+    crd.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Established" && c["status"] == "True")
 }
 
 /// Kubernetes's version order (GA before beta before alpha, higher first, others last
@@ -270,10 +292,69 @@ pub fn check_definition(crd: &Value) -> Vec<Cause> {
                     ));
                 }
                 structural(sc, &format!("{at}.schema.openAPIV3Schema"), &mut out);
+                selectable_fields(v, sc, &at, &mut out);
             }
         }
     }
     out
+}
+
+/// At most this many `selectableFields` per version.
+const MAX_SELECTABLE_FIELDS: usize = 8;
+
+/// A version's `selectableFields`: simple paths (no array notation, not in
+/// metadata) to a string, integer or boolean field of its schema, each once.
+fn selectable_fields(v: &Value, sc: &Value, at: &str, out: &mut Vec<Cause>) {
+    let fields = v.get("selectableFields").and_then(Value::as_array).cloned().unwrap_or_default();
+    if fields.len() > MAX_SELECTABLE_FIELDS {
+        out.push(Cause {
+            reason: "FieldValueTooMany",
+            field: format!("{at}.selectableFields"),
+            message: format!("Too many: {}: must have at most {MAX_SELECTABLE_FIELDS} items", fields.len()),
+        });
+    }
+    let mut seen = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        let here = format!("{at}.selectableFields[{i}].jsonPath");
+        let path = s(f, "/jsonPath");
+        if path.is_empty() {
+            out.push(Cause::required(here, ""));
+            continue;
+        }
+        let parts: Vec<&str> = path.strip_prefix('.').map(|p| p.split('.').collect()).unwrap_or_default();
+        if parts.is_empty() || parts.iter().any(|p| p.is_empty() || p.contains(['[', ']', '*', '@', '$', ' '])) {
+            out.push(Cause::invalid(here, &json!(path), "must be a simple JSON path without array notation"));
+            continue;
+        }
+        if parts[0] == "metadata" {
+            out.push(Cause::invalid(here, &json!(path), "must not point to a field in metadata"));
+            continue;
+        }
+        let mut node = Some(sc);
+        for p in &parts {
+            node = node.and_then(|n| {
+                n.pointer(&format!("/properties/{p}"))
+                    .or_else(|| n.get("additionalProperties").filter(|a| a.is_object()))
+            });
+        }
+        match node.and_then(|n| n.get("type")).and_then(Value::as_str) {
+            None => out.push(Cause::invalid(&here, &json!(path), "is not a field of the schema")),
+            Some("string" | "integer" | "boolean") => {}
+            Some(_) => out.push(Cause::invalid(
+                &here,
+                &json!(path),
+                "must point to a field of type string, boolean or integer",
+            )),
+        }
+        if seen.contains(&path) {
+            out.push(Cause {
+                reason: "FieldValueDuplicate",
+                field: here,
+                message: format!("Duplicate value: {path:?}"),
+            });
+        }
+        seen.push(path);
+    }
 }
 
 /// Whether a schema is structural: every node says its type (unless it is
@@ -450,8 +531,15 @@ fn shown(v: &Value) -> String {
     }
 }
 
-/// Checks a custom object against its schema (after defaulting and pruning).
-pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
+/// Checks a custom object against its schema (after defaulting and pruning). On an
+/// update, `old` is the value the stored object has at the same place: transition
+/// rules (`oldSelf`) are judged against it, and a value left unchanged is not judged
+/// again (Kubernetes's validation ratcheting), so a schema made stricter does not
+/// lock its existing objects.
+pub fn validate(sc: &Value, v: &Value, old: Option<&Value>, at: &str, out: &mut Vec<Cause>) {
+    if !at.is_empty() && old == Some(v) {
+        return;
+    }
     let field = if at.is_empty() { "<root>" } else { at };
     let int_or_string = sc.get("x-kubernetes-int-or-string") == Some(&json!(true));
     if let Some(t) = sc.get("type").and_then(Value::as_str) {
@@ -541,6 +629,11 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
                     _ => {}
                 }
             }
+            if let Some(f) = sc.get("format").and_then(Value::as_str)
+                && formats::check(f, st) == Some(false)
+            {
+                out.push(Cause::invalid(field, v, format!("{field} in body must be of type {f}: {st:?}")));
+            }
         }
         Value::Array(a) => {
             if let Some(max) = sc.get("maxItems").and_then(Value::as_u64)
@@ -569,8 +662,10 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
                 }
             }
             if let Some(i) = sc.get("items") {
+                let olds = old.and_then(Value::as_array);
                 for (n, c) in a.iter().enumerate() {
-                    validate(i, c, &format!("{at}[{n}]"), out);
+                    let was = olds.and_then(|o| correlated(sc, o, c));
+                    validate(i, c, was, &format!("{at}[{n}]"), out);
                 }
             }
         }
@@ -604,20 +699,32 @@ pub fn validate(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
                 if at.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
+                let was = old.and_then(|o| o.get(k));
                 match (props.and_then(|p| p.get(k)), ap) {
-                    (Some(p), _) => validate(p, c, &join(at, k), out),
-                    (None, Some(a)) => validate(a, c, &join(at, k), out),
+                    (Some(p), _) => validate(p, c, was, &join(at, k), out),
+                    (None, Some(a)) => validate(a, c, was, &join(at, k), out),
                     _ => {}
                 }
             }
         }
         _ => {}
     }
-    cel_rules(sc, v, at, out);
+    cel_rules(sc, v, old, at, out);
 }
 
-/// A rule of `x-kubernetes-validations` that can be judged without the old object
-/// (transition rules, which use `oldSelf`, are not evaluated).
+/// The element of the old list that an element of the new one is the same item as:
+/// only lists of `x-kubernetes-list-type: map` correlate, by their keys (the items
+/// of atomic lists and sets have no identity across versions).
+fn correlated<'a>(sc: &Value, old: &'a [Value], item: &Value) -> Option<&'a Value> {
+    if sc.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map") {
+        return None;
+    }
+    let keys: Vec<&str> = sc.get("x-kubernetes-list-map-keys")?.as_array()?.iter().filter_map(Value::as_str).collect();
+    old.iter().find(|o| keys.iter().all(|k| o.get(k) == item.get(k)))
+}
+
+/// A transition rule of `x-kubernetes-validations`: one that reads `oldSelf`, judged
+/// only where an old value exists (on updates, at a correlated place).
 fn is_transition(rule: &str) -> bool {
     rule.contains("oldSelf")
 }
@@ -627,21 +734,24 @@ fn cel_compiles(expr: &str) -> Result<(), String> {
     cel::Program::compile(expr).map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Evaluates a CEL expression with `self` bound to `v`.
-fn cel_eval(expr: &str, v: &Value) -> Result<Value, String> {
+/// Evaluates a CEL expression with `self` bound to `v` (and `oldSelf` to `old`).
+fn cel_eval(expr: &str, v: &Value, old: Option<&Value>) -> Result<Value, String> {
     let program = cel::Program::compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
     let mut ctx = cel::Context::default();
     ctx.add_variable_from_value("self", super::vap::cel_value(v));
+    if let Some(o) = old {
+        ctx.add_variable_from_value("oldSelf", super::vap::cel_value(o));
+    }
     program.execute(&ctx).map_err(|e| e.to_string())?.json().map_err(|e| e.to_string())
 }
 
 /// `x-kubernetes-validations` at this node: each rule must be true of `self` (the
 /// value here), else the rule's message (or `messageExpression`, or `failed rule:
 /// <rule>`) at the field (plus the rule's `fieldPath`), with the rule's `reason`.
-fn cel_rules(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
+fn cel_rules(sc: &Value, v: &Value, old: Option<&Value>, at: &str, out: &mut Vec<Cause>) {
     for r in sc.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
         let Some(rule) = r.get("rule").and_then(Value::as_str) else { continue };
-        if is_transition(rule) {
+        if is_transition(rule) && old.is_none() {
             continue;
         }
         let mut field = at.to_string();
@@ -649,12 +759,12 @@ fn cel_rules(sc: &Value, v: &Value, at: &str, out: &mut Vec<Cause>) {
             field.push_str(p);
         }
         let field = if field.is_empty() { "<root>".to_string() } else { field };
-        let message = match cel_eval(rule, v) {
+        let message = match cel_eval(rule, v, old) {
             Ok(Value::Bool(true)) => continue,
             Ok(Value::Bool(false)) => r
                 .get("messageExpression")
                 .and_then(Value::as_str)
-                .and_then(|m| cel_eval(m, v).ok())
+                .and_then(|m| cel_eval(m, v, old).ok())
                 .and_then(|m| m.as_str().map(String::from))
                 .filter(|m| !m.is_empty())
                 .or_else(|| r.get("message").and_then(Value::as_str).map(String::from))
@@ -759,12 +869,12 @@ mod tests {
         assert_eq!(unknown, vec!["spec.bogus"]);
         assert_eq!(obj["spec"]["extra"]["anything"], json!([1]));
         let mut causes = vec![];
-        validate(&sc, &obj, "", &mut causes);
+        validate(&sc, &obj, None, "", &mut causes);
         assert!(causes.is_empty(), "{causes:?}");
 
         let bad = json!({"spec": {"size": "big", "color": "pink", "name": "ABCDEFG", "tags": ["a", "b", "c"]}});
         let mut causes = vec![];
-        validate(&sc, &bad, "", &mut causes);
+        validate(&sc, &bad, None, "", &mut causes);
         let msgs: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
         assert!(
             msgs.contains(
@@ -780,7 +890,7 @@ mod tests {
         assert!(msgs.iter().any(|m| m.contains("should match '^[a-z]+$'")), "{msgs:?}");
         assert!(msgs.iter().any(|m| m.starts_with("spec.tags: Too many: 3")), "{msgs:?}");
         let mut causes = vec![];
-        validate(&sc, &json!({"spec": {}}), "", &mut causes);
+        validate(&sc, &json!({"spec": {}}), None, "", &mut causes);
         assert_eq!(causes[0].field, "spec.size");
         assert_eq!(causes[0].message, "Required value");
     }
@@ -801,9 +911,15 @@ mod tests {
             }
         }}});
         let mut out = Vec::new();
-        validate(&sc, &json!({"spec": {"minReplicas": 1, "maxReplicas": 3, "name": "xok"}}), "", &mut out);
+        validate(&sc, &json!({"spec": {"minReplicas": 1, "maxReplicas": 3, "name": "xok"}}), None, "", &mut out);
         assert!(out.is_empty(), "{out:?}");
-        validate(&sc, &json!({"spec": {"minReplicas": 5, "maxReplicas": 3, "name": "forbidden-long"}}), "", &mut out);
+        validate(
+            &sc,
+            &json!({"spec": {"minReplicas": 5, "maxReplicas": 3, "name": "forbidden-long"}}),
+            None,
+            "",
+            &mut out,
+        );
         let msgs: Vec<String> = out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
         assert_eq!(
             msgs,
@@ -824,6 +940,47 @@ mod tests {
         );
         assert_eq!(causes.len(), 2, "{causes:?}");
         assert!(causes[0].message.contains("compilation failed"), "{causes:?}");
+    }
+
+    #[test]
+    fn transition_rules_ratcheting_and_formats() {
+        let sc = json!({"type": "object", "properties": {"spec": {"type": "object",
+        "x-kubernetes-validations": [{"rule": "self.size >= oldSelf.size", "message": "size may only grow"}],
+        "properties": {
+            "size": {"type": "integer"},
+            "owner": {"type": "string", "format": "email"},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer",
+                    "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "port is immutable"}]}}}}
+        }}}});
+        let msgs = |out: Vec<Cause>| out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>();
+        let old = json!({"spec": {"size": 2, "owner": "not-an-email", "ports": [{"name": "a", "port": 1}]}});
+        // On create there is no old value: transition rules are skipped, formats checked.
+        let mut out = Vec::new();
+        validate(&sc, &old, None, "", &mut out);
+        assert_eq!(
+            msgs(out),
+            ["spec.owner: Invalid value: \"not-an-email\": spec.owner in body must be of type email: \"not-an-email\""]
+        );
+        // On update: the old bad email is unchanged, so not judged again; the rules
+        // see oldSelf, per list item by its key (a new item has none).
+        let mut out = Vec::new();
+        let new = json!({"spec": {"size": 1, "owner": "not-an-email", "ports": [{"name": "a", "port": 2}, {"name": "b", "port": 3}]}});
+        validate(&sc, &new, Some(&old), "", &mut out);
+        assert_eq!(
+            msgs(out),
+            [
+                "spec.ports[0].port: Invalid value: \"integer\": port is immutable",
+                "spec: Invalid value: \"object\": size may only grow"
+            ]
+        );
+        let mut out = Vec::new();
+        let new = json!({"spec": {"size": 3, "owner": "still bad", "ports": [{"name": "a", "port": 1}]}});
+        validate(&sc, &new, Some(&old), "", &mut out);
+        assert_eq!(
+            msgs(out),
+            ["spec.owner: Invalid value: \"still bad\": spec.owner in body must be of type email: \"still bad\""]
+        );
     }
 
     #[test]

@@ -12,32 +12,39 @@ use crate::api::crd;
 use crate::api::registry::{Registry, ResourceDef};
 use crate::api::status::ApiError;
 
-/// The resources made for each CRD, by name, with the (uid, generation) they were
-/// made from, so an unchanged CRD keeps its definitions.
+/// The resources made for each CRD, by name, with the (uid, generation, accepted
+/// names) they were made from, so an unchanged CRD keeps its definitions.
 #[derive(Default)]
 pub struct CustomDefs(std::sync::Mutex<HashMap<String, Made>>);
 
-/// The (uid, generation) of a CRD and the resources made from it.
-type Made = ((String, i64), Vec<&'static ResourceDef>);
+/// The (uid, generation, accepted names) of a CRD and the resources made from it.
+type Made = ((String, i64, String), Vec<&'static ResourceDef>);
 
 const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
 
 impl ApiServer {
-    /// Serves exactly the custom resources of `crds`.
+    /// Serves exactly the custom resources of `crds`, under the names each is given
+    /// (see [`crd::naming`]): a CRD whose names clash with another's is served only
+    /// if it was established before the clash.
     pub(crate) fn serve_custom(&self, crds: &[Value]) {
+        let namings = crd::naming::accept_names(crds);
         let mut cache = self.custom.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut extra = Vec::new();
         let mut keep = std::collections::HashSet::new();
-        for c in crds {
+        for (c, naming) in crds.iter().zip(&namings) {
+            if naming.conflict.is_some() && !crd::is_established(c) {
+                continue;
+            }
             let name = crate::api::meta::name(c).to_string();
             let id = (
                 crate::api::meta::meta_str(c, "uid").unwrap_or("").to_string(),
                 c.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
+                naming.names.to_string(),
             );
             let defs = match cache.get(&name) {
                 Some((have, defs)) if *have == id => defs.clone(),
                 _ => {
-                    let defs = crd::defs_of(c);
+                    let defs = crd::defs_of(c, &naming.names);
                     cache.insert(name.clone(), (id, defs.clone()));
                     defs
                 }
@@ -54,6 +61,21 @@ impl ApiServer {
         if changed {
             self.set_reg(next);
         }
+    }
+
+    /// Refuses a create of a custom object while its CRD is being deleted (its
+    /// objects are being removed), with Kubernetes's 405.
+    pub(crate) async fn refuse_while_terminating(&self, def: &ResourceDef) -> Result<(), ApiError> {
+        let Some(c) = &def.custom else { return Ok(()) };
+        let key = format!("{CRD_PREFIX}{}", c.crd);
+        let Some(kv) = self.store.get(&key).await.map_err(ApiError::internal)? else { return Ok(()) };
+        if !crate::api::meta::is_deleting(&decode_kv(&kv)?) {
+            return Ok(());
+        }
+        let mut e = ApiError::method_not_allowed("create", def.plural);
+        e.message = "create not allowed while custom resource definition is terminating".into();
+        e.details = Some(serde_json::json!({"group": def.group, "kind": def.plural}));
+        Err(e)
     }
 
     /// Serves the custom resources of the CRDs in the store (at start).

@@ -337,12 +337,13 @@ impl ApiServer {
     }
 
     /// What a custom resource's schema does to an object: defaults, then prunes unknown
-    /// fields (reported as field validation says), then validates. Also checks
-    /// CustomResourceDefinitions themselves.
+    /// fields (reported as field validation says), then validates (against `old`, the
+    /// stored object, on an update). Also checks CustomResourceDefinitions themselves.
     fn schema_checks(
         &self,
         call: &Call,
         obj: &mut Value,
+        old: Option<&Value>,
         fv: FieldValidation,
         patch: bool,
     ) -> Result<Vec<String>, ApiError> {
@@ -361,7 +362,7 @@ impl ApiServer {
         let warnings =
             self.field_problems(call, unknown.iter().map(|f| format!("unknown field {f:?}")).collect(), fv, patch)?;
         let mut causes = Vec::new();
-        crd::validate(&c.schema, obj, "", &mut causes);
+        crd::validate(&c.schema, obj, old, "", &mut causes);
         if !causes.is_empty() {
             return Err(ApiError::invalid(call.def.group, call.def.kind, meta::name(obj), causes));
         }
@@ -615,6 +616,7 @@ impl ApiServer {
     pub async fn create(&self, call: &Call, body: Bytes) -> Result<Resp, ApiError> {
         let ct = request::content_type(&call.headers);
         let (obj, dups) = request::decode_object(&ct, &body)?;
+        self.refuse_while_terminating(call.def).await?;
         self.create_object(call, obj, &dups, None).await
     }
 
@@ -665,7 +667,7 @@ impl ApiServer {
             fv,
             applied.is_some(),
         )?;
-        warnings.extend(self.schema_checks(call, &mut obj, fv, applied.is_some())?);
+        warnings.extend(self.schema_checks(call, &mut obj, None, fv, applied.is_some())?);
         warnings.extend(self.validate(call, &obj, fv, applied.is_some(), &[])?);
         self.check_escalation(call, &obj).await?;
         self.admit_node_restriction(call, &obj, None)?;
@@ -838,7 +840,7 @@ impl ApiServer {
             call.writer(&call.manager()?).update(Some(old), &mut new, base);
         }
         let before = if patch || call.sub.is_some() { unknown_of(call.def, old) } else { vec![] };
-        let mut warnings = self.schema_checks(call, &mut new, fv, patch)?;
+        let mut warnings = self.schema_checks(call, &mut new, Some(old), fv, patch)?;
         warnings.extend(self.validate(call, &new, fv, patch, &before)?);
         self.check_escalation(call, &new).await?;
         self.admit_node_restriction(call, &new, Some(old))?;

@@ -1,6 +1,8 @@
 //! The CustomResourceDefinition controller (apiextensions-apiserver's part): keeps the
-//! served custom resources in step with the CRDs, reports them `NamesAccepted` and
-//! `Established`, and on deletion removes every custom object before letting the CRD go.
+//! served custom resources in step with the CRDs, gives each the names no other CRD of
+//! its group holds and reports them `NamesAccepted` (or not, naming the clash) and
+//! `Established`, and on deletion reports `Terminating` and removes every custom
+//! object before letting the CRD go.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::crd::CLEANUP_FINALIZER;
+use crate::api::crd::naming::{self, Naming};
 use crate::server::apiserver::ApiServer;
 
 pub(super) async fn run(api: Arc<ApiServer>, client: kube::Client, shutdown: CancellationToken) {
@@ -20,17 +23,18 @@ pub(super) async fn run(api: Arc<ApiServer>, client: kube::Client, shutdown: Can
     while let Some(wake) = watched.next(&shutdown).await {
         let terminating = wake == super::Wake::Tick;
         let all = reader.state();
+        let values: Vec<Value> = all.iter().filter_map(|c| serde_json::to_value(&**c).ok()).collect();
         if !terminating {
-            let values: Vec<Value> = all.iter().filter_map(|c| serde_json::to_value(&**c).ok()).collect();
             api.serve_custom(&values);
         }
-        for c in &all {
+        let namings = crate::api::crd::naming::accept_names(&values);
+        for (c, naming) in all.iter().zip(&namings) {
             let r = if c.metadata.deletion_timestamp.is_some() {
                 cleanup(&client, &crds, c).await
             } else if terminating {
                 Ok(())
             } else {
-                establish(&crds, c).await
+                establish(&crds, c, naming).await
             };
             if let Err(e) = r {
                 tracing::debug!(crd = c.metadata.name.as_deref().unwrap_or(""), error = %e, "CRD reconcile failed");
@@ -39,10 +43,11 @@ pub(super) async fn run(api: Arc<ApiServer>, client: kube::Client, shutdown: Can
     }
 }
 
-/// Sets the accepted names, the stored versions and the conditions, when they differ.
-async fn establish(crds: &Api<Crd>, c: &Crd) -> Result<(), kube::Error> {
+/// Sets the accepted names, the stored versions and the `NamesAccepted` and
+/// `Established` conditions, when they differ. A CRD once established stays so when
+/// a later change of its names clashes (it keeps serving its old names).
+async fn establish(crds: &Api<Crd>, c: &Crd, naming: &Naming) -> Result<(), kube::Error> {
     let name = c.metadata.name.clone().unwrap_or_default();
-    let names = serde_json::to_value(&c.spec.names).unwrap_or(json!({}));
     let storage = c.spec.versions.iter().find(|v| v.storage).map(|v| v.name.clone());
     let status = c.status.as_ref();
     let mut stored: Vec<String> = status.and_then(|s| s.stored_versions.clone()).unwrap_or_default();
@@ -51,29 +56,58 @@ async fn establish(crds: &Api<Crd>, c: &Crd) -> Result<(), kube::Error> {
     {
         stored.push(s);
     }
-    let has = |t: &str| {
-        status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|x| x.type_ == t && x.status == "True"))
+    let old: Vec<Value> = status
+        .and_then(|s| s.conditions.as_ref())
+        .map(|cs| cs.iter().filter_map(|x| serde_json::to_value(x).ok()).collect())
+        .unwrap_or_default();
+    let accepted = match &naming.conflict {
+        None => ("True", "NoConflicts", "no conflicts found".to_string()),
+        Some((reason, message)) => ("False", *reason, message.clone()),
     };
-    let accepted = status.and_then(|s| serde_json::to_value(&s.accepted_names).ok()).unwrap_or(Value::Null);
-    if has("NamesAccepted")
-        && has("Established")
-        && accepted == names
+    let established = if accepted.0 == "True" {
+        ("True", "InitialNamesAccepted", "the initial names have been accepted".to_string())
+    } else {
+        match old.iter().find(|x| x["type"] == "Established") {
+            Some(e) => (
+                if e["status"] == "True" { "True" } else { "False" },
+                if e["status"] == "True" { "InitialNamesAccepted" } else { "NotAccepted" },
+                e["message"].as_str().unwrap_or("").to_string(),
+            ),
+            None => ("False", "NotAccepted", "not all names are accepted".to_string()),
+        }
+    };
+    let mut conditions = old.clone();
+    set_condition(&mut conditions, "NamesAccepted", accepted);
+    set_condition(&mut conditions, "Established", established);
+    let have_names = status.and_then(|s| serde_json::to_value(&s.accepted_names).ok()).unwrap_or(Value::Null);
+    if conditions == old
+        && naming::tidy(&have_names) == naming.names
         && status.and_then(|s| s.stored_versions.as_ref()) == Some(&stored)
     {
         return Ok(());
     }
-    let now = crate::api::meta::now_rfc3339();
     let patch = json!({"status": {
-    "acceptedNames": names,
-    "storedVersions": stored,
-    "conditions": [
-        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
-    ]}});
+        "acceptedNames": naming.names,
+        "storedVersions": stored,
+        "conditions": conditions,
+    }});
     crds.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
+}
+
+/// Puts a condition in a CRD's list, keeping its transition time while its status
+/// stays the same.
+fn set_condition(conditions: &mut Vec<Value>, ty: &str, (status, reason, message): (&str, &str, String)) {
+    let same = |x: &Value| x["type"] == ty;
+    let at = match conditions.iter().find(|x| same(x)) {
+        Some(x) if x["status"] == status => x["lastTransitionTime"].clone(),
+        _ => json!(crate::api::meta::now_rfc3339()),
+    };
+    let cond = json!({"type": ty, "status": status, "reason": reason, "message": message, "lastTransitionTime": at});
+    match conditions.iter_mut().find(|x| same(x)) {
+        Some(x) => *x = cond,
+        None => conditions.push(cond),
+    }
 }
 
 /// Deletes every object of a CRD being deleted; once none is left, drops the finalizer.
@@ -81,6 +115,19 @@ async fn cleanup(client: &kube::Client, crds: &Api<Crd>, c: &Crd) -> Result<(), 
     let name = c.metadata.name.clone().unwrap_or_default();
     if !c.metadata.finalizers.iter().flatten().any(|f| f == CLEANUP_FINALIZER) {
         return Ok(());
+    }
+    let old: Vec<Value> = c
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|cs| cs.iter().filter_map(|x| serde_json::to_value(x).ok()).collect())
+        .unwrap_or_default();
+    let mut conditions = old.clone();
+    let progress = ("True", "InstanceDeletionInProgress", "CustomResource deletion is in progress".to_string());
+    set_condition(&mut conditions, "Terminating", progress);
+    if conditions != old {
+        let patch = json!({"status": {"conditions": conditions}});
+        crds.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
     if let Some(v) = c.spec.versions.iter().find(|v| v.served) {
         let ar = ApiResource {
