@@ -1,6 +1,7 @@
 //! The resource model shared by the API server and its clients inside rk: the registry
 //! of served kinds, `metav1.Status` errors, selectors, patches, tables and defaults.
 
+pub mod cel;
 pub mod crd;
 pub mod defaults;
 pub mod events;

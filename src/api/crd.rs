@@ -731,18 +731,17 @@ fn is_transition(rule: &str) -> bool {
 
 /// Compiles a CEL expression, for the definition check.
 fn cel_compiles(expr: &str) -> Result<(), String> {
-    cel::Program::compile(expr).map(|_| ()).map_err(|e| e.to_string())
+    super::cel::compile(expr).map(|_| ())
 }
 
-/// Evaluates a CEL expression with `self` bound to `v` (and `oldSelf` to `old`).
-fn cel_eval(expr: &str, v: &Value, old: Option<&Value>) -> Result<Value, String> {
-    let program = cel::Program::compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
-    let mut ctx = cel::Context::default();
-    ctx.add_variable_from_value("self", super::vap::cel_value(v));
-    if let Some(o) = old {
-        ctx.add_variable_from_value("oldSelf", super::vap::cel_value(o));
+/// Evaluates a CEL expression with `self` bound to `v` (and `oldSelf` to `old`, as
+/// an optional value when the rule says `optionalOldSelf`).
+fn cel_eval(expr: &str, v: &Value, old: Option<&Value>, optional: bool) -> Result<Value, String> {
+    match old {
+        _ if optional => super::cel::eval_with_optional(expr, &[("self", v)], Some(("oldSelf", old))),
+        Some(o) => super::cel::eval(expr, &[("self", v), ("oldSelf", o)]),
+        None => super::cel::eval(expr, &[("self", v)]),
     }
-    program.execute(&ctx).map_err(|e| e.to_string())?.json().map_err(|e| e.to_string())
 }
 
 /// `x-kubernetes-validations` at this node: each rule must be true of `self` (the
@@ -751,7 +750,8 @@ fn cel_eval(expr: &str, v: &Value, old: Option<&Value>) -> Result<Value, String>
 fn cel_rules(sc: &Value, v: &Value, old: Option<&Value>, at: &str, out: &mut Vec<Cause>) {
     for r in sc.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
         let Some(rule) = r.get("rule").and_then(Value::as_str) else { continue };
-        if is_transition(rule) && old.is_none() {
+        let optional = r.get("optionalOldSelf") == Some(&json!(true));
+        if is_transition(rule) && old.is_none() && !optional {
             continue;
         }
         let mut field = at.to_string();
@@ -759,12 +759,12 @@ fn cel_rules(sc: &Value, v: &Value, old: Option<&Value>, at: &str, out: &mut Vec
             field.push_str(p);
         }
         let field = if field.is_empty() { "<root>".to_string() } else { field };
-        let message = match cel_eval(rule, v, old) {
+        let message = match cel_eval(rule, v, old, optional) {
             Ok(Value::Bool(true)) => continue,
             Ok(Value::Bool(false)) => r
                 .get("messageExpression")
                 .and_then(Value::as_str)
-                .and_then(|m| cel_eval(m, v, old).ok())
+                .and_then(|m| cel_eval(m, v, old, optional).ok())
                 .and_then(|m| m.as_str().map(String::from))
                 .filter(|m| !m.is_empty())
                 .or_else(|| r.get("message").and_then(Value::as_str).map(String::from))
@@ -974,6 +974,16 @@ mod tests {
                 "spec: Invalid value: \"object\": size may only grow"
             ]
         );
+        // optionalOldSelf: judged on create too, with oldSelf an optional.
+        let opt = json!({"type": "object", "x-kubernetes-validations": [{"rule": "!oldSelf.hasValue() || self.n >= oldSelf.value().n",
+            "optionalOldSelf": true, "message": "n may only grow"}, {"rule": "oldSelf.hasValue() || self.n == 0",
+            "optionalOldSelf": true, "message": "n starts at 0"}], "properties": {"n": {"type": "integer"}}});
+        let mut out = Vec::new();
+        validate(&opt, &json!({"n": 1}), None, "", &mut out);
+        assert_eq!(msgs(out), ["<root>: Invalid value: \"object\": n starts at 0"]);
+        let mut out = Vec::new();
+        validate(&opt, &json!({"n": 1}), Some(&json!({"n": 2})), "", &mut out);
+        assert_eq!(msgs(out), ["<root>: Invalid value: \"object\": n may only grow"]);
         let mut out = Vec::new();
         let new = json!({"spec": {"size": 3, "owner": "still bad", "ports": [{"name": "a", "port": 1}]}});
         validate(&sc, &new, Some(&old), "", &mut out);

@@ -125,37 +125,12 @@ fn resources_match(m: &Value, r: &Request, require_rules: bool) -> bool {
     selector_matches(&m["namespaceSelector"], &ns_labels.unwrap_or(Value::Null))
 }
 
-/// A JSON value as CEL sees it in Kubernetes: whole numbers are `int` (not `uint`, as
-/// a plain serde conversion would make non-negative ones, so that `x * 2` works).
-pub fn cel_value(v: &Value) -> cel::Value {
-    match v {
-        Value::Null => cel::Value::Null,
-        Value::Bool(b) => cel::Value::Bool(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => cel::Value::Int(i),
-            (None, Some(u)) => cel::Value::UInt(u),
-            _ => cel::Value::Float(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => cel::Value::String(std::sync::Arc::new(s.clone())),
-        Value::Array(a) => cel::Value::List(std::sync::Arc::new(a.iter().map(cel_value).collect())),
-        Value::Object(m) => {
-            let map: std::collections::HashMap<cel::objects::Key, cel::Value> =
-                m.iter().map(|(k, v)| (cel::objects::Key::from(k.clone()), cel_value(v))).collect();
-            cel::Value::Map(cel::objects::Map { map: std::sync::Arc::new(map) })
-        }
-    }
-}
-
 /// Evaluates one CEL expression; Ok(value) or the error text.
 fn eval(expr: &str, vars: &[(&str, &Value)], variables: &serde_json::Map<String, Value>) -> Result<Value, String> {
-    let program = cel::Program::compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
-    let mut ctx = cel::Context::default();
-    for (k, v) in vars {
-        ctx.add_variable_from_value(*k, cel_value(v));
-    }
-    ctx.add_variable_from_value("variables", cel_value(&Value::Object(variables.clone())));
-    let out = program.execute(&ctx).map_err(|e| e.to_string())?;
-    out.json().map_err(|e| e.to_string())
+    let variables = Value::Object(variables.clone());
+    let mut all = vars.to_vec();
+    all.push(("variables", &variables));
+    super::cel::eval(expr, &all)
 }
 
 /// Judges a request against the policies and bindings there are.

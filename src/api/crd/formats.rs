@@ -147,7 +147,7 @@ fn isbn10(v: &str) -> bool {
     }
     let sum: u32 =
         b.iter().enumerate().map(|(i, c)| (i as u32 + 1) * if *c == b'X' { 10 } else { (c - b'0') as u32 }).sum();
-    sum % 11 == 0
+    sum.is_multiple_of(11)
 }
 
 fn isbn13(v: &str) -> bool {
@@ -178,7 +178,7 @@ fn credit_card(v: &str) -> bool {
         }
         sum += n;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// strfmt's `duration`: Go's `time.ParseDuration` form (`1h30m`, `300ms`) or
