@@ -3,13 +3,16 @@
 //! library with optional values (`a.?b`, `optional.of`), cel-go's strings, lists and
 //! math extensions (`lowerAscii`, `split`, `join`, `sort`, `math.greatest`, ...), and
 //! of Kubernetes's own libraries the list functions (`sum`, `min`, `max`,
-//! `isSorted`, `indexOf`, `lastIndexOf`), regular expressions (`find`, `findAll`)
-//! and the checks `isURL`, `isIP`, `isCIDR` and `isQuantity`. Compiled once, shared
-//! by every evaluation.
+//! `isSorted`, `indexOf`, `lastIndexOf`), regular expressions (`find`, `findAll`),
+//! and URLs, IPs, CIDRs and quantities (`url(s).getHost()`, `ip(s).family()`,
+//! `cidr(s).containsIP(ip)`, `quantity(s).compareTo(quantity('1Gi'))`, `isURL`, ...).
+//! Those four are carried as their (checked, canonical) strings, so `type()` of one
+//! says `string` where Kubernetes names its own type. Compiled once, shared by every
+//! evaluation.
 
 use std::sync::{Arc, LazyLock};
 
-use cel::common::types::{CelBool, CelInt, CelList, CelString, DYN_TYPE, LIST_TYPE};
+use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelString, DYN_TYPE, LIST_TYPE};
 use cel::common::value::{CowVal, Val};
 use cel::{Context, DeclarationError, Env, ExecutionError, Program};
 use serde_json::Value;
@@ -93,6 +96,37 @@ fn kubernetes(env: &mut Env) -> Result<(), DeclarationError> {
     cel::add_overload!(env, fn is_ip: (CelString) -> CelBool, name = "isIP")?;
     cel::add_overload!(env, fn is_cidr: (CelString) -> CelBool, name = "isCIDR")?;
     cel::add_overload!(env, fn is_quantity: (CelString) -> CelBool, name = "isQuantity")?;
+    cel::add_overload!(env, fn url: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn get_scheme: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn get_host: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn get_hostname: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn get_port: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn get_escaped_path: (CelString) -> Result<CelString>)?;
+    cel::add_overload!(env, fn ip: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn family: (CelString) -> Result<CelInt>)?;
+    cel::add_member_overload!(env, fn is_unspecified: (CelString) -> Result<CelBool>)?;
+    cel::add_member_overload!(env, fn is_loopback: (CelString) -> Result<CelBool>)?;
+    cel::add_member_overload!(env, fn is_link_local_multicast: (CelString) -> Result<CelBool>)?;
+    cel::add_member_overload!(env, fn is_link_local_unicast: (CelString) -> Result<CelBool>)?;
+    cel::add_member_overload!(env, fn is_global_unicast: (CelString) -> Result<CelBool>)?;
+    cel::add_overload!(env, fn cidr: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn contains_ip: (CelString, CelString) -> Result<CelBool>, name = "containsIP")?;
+    cel::add_member_overload!(env, fn contains_cidr: (CelString, CelString) -> Result<CelBool>, name = "containsCIDR")?;
+    cel::add_member_overload!(env, fn cidr_ip: (CelString) -> Result<CelString>, name = "ip")?;
+    cel::add_member_overload!(env, fn masked: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn prefix_length: (CelString) -> Result<CelInt>)?;
+    cel::add_overload!(env, fn quantity: (CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn compare_to: (CelString, CelString) -> Result<CelInt>)?;
+    cel::add_member_overload!(env, fn is_greater_than: (CelString, CelString) -> Result<CelBool>)?;
+    cel::add_member_overload!(env, fn is_less_than: (CelString, CelString) -> Result<CelBool>)?;
+    cel::add_member_overload!(env, fn is_integer: (CelString) -> Result<CelBool>)?;
+    cel::add_member_overload!(env, fn as_integer: (CelString) -> Result<CelInt>)?;
+    cel::add_member_overload!(env, fn as_approximate_float: (CelString) -> Result<CelDouble>)?;
+    cel::add_member_overload!(env, fn sign: (CelString) -> Result<CelInt>)?;
+    cel::add_member_overload!(env, fn add: (CelString, CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn add_int: (CelString, CelInt) -> Result<CelString>, name = "add")?;
+    cel::add_member_overload!(env, fn sub: (CelString, CelString) -> Result<CelString>)?;
+    cel::add_member_overload!(env, fn sub_int: (CelString, CelInt) -> Result<CelString>, name = "sub")?;
     env.add_member_overload("sum", "list.sum()", LIST_TYPE, vec![], sum)?;
     env.add_member_overload("min", "list.min()", LIST_TYPE, vec![], min)?;
     env.add_member_overload("max", "list.max()", LIST_TYPE, vec![], max)?;
@@ -159,6 +193,230 @@ fn is_cidr(s: &CelString<'_>) -> CelBool {
 
 fn is_quantity(s: &CelString<'_>) -> CelBool {
     crate::server::scheduler::parse_quantity(s.inner()).is_some().into()
+}
+
+fn fail<T>(function: &str, message: impl std::fmt::Display) -> Result<T, ExecutionError> {
+    Err(ExecutionError::function_error(function, message))
+}
+
+/// A URL's parts: scheme, host (with port), path. Only absolute URLs and paths.
+fn url_parts(function: &str, s: &str) -> Result<(String, String, String), ExecutionError> {
+    if !*is_url(&CelString::from(s.to_string())).inner() {
+        return fail(function, format!("URL parse error during conversion from string: {s:?}"));
+    }
+    if s.starts_with('/') {
+        return Ok((String::new(), String::new(), s.split(['?', '#']).next().unwrap_or("").to_string()));
+    }
+    let (scheme, rest) = s.split_once(':').unwrap_or(("", s));
+    let rest = rest.split('#').next().unwrap_or("");
+    let rest = rest.split('?').next().unwrap_or("");
+    let (host, path) = match rest.strip_prefix("//") {
+        Some(r) => match r.find('/') {
+            Some(i) => (&r[..i], &r[i..]),
+            None => (r, ""),
+        },
+        None => ("", rest),
+    };
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    Ok((scheme.to_string(), host.to_string(), path.to_string()))
+}
+
+/// `url(s)`: `s`, once it is a URL.
+fn url(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    url_parts("url", s.inner())?;
+    Ok(s.inner().to_string().into())
+}
+
+fn get_scheme(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(url_parts("getScheme", s.inner())?.0.into())
+}
+
+fn get_host(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(url_parts("getHost", s.inner())?.1.into())
+}
+
+/// The host without its port (and IPv6 brackets).
+fn split_host(host: &str) -> (&str, &str) {
+    if let Some(r) = host.strip_prefix('[') {
+        let (h, rest) = r.split_once(']').unwrap_or((r, ""));
+        return (h, rest.strip_prefix(':').unwrap_or(""));
+    }
+    host.rsplit_once(':').unwrap_or((host, ""))
+}
+
+fn get_hostname(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    let host = url_parts("getHostname", s.inner())?.1;
+    Ok(split_host(&host).0.to_string().into())
+}
+
+fn get_port(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    let host = url_parts("getPort", s.inner())?.1;
+    Ok(split_host(&host).1.to_string().into())
+}
+
+fn get_escaped_path(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(url_parts("getEscapedPath", s.inner())?.2.into())
+}
+
+fn parse_ip(function: &str, s: &str) -> Result<std::net::IpAddr, ExecutionError> {
+    if !*is_ip(&CelString::from(s.to_string())).inner() {
+        return fail(function, format!("IP Address {s:?} parse error during conversion from string"));
+    }
+    s.parse().map_err(|e| ExecutionError::function_error(function, e))
+}
+
+/// `ip(s)`: `s`, once it is an IP address, in canonical form.
+fn ip(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(parse_ip("ip", s.inner())?.to_string().into())
+}
+
+fn family(s: &CelString<'_>) -> Result<CelInt, ExecutionError> {
+    Ok(CelInt::from(if parse_ip("family", s.inner())?.is_ipv4() { 4 } else { 6 }))
+}
+
+fn is_unspecified(s: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok(parse_ip("isUnspecified", s.inner())?.is_unspecified().into())
+}
+
+fn is_loopback(s: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok(parse_ip("isLoopback", s.inner())?.is_loopback().into())
+}
+
+fn is_link_local_multicast(s: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok(match parse_ip("isLinkLocalMulticast", s.inner())? {
+        std::net::IpAddr::V4(a) => a.octets()[..3] == [224, 0, 0],
+        std::net::IpAddr::V6(a) => a.segments()[0] & 0xff0f == 0xff02,
+    }
+    .into())
+}
+
+fn is_link_local_unicast(s: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok(match parse_ip("isLinkLocalUnicast", s.inner())? {
+        std::net::IpAddr::V4(a) => a.is_link_local(),
+        std::net::IpAddr::V6(a) => a.segments()[0] & 0xffc0 == 0xfe80,
+    }
+    .into())
+}
+
+/// Go's `IsGlobalUnicast`: not unspecified, loopback, multicast, link-local or the
+/// IPv4 broadcast address.
+fn is_global_unicast(s: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    let a = parse_ip("isGlobalUnicast", s.inner())?;
+    let local = *is_link_local_unicast(s)?.inner();
+    let broadcast = matches!(a, std::net::IpAddr::V4(v) if v.is_broadcast());
+    Ok((!a.is_unspecified() && !a.is_loopback() && !a.is_multicast() && !local && !broadcast).into())
+}
+
+fn parse_cidr(function: &str, s: &str) -> Result<ipnet::IpNet, ExecutionError> {
+    s.parse().map_err(|_| {
+        ExecutionError::function_error(
+            function,
+            format!("network address parse error during conversion from string: {s:?}"),
+        )
+    })
+}
+
+/// `cidr(s)`: `s`, once it is a CIDR.
+fn cidr(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(parse_cidr("cidr", s.inner())?.to_string().into())
+}
+
+fn contains_ip(s: &CelString<'_>, ip: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok(parse_cidr("containsIP", s.inner())?.contains(&parse_ip("containsIP", ip.inner())?).into())
+}
+
+fn contains_cidr(s: &CelString<'_>, other: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok(parse_cidr("containsCIDR", s.inner())?.contains(&parse_cidr("containsCIDR", other.inner())?).into())
+}
+
+fn cidr_ip(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(parse_cidr("ip", s.inner())?.addr().to_string().into())
+}
+
+fn masked(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(parse_cidr("masked", s.inner())?.trunc().to_string().into())
+}
+
+fn prefix_length(s: &CelString<'_>) -> Result<CelInt, ExecutionError> {
+    Ok(CelInt::from(parse_cidr("prefixLength", s.inner())?.prefix_len() as i64))
+}
+
+fn parse_quantity(function: &str, s: &str) -> Result<f64, ExecutionError> {
+    match crate::server::scheduler::parse_quantity(s) {
+        Some(q) => Ok(q),
+        None => fail(function, format!("quantities must match the regular expression: {s:?}")),
+    }
+}
+
+/// A number as a quantity's string (whole numbers without a fraction).
+fn quantity_string(q: f64) -> CelString<'static> {
+    if q.fract() == 0.0 && q.abs() < 9e15 { format!("{}", q as i64).into() } else { format!("{q}").into() }
+}
+
+/// `quantity(s)`: `s`, once it is a quantity.
+fn quantity(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    parse_quantity("quantity", s.inner())?;
+    Ok(s.inner().to_string().into())
+}
+
+fn compare_to(a: &CelString<'_>, b: &CelString<'_>) -> Result<CelInt, ExecutionError> {
+    let (a, b) = (parse_quantity("compareTo", a.inner())?, parse_quantity("compareTo", b.inner())?);
+    Ok(CelInt::from(match a.partial_cmp(&b) {
+        Some(std::cmp::Ordering::Less) => -1,
+        Some(std::cmp::Ordering::Greater) => 1,
+        _ => 0,
+    }))
+}
+
+fn is_greater_than(a: &CelString<'_>, b: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok((*compare_to(a, b)?.inner() > 0).into())
+}
+
+fn is_less_than(a: &CelString<'_>, b: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    Ok((*compare_to(a, b)?.inner() < 0).into())
+}
+
+fn is_integer(s: &CelString<'_>) -> Result<CelBool, ExecutionError> {
+    let q = parse_quantity("isInteger", s.inner())?;
+    Ok((q.fract() == 0.0 && q.abs() < 9.2e18).into())
+}
+
+fn as_integer(s: &CelString<'_>) -> Result<CelInt, ExecutionError> {
+    if !*is_integer(s)?.inner() {
+        return fail("asInteger", "cannot convert value to integer");
+    }
+    Ok(CelInt::from(parse_quantity("asInteger", s.inner())? as i64))
+}
+
+fn as_approximate_float(s: &CelString<'_>) -> Result<CelDouble, ExecutionError> {
+    Ok(CelDouble::from(parse_quantity("asApproximateFloat", s.inner())?))
+}
+
+fn sign(s: &CelString<'_>) -> Result<CelInt, ExecutionError> {
+    let q = parse_quantity("sign", s.inner())?;
+    Ok(CelInt::from(if q > 0.0 {
+        1
+    } else if q < 0.0 {
+        -1
+    } else {
+        0
+    }))
+}
+
+fn add(a: &CelString<'_>, b: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(quantity_string(parse_quantity("add", a.inner())? + parse_quantity("add", b.inner())?))
+}
+
+fn add_int(a: &CelString<'_>, b: &CelInt) -> Result<CelString<'static>, ExecutionError> {
+    Ok(quantity_string(parse_quantity("add", a.inner())? + *b.inner() as f64))
+}
+
+fn sub(a: &CelString<'_>, b: &CelString<'_>) -> Result<CelString<'static>, ExecutionError> {
+    Ok(quantity_string(parse_quantity("sub", a.inner())? - parse_quantity("sub", b.inner())?))
+}
+
+fn sub_int(a: &CelString<'_>, b: &CelInt) -> Result<CelString<'static>, ExecutionError> {
+    Ok(quantity_string(parse_quantity("sub", a.inner())? - *b.inner() as f64))
 }
 
 /// The receiver of a list member function, as values.
@@ -270,9 +528,25 @@ mod tests {
             "self.?opt.orValue(0) == 1 && self.?missing.orValue(7) == 7",
             "self.list.sort() == [1, 2, 3] && math.greatest(1, 5) == 5",
             "[].sum() == 0",
+            "url(self.url).getScheme() == 'https' && url(self.url).getHost() == 'x.example.com'",
+            "url('https://[::1]:8443/a/b?q=1').getHostname() == '::1' && url('https://[::1]:8443/a/b').getPort() == '8443'",
+            "url('http://h/a/b?q=1#f').getEscapedPath() == '/a/b'",
+            "ip(self.ip).family() == 4 && ip('fd00::1').family() == 6 && ip('127.0.0.1').isLoopback()",
+            "ip('0.0.0.0').isUnspecified() && ip('169.254.1.1').isLinkLocalUnicast() && ip('10.0.0.1').isGlobalUnicast()",
+            "cidr(self.cidr).containsIP(ip(self.ip)) && !cidr(self.cidr).containsIP('11.0.0.1')",
+            "cidr(self.cidr).containsCIDR('10.1.0.0/16') && cidr('10.1.2.3/8').masked() == '10.0.0.0/8'",
+            "cidr(self.cidr).prefixLength() == 8 && cidr('10.1.2.3/8').ip() == '10.1.2.3'",
+            "quantity(self.q).isLessThan(quantity('1')) && quantity('1Gi').compareTo(quantity('1024Mi')) == 0",
+            "quantity('1Gi').asInteger() == 1073741824 && !quantity(self.q).isInteger() && quantity('2').add(3) == '5'",
+            "quantity(self.q).sign() == 1 && quantity('1').sub(quantity('500m')).asApproximateFloat() == 0.5",
         ] {
             assert_eq!(super::eval(e, &[("self", &v)]), Ok(json!(true)), "{e}");
         }
         assert!(super::eval("[].min()", &[]).unwrap_err().contains("min called on empty list"));
+        assert!(super::eval("url('not a url')", &[]).is_err());
+        assert!(super::eval("quantity('lots')", &[]).is_err());
+        assert!(
+            super::eval("quantity('1.5').asInteger()", &[]).unwrap_err().contains("cannot convert value to integer")
+        );
     }
 }
