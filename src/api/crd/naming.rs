@@ -49,11 +49,14 @@ fn held(crd: &Value, earlier: bool) -> Option<&Value> {
 }
 
 /// Accepted names and conflicts for every CRD of `crds`, in the same order. A CRD
-/// created earlier (by creationTimestamp, then name) wins a name both ask for.
+/// created earlier (by creationTimestamp, then by resourceVersion, which orders
+/// CRDs created in the same second, as by one `kubectl apply` of a file) wins a
+/// name both ask for.
 pub fn accept_names(crds: &[Value]) -> Vec<Naming> {
     let order = |c: &Value| {
         (
             crate::api::meta::meta_str(c, "creationTimestamp").unwrap_or("").to_string(),
+            crate::api::meta::meta_str(c, "resourceVersion").and_then(|r| r.parse::<u64>().ok()).unwrap_or(0),
             crate::api::meta::name(c).to_string(),
         )
     };
@@ -129,7 +132,8 @@ mod tests {
         let (plural, group) = name.split_once('.').unwrap();
         let names = json!({"plural": plural, "singular": plural.trim_end_matches('s'), "kind": kind,
                            "listKind": format!("{kind}List"), "shortNames": short});
-        let mut c = json!({"metadata": {"name": name, "creationTimestamp": created},
+        let rv = created.len().to_string();
+        let mut c = json!({"metadata": {"name": name, "creationTimestamp": created, "resourceVersion": rv},
                            "spec": {"group": group, "names": names}});
         if let Some(k) = accepted {
             let mut a = names.clone();
@@ -164,5 +168,13 @@ mod tests {
         assert_eq!(n[0].conflict.as_ref().map(|c| c.0), Some("ListKindConflict"));
         // Once the holder is gone, the name is free.
         assert_eq!(accept_names(&[a])[0].conflict, None);
+        // Created in the same second (one `kubectl apply` of a file): the first
+        // written wins, whatever the names.
+        let mut z = crd("zebras.example.com", "2026-01-05T00:00:00Z", "Zebra", &[], None);
+        let mut b = crd("bees.example.com", "2026-01-05T00:00:00Z", "Zebra", &[], None);
+        z["metadata"]["resourceVersion"] = json!("9");
+        b["metadata"]["resourceVersion"] = json!("10");
+        let n = accept_names(&[b, z]);
+        assert_eq!((n[0].conflict.is_some(), n[1].conflict.is_none()), (true, true));
     }
 }
