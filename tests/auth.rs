@@ -677,6 +677,76 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A policy with params: the binding's paramRef names a ConfigMap in the
+    // request's namespace; none there is a denial (parameterNotFoundAction: Deny).
+    let with_params = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: max-replicas}
+spec:
+  failurePolicy: Fail
+  paramKind: {apiVersion: v1, kind: ConfigMap}
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: ["apps"], apiVersions: ["v1"], operations: ["CREATE", "UPDATE"], resources: ["deployments"]}
+  validations:
+  - expression: "object.spec.replicas <= int(params.data.maxReplicas)"
+    messageExpression: "'at most ' + params.data.maxReplicas + ' replicas in ' + params.metadata.namespace"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: max-replicas-staging}
+spec:
+  policyName: max-replicas
+  validationActions: [Deny]
+  paramRef: {name: limits, parameterNotFoundAction: Deny}
+  matchResources:
+    namespaceSelector:
+      matchLabels: {tier: staging}
+"#;
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(with_params)).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.kubectl_ok(&["create", "namespace", "staging"]).await;
+    s.kubectl_ok(&["label", "namespace", "staging", "tier=staging"]).await;
+    let out = s.kubectl(&["-n", "staging", "create", "deployment", "api", "--image=nginx:1.27"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'max-replicas' with binding 'max-replicas-staging' denied request: failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction"),
+        "{err}"
+    );
+    s.kubectl_ok(&["-n", "staging", "create", "configmap", "limits", "--from-literal=maxReplicas=2"]).await;
+    let out = s.kubectl(&["-n", "staging", "create", "deployment", "api", "--image=nginx:1.27", "--replicas=3"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("denied request: at most 2 replicas in staging"), "{err}");
+    s.kubectl_ok(&["-n", "staging", "create", "deployment", "api", "--image=nginx:1.27", "--replicas=2"]).await;
+
+    // DELETE is judged too, with the object as oldObject.
+    let keep = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: keep-protected}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: ["v1"], operations: ["DELETE"], resources: ["configmaps"]}
+  validations:
+  - expression: "oldObject.metadata.?labels.?protected.orValue('') != 'true'"
+    message: protected objects stay
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: keep-protected}
+spec: {policyName: keep-protected, validationActions: [Deny]}
+"#;
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(keep)).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.kubectl_ok(&["-n", "staging", "label", "configmap", "limits", "protected=true"]).await;
+    let out = s.kubectl(&["-n", "staging", "delete", "configmap", "limits"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("denied request: protected objects stay"), "{err}");
+    s.kubectl_ok(&["-n", "staging", "label", "configmap", "limits", "protected-"]).await;
+    s.kubectl_ok(&["-n", "staging", "delete", "configmap", "limits"]).await;
 }
 
 /// Every file under `dir`, read whole.

@@ -5,8 +5,9 @@
 //! `object`, `oldObject`, `request`, `namespaceObject` and `variables` that must be
 //! true. A false one is refused (binding action `Deny`) or warned about (`Warn`) with
 //! the upstream wording; an expression that fails follows the policy's
-//! `failurePolicy`. CEL is the `cel` crate; `params` are not supported (a policy with
-//! a `paramKind` is skipped, and says so in the log).
+//! `failurePolicy`. A policy with a `paramKind` is judged once per object its
+//! binding's `paramRef` picks (bound as `params`); none found is allowed or denied as
+//! the binding's `parameterNotFoundAction` says. CEL is [`super::cel`].
 
 use serde_json::{Value, json};
 
@@ -133,8 +134,12 @@ fn eval(expr: &str, vars: &[(&str, &Value)], variables: &serde_json::Map<String,
     super::cel::eval(expr, &all)
 }
 
+/// The params each binding's `paramRef` found (by binding name), for the bindings
+/// of policies with a `paramKind`; an error says why the binding could not be set up.
+pub type Params = std::collections::HashMap<String, Result<Vec<Value>, String>>;
+
 /// Judges a request against the policies and bindings there are.
-pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
+pub fn judge(policies: &[Value], bindings: &[Value], params: &Params, r: &Request) -> Verdict {
     let mut v = Verdict::default();
     let null = Value::Null;
     let request = json!({
@@ -145,16 +150,10 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
     });
     let (object, old) = (r.object.unwrap_or(&null), r.old_object.unwrap_or(&null));
     let ns_obj = r.namespace_object.unwrap_or(&null);
-    let vars: [(&str, &Value); 5] =
-        [("object", object), ("oldObject", old), ("request", &request), ("namespaceObject", ns_obj), ("params", &null)];
     for b in bindings {
         let pname = b["spec"]["policyName"].as_str().unwrap_or("");
         let Some(p) = policies.iter().find(|p| p["metadata"]["name"] == pname) else { continue };
         let (pspec, bname) = (&p["spec"], b["metadata"]["name"].as_str().unwrap_or(""));
-        if !pspec["paramKind"].is_null() {
-            tracing::warn!(policy = pname, "ValidatingAdmissionPolicy params are not supported; policy skipped");
-            continue;
-        }
         if !resources_match(&pspec["matchConstraints"], r, true)
             || !resources_match(&b["spec"]["matchResources"], r, false)
         {
@@ -163,12 +162,75 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
         let fail_open = pspec["failurePolicy"] == "Ignore";
         let actions = strs(&b["spec"]["validationActions"]);
         let prefix = format!("ValidatingAdmissionPolicy '{pname}' with binding '{bname}' denied request");
+        let found = if pspec["paramKind"].is_null() {
+            Ok(vec![null.clone()])
+        } else {
+            match params.get(bname) {
+                Some(Ok(list)) if list.is_empty() => {
+                    if b["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny" {
+                        Err("failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction".to_string())
+                    } else {
+                        continue;
+                    }
+                }
+                Some(Ok(list)) => Ok(list.clone()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err("failed to configure binding: no params found".to_string()),
+            }
+        };
+        let param_list = match found {
+            Ok(list) => list,
+            Err(e) => {
+                if !fail_open {
+                    deny(&mut v, &actions, pname, bname, &prefix, 403, e);
+                }
+                continue;
+            }
+        };
+        for param in &param_list {
+            let vars: [(&str, &Value); 5] = [
+                ("object", object),
+                ("oldObject", old),
+                ("request", &request),
+                ("namespaceObject", ns_obj),
+                ("params", param),
+            ];
+            judge_one(&mut v, pspec, &vars, fail_open, &actions, pname, bname, &prefix);
+        }
+    }
+    v
+}
+
+/// Records a problem as the binding's actions say: a warning, a denial, or both.
+fn deny(v: &mut Verdict, actions: &[&str], pname: &str, bname: &str, prefix: &str, code: u16, msg: String) {
+    if actions.contains(&"Warn") {
+        v.warnings
+            .push(format!("Validation failed for ValidatingAdmissionPolicy '{pname}' with binding '{bname}': {msg}"));
+    }
+    if actions.contains(&"Deny") && v.denied.is_none() {
+        v.denied = Some((code, format!("{prefix}: {msg}")));
+    }
+}
+
+/// One policy, with one set of params, against one request.
+#[allow(clippy::too_many_arguments)]
+fn judge_one(
+    v: &mut Verdict,
+    pspec: &Value,
+    vars: &[(&str, &Value)],
+    fail_open: bool,
+    actions: &[&str],
+    pname: &str,
+    bname: &str,
+    prefix: &str,
+) {
+    {
         // Variables, in order; each may use the ones before.
         let mut variables = serde_json::Map::new();
         let mut failed: Option<String> = None;
         for var in pspec["variables"].as_array().into_iter().flatten() {
             let (name, expr) = (var["name"].as_str().unwrap_or(""), var["expression"].as_str().unwrap_or(""));
-            match eval(expr, &vars, &variables) {
+            match eval(expr, vars, &variables) {
                 Ok(val) => {
                     variables.insert(name.to_string(), val);
                 }
@@ -179,7 +241,7 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
         let mut applies = true;
         for c in pspec["matchConditions"].as_array().into_iter().flatten() {
             let expr = c["expression"].as_str().unwrap_or("");
-            match eval(expr, &vars, &variables) {
+            match eval(expr, vars, &variables) {
                 Ok(Value::Bool(true)) => {}
                 Ok(_) => applies = false,
                 Err(e) => {
@@ -189,7 +251,7 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
             }
         }
         if !applies {
-            continue;
+            return;
         }
         let mut problems: Vec<(u16, String)> = Vec::new();
         if let Some(f) = failed {
@@ -206,12 +268,12 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
                     "RequestEntityTooLarge" => 413,
                     _ => 422,
                 };
-                match eval(expr, &vars, &variables) {
+                match eval(expr, vars, &variables) {
                     Ok(Value::Bool(true)) => {}
                     Ok(Value::Bool(false)) => {
                         let message = val["messageExpression"]
                             .as_str()
-                            .and_then(|m| eval(m, &vars, &variables).ok())
+                            .and_then(|m| eval(m, vars, &variables).ok())
                             .and_then(|m| m.as_str().map(String::from))
                             .or_else(|| val["message"].as_str().filter(|m| !m.is_empty()).map(String::from))
                             .unwrap_or_else(|| format!("failed expression: {expr}"));
@@ -236,17 +298,9 @@ pub fn judge(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
             }
         }
         for (code, msg) in problems {
-            if actions.contains(&"Warn") {
-                v.warnings.push(format!(
-                    "Validation failed for ValidatingAdmissionPolicy '{pname}' with binding '{bname}': {msg}"
-                ));
-            }
-            if actions.contains(&"Deny") && v.denied.is_none() {
-                v.denied = Some((code, format!("{prefix}: {msg}")));
-            }
+            deny(v, actions, pname, bname, prefix, code, msg);
         }
     }
-    v
 }
 
 #[cfg(test)]
@@ -294,18 +348,25 @@ mod tests {
         }
     }
 
+    fn judge_no_params(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
+        judge(policies, bindings, &Params::new(), r)
+    }
+
     #[test]
     fn validations_deny_and_warn_as_upstream_words_it() {
         let p = policy(json!([{"expression": "object.spec.replicas <= 5"}]), json!({}));
         let small = deploy(3);
-        assert_eq!(judge(&[p.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &small)), Verdict::default());
+        assert_eq!(
+            judge_no_params(&[p.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &small)),
+            Verdict::default()
+        );
         let big = deploy(7);
-        let v = judge(&[p.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &big));
+        let v = judge_no_params(&[p.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &big));
         assert_eq!(
             v.denied,
             Some((422, "ValidatingAdmissionPolicy 'demo' with binding 'demo-binding' denied request: failed expression: object.spec.replicas <= 5".into()))
         );
-        let v = judge(&[p], &[binding(json!(["Warn"]))], &req("CREATE", &big));
+        let v = judge_no_params(&[p], &[binding(json!(["Warn"]))], &req("CREATE", &big));
         assert_eq!(v.denied, None);
         assert_eq!(
             v.warnings,
@@ -324,7 +385,7 @@ mod tests {
                    "matchConditions": [{"name": "prod", "expression": "has(object.metadata.labels) && object.metadata.labels.env == 'prod'"}]}),
         );
         let d = deploy(1);
-        let v = judge(&[p.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &d));
+        let v = judge_no_params(&[p.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &d));
         assert_eq!(
             v.denied.unwrap(),
             (
@@ -336,23 +397,23 @@ mod tests {
         let mut dev = deploy(1);
         dev["metadata"]["labels"]["env"] = json!("dev");
         assert_eq!(
-            judge(&[p], &[binding(json!(["Deny"]))], &req("CREATE", &dev)).denied,
+            judge_no_params(&[p], &[binding(json!(["Deny"]))], &req("CREATE", &dev)).denied,
             None,
             "the match condition is false"
         );
         // An expression that fails: denied under Fail, let through under Ignore.
         let broken = policy(json!([{"expression": "object.spec.nosuch > 1"}]), json!({}));
-        let v = judge(&[broken.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &d));
+        let v = judge_no_params(&[broken.clone()], &[binding(json!(["Deny"]))], &req("CREATE", &d));
         assert!(v.denied.unwrap().1.contains("expression 'object.spec.nosuch > 1' resulted in error"));
         let mut lenient = broken;
         lenient["spec"]["failurePolicy"] = json!("Ignore");
-        assert_eq!(judge(&[lenient], &[binding(json!(["Deny"]))], &req("CREATE", &d)).denied, None);
+        assert_eq!(judge_no_params(&[lenient], &[binding(json!(["Deny"]))], &req("CREATE", &d)).denied, None);
         // Other resources and operations are not matched.
         let p = policy(json!([{"expression": "false"}]), json!({}));
         let mut r = req("DELETE", &d);
-        assert_eq!(judge(&[p.clone()], &[binding(json!(["Deny"]))], &r).denied, None);
+        assert_eq!(judge_no_params(&[p.clone()], &[binding(json!(["Deny"]))], &r).denied, None);
         r.operation = "CREATE";
         r.resource = "replicasets";
-        assert_eq!(judge(&[p], &[binding(json!(["Deny"]))], &r).denied, None);
+        assert_eq!(judge_no_params(&[p], &[binding(json!(["Deny"]))], &r).denied, None);
     }
 }

@@ -293,6 +293,78 @@ impl ApiServer {
 
     /// ValidatingAdmissionPolicy (see [`crate::api::vap`]): refuses a write a bound
     /// policy's validation fails with a Deny action; returns the Warn actions' warnings.
+    /// The params of each binding whose policy has a `paramKind`: the object its
+    /// `paramRef` names, or those its selector picks, in the paramRef's namespace (or
+    /// the request's, for a namespaced param kind).
+    async fn policy_params(
+        &self,
+        policies: &[Value],
+        bindings: &[Value],
+        request_ns: &str,
+    ) -> Result<crate::api::vap::Params, ApiError> {
+        let mut out = crate::api::vap::Params::new();
+        for b in bindings {
+            let pname = b["spec"]["policyName"].as_str().unwrap_or("");
+            let Some(p) = policies.iter().find(|p| p["metadata"]["name"] == pname) else { continue };
+            let kind = &p["spec"]["paramKind"];
+            if kind.is_null() {
+                continue;
+            }
+            let bname = b["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let api_version = kind["apiVersion"].as_str().unwrap_or("");
+            let (group, _) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let kind_name = kind["kind"].as_str().unwrap_or("");
+            let reg = self.reg();
+            let Some(def) = reg.by_kind(group, kind_name) else {
+                out.insert(
+                    bname,
+                    Err(format!(
+                        "failed to configure binding: paramKind {api_version}, Kind={kind_name} is not served"
+                    )),
+                );
+                continue;
+            };
+            let r = &b["spec"]["paramRef"];
+            if r.is_null() {
+                out.insert(bname, Err("failed to configure binding: no paramRef specified".to_string()));
+                continue;
+            }
+            let ns = match r["namespace"].as_str().filter(|n| !n.is_empty()) {
+                Some(n) => n,
+                None if def.namespaced && request_ns.is_empty() => {
+                    out.insert(
+                        bname,
+                        Err("failed to configure binding: cannot use namespaced paramRef in policy binding that matches cluster-scoped resources".to_string()),
+                    );
+                    continue;
+                }
+                None => request_ns,
+            };
+            let ns = def.namespaced.then_some(ns);
+            let found = match r["name"].as_str().filter(|n| !n.is_empty()) {
+                Some(name) => match self.store.get(&def.key(ns, name)).await.map_err(ApiError::internal)? {
+                    Some(kv) => vec![super::handlers::decode_kv(&kv)?],
+                    None => vec![],
+                },
+                None => {
+                    let sel = crate::api::selectors::LabelSelector::from_label_selector(&r["selector"])
+                        .map_err(ApiError::bad_request)?;
+                    let page = self.store.list(&def.list_prefix(ns), None, 0, 0).await.map_err(ApiError::internal)?;
+                    let mut objs = Vec::new();
+                    for kv in &page.kvs {
+                        let o = super::handlers::decode_kv(kv)?;
+                        if sel.matches_object(&o) {
+                            objs.push(o);
+                        }
+                    }
+                    objs
+                }
+            };
+            out.insert(bname, Ok(found));
+        }
+        Ok(out)
+    }
+
     pub(super) async fn admit_policies(
         &self,
         call: &Call,
@@ -324,7 +396,8 @@ impl ApiServer {
             user_info: call.user.as_ref().map(|u| u.user_info()).unwrap_or_else(|| serde_json::json!({})),
             dry_run: call.dry_run()?,
         };
-        let v = crate::api::vap::judge(&policies, &bindings, &r);
+        let params = self.policy_params(&policies, &bindings, ns).await?;
+        let v = crate::api::vap::judge(&policies, &bindings, &params, &r);
         match v.denied {
             // As upstream: the admission "is forbidden" wording, the validation's reason
             // and code, and the message again as a cause.

@@ -1112,6 +1112,7 @@ impl ApiServer {
                     ));
                 }
             }
+            self.admit_policies(call, None, Some(&obj), "DELETE").await?;
             let mut fins = meta::finalizers(&obj);
             match opts.get("propagationPolicy").and_then(Value::as_str) {
                 Some("Orphan") if !fins.iter().any(|f| f == ORPHAN) => fins.push(ORPHAN.into()),
