@@ -3,8 +3,9 @@
 //! `matchConstraints` and a binding's `matchResources` pick the requests;
 //! `matchConditions` narrow them; each of `validations` is a CEL expression over
 //! `object`, `oldObject`, `request`, `namespaceObject` and `variables` that must be
-//! true. A false one is refused (binding action `Deny`) or warned about (`Warn`) with
-//! the upstream wording; an expression that fails follows the policy's
+//! true. A false one is refused (binding action `Deny`), warned about (`Warn`) or
+//! recorded in the audit log (`Audit`) with the upstream wording, and
+//! `auditAnnotations` add to the audit event; an expression that fails follows the policy's
 //! `failurePolicy`. A policy with a `paramKind` is judged once per object its
 //! binding's `paramRef` picks (bound as `params`); none found is allowed or denied as
 //! the binding's `parameterNotFoundAction` says. CEL is [`super::cel`].
@@ -50,6 +51,11 @@ pub struct Verdict {
     pub denied: Option<(u16, String)>,
     /// Warnings (`Warn` actions).
     pub warnings: Vec<String>,
+    /// Audit annotations: the policies' `auditAnnotations` (`<policy>/<key>`).
+    pub audit: Vec<(String, String)>,
+    /// Failures of bindings with the `Audit` action, as upstream records them under
+    /// `validation.policy.admission.k8s.io/validation_failure`.
+    pub audit_failures: Vec<Value>,
 }
 
 fn strs(v: &Value) -> Vec<&str> {
@@ -182,7 +188,7 @@ pub fn judge(policies: &[Value], bindings: &[Value], params: &Params, r: &Reques
             Ok(list) => list,
             Err(e) => {
                 if !fail_open {
-                    deny(&mut v, &actions, pname, bname, &prefix, 403, e);
+                    deny(&mut v, &actions, (pname, bname, &prefix), (403, e, None));
                 }
                 continue;
             }
@@ -201,8 +207,18 @@ pub fn judge(policies: &[Value], bindings: &[Value], params: &Params, r: &Reques
     v
 }
 
-/// Records a problem as the binding's actions say: a warning, a denial, or both.
-fn deny(v: &mut Verdict, actions: &[&str], pname: &str, bname: &str, prefix: &str, code: u16, msg: String) {
+/// Records a problem (code, message, the validation's index) as the binding's
+/// actions say: a warning, a denial, an audit record, or several.
+fn deny(v: &mut Verdict, actions: &[&str], (pname, bname, prefix): (&str, &str, &str), problem: Problem) {
+    let (code, msg, index) = problem;
+    if actions.contains(&"Audit") {
+        let mut failure = json!({"message": msg, "policy": pname, "binding": bname,
+                                 "validationActions": actions});
+        if let Some(i) = index {
+            failure["expressionIndex"] = json!(i);
+        }
+        v.audit_failures.push(failure);
+    }
     if actions.contains(&"Warn") {
         v.warnings
             .push(format!("Validation failed for ValidatingAdmissionPolicy '{pname}' with binding '{bname}': {msg}"));
@@ -211,6 +227,9 @@ fn deny(v: &mut Verdict, actions: &[&str], pname: &str, bname: &str, prefix: &st
         v.denied = Some((code, format!("{prefix}: {msg}")));
     }
 }
+
+/// A problem: HTTP code, message, and the index of the validation that failed.
+type Problem = (u16, String, Option<usize>);
 
 /// One policy, with one set of params, against one request.
 #[allow(clippy::too_many_arguments)]
@@ -253,13 +272,13 @@ fn judge_one(
         if !applies {
             return;
         }
-        let mut problems: Vec<(u16, String)> = Vec::new();
+        let mut problems: Vec<Problem> = Vec::new();
         if let Some(f) = failed {
             if !fail_open {
-                problems.push((422, f));
+                problems.push((422, f, None));
             }
         } else {
-            for val in pspec["validations"].as_array().into_iter().flatten() {
+            for (index, val) in pspec["validations"].as_array().into_iter().flatten().enumerate() {
                 let expr = val["expression"].as_str().unwrap_or("");
                 // Upstream answers with the validation's reason, Invalid when it has none.
                 let code = match val["reason"].as_str().unwrap_or("Invalid") {
@@ -277,7 +296,7 @@ fn judge_one(
                             .and_then(|m| m.as_str().map(String::from))
                             .or_else(|| val["message"].as_str().filter(|m| !m.is_empty()).map(String::from))
                             .unwrap_or_else(|| format!("failed expression: {expr}"));
-                        problems.push((code, message));
+                        problems.push((code, message, Some(index)));
                     }
                     Ok(other) => {
                         if !fail_open {
@@ -286,19 +305,38 @@ fn judge_one(
                                 format!(
                                     "expression '{expr}' resulted in error: no such overload: {other} is not a bool"
                                 ),
+                                Some(index),
                             ));
                         }
                     }
                     Err(e) => {
                         if !fail_open {
-                            problems.push((422, format!("expression '{expr}' resulted in error: {e}")));
+                            problems.push((422, format!("expression '{expr}' resulted in error: {e}"), Some(index)));
                         }
                     }
                 }
             }
+            // auditAnnotations: a string value is recorded as `<policy>/<key>`; null
+            // records nothing.
+            for a in pspec["auditAnnotations"].as_array().into_iter().flatten() {
+                let (key, expr) = (a["key"].as_str().unwrap_or(""), a["valueExpression"].as_str().unwrap_or(""));
+                match eval(expr, vars, &variables) {
+                    Ok(Value::String(value)) => v.audit.push((format!("{pname}/{key}"), value)),
+                    Ok(Value::Null) => {}
+                    Ok(other) => problems.push((
+                        422,
+                        format!("valueExpression '{expr}' resulted in error: {other} is not a string"),
+                        None,
+                    )),
+                    Err(e) if !fail_open => {
+                        problems.push((422, format!("valueExpression '{expr}' resulted in error: {e}"), None))
+                    }
+                    Err(_) => {}
+                }
+            }
         }
-        for (code, msg) in problems {
-            deny(v, actions, pname, bname, prefix, code, msg);
+        for problem in problems {
+            deny(v, actions, (pname, bname, prefix), problem);
         }
     }
 }
@@ -350,6 +388,24 @@ mod tests {
 
     fn judge_no_params(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {
         judge(policies, bindings, &Params::new(), r)
+    }
+
+    #[test]
+    fn audit_annotations_and_the_audit_action() {
+        let p = policy(
+            json!([{"expression": "object.spec.replicas <= 5"}]),
+            json!({"auditAnnotations": [
+                {"key": "replicas", "valueExpression": "'replicas: ' + string(object.spec.replicas)"},
+                {"key": "nothing", "valueExpression": "null"}]}),
+        );
+        let v = judge_no_params(&[p], &[binding(json!(["Audit"]))], &req("CREATE", &deploy(7)));
+        assert_eq!(v.denied, None);
+        assert_eq!(v.audit, [("demo/replicas".to_string(), "replicas: 7".to_string())]);
+        assert_eq!(
+            v.audit_failures,
+            [json!({"message": "failed expression: object.spec.replicas <= 5", "policy": "demo",
+                    "binding": "demo-binding", "validationActions": ["Audit"], "expressionIndex": 0})]
+        );
     }
 
     #[test]

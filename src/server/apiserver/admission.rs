@@ -398,6 +398,13 @@ impl ApiServer {
         };
         let params = self.policy_params(&policies, &bindings, ns).await?;
         let v = crate::api::vap::judge(&policies, &bindings, &params, &r);
+        for (k, value) in v.audit {
+            call.note(&k, value);
+        }
+        if !v.audit_failures.is_empty() {
+            let failures = serde_json::to_string(&v.audit_failures).unwrap_or_default();
+            call.note("validation.policy.admission.k8s.io/validation_failure", failures);
+        }
         match v.denied {
             // As upstream: the admission "is forbidden" wording, the validation's reason
             // and code, and the message again as a cause.
