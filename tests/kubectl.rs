@@ -318,15 +318,28 @@ async fn explain_reads_the_openapi_schemas() {
     assert_eq!(v2["swagger"], "2.0");
     let d = &v2["definitions"]["io.k8s.api.apps.v1.Deployment"];
     assert_eq!(d["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
-    assert_eq!(d["properties"]["spec"]["allOf"][0]["$ref"], "#/definitions/io.k8s.api.apps.v1.DeploymentSpec");
-    // kubectl reads v2 (in protobuf) only where v3 cannot answer, as for `kind: List`:
-    // the items are applied, and still strictly validated by the server.
+    assert_eq!(d["properties"]["spec"]["$ref"], "#/definitions/io.k8s.api.apps.v1.DeploymentSpec");
+    // kubectl's v2 explain reads the protobuf form.
+    let out = srv.kubectl_ok(&["explain", "deployment.spec.strategy", "--output=plaintext-openapiv2"]).await;
+    assert!(out.starts_with("KIND:     Deployment\nVERSION:  apps/v1\n"), "{out}");
+    assert!(out.contains("RESOURCE: strategy <Object>") && out.contains("   rollingUpdate\t<Object>"), "{out}");
+    // kubectl reads v2 where v3 cannot answer, as for `kind: List`: its items are
+    // validated against the v2 definitions before anything is sent, as against
+    // Kubernetes; a good List goes in.
     let list = r#"{"apiVersion":"v1","kind":"List","items":[
       {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"listed"},"data":{"a":"b"}},
       {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bogus"},"data":{"a":"b"},"bogus":1}]}"#;
     let out = srv.kubectl_stdin(&["apply", "-f", "-"], Some(list)).await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "configmap/listed created\n");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("strict decoding error: unknown field \"bogus\""));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "error validating data: ValidationError(ConfigMap): unknown field \"bogus\" in io.k8s.api.core.v1.ConfigMap"
+        ),
+        "{out:?}"
+    );
+    assert!(srv.kubectl(&["get", "cm", "listed"]).await.stderr.ends_with(b"not found\n"), "nothing was applied");
+    let good = list.replace(r#","bogus":1"#, "");
+    let out = srv.kubectl_stdin(&["apply", "-f", "-"], Some(&good)).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configmap/listed created\nconfigmap/bogus created\n");
 }
 
 const WIDGET_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1

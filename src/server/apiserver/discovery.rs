@@ -374,53 +374,212 @@ impl OpenApi {
 /// The protobuf form of `/openapi/v2` kubectl asks for.
 const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
-/// A gnostic `openapi.v2.Document` with `swagger` and `info` and neither paths nor
-/// definitions.
-fn openapi_v2_protobuf() -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
-        out.push(tag << 3 | 2);
-        let mut n = bytes.len();
+/// `/openapi/v2` as kubectl reads it: a gnostic `openapi.v2.Document` (swagger,
+/// info, empty paths, and the definitions of [`openapi_v2`]'s JSON), so `kubectl
+/// explain --output=plaintext-openapiv2` and the v2 fallbacks of `kubectl apply`
+/// find the kinds.
+mod v2_protobuf {
+    use serde_json::Value;
+
+    fn key(out: &mut Vec<u8>, tag: u32, wire: u8) {
+        varint(out, u64::from(tag << 3 | u32::from(wire)));
+    }
+
+    fn varint(out: &mut Vec<u8>, mut n: u64) {
         while n >= 0x80 {
             out.push((n as u8 & 0x7f) | 0x80);
             n >>= 7;
         }
         out.push(n as u8);
-        out.extend_from_slice(bytes);
     }
-    let mut info = Vec::new();
-    field(&mut info, 1, b"Kubernetes");
-    field(&mut info, 2, format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0").as_bytes());
-    let mut doc = Vec::new();
-    field(&mut doc, 1, b"2.0");
-    field(&mut doc, 2, &info);
-    doc
+
+    pub fn bytes(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
+        key(out, tag, 2);
+        varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+
+    fn int(out: &mut Vec<u8>, tag: u32, n: u64) {
+        key(out, tag, 0);
+        varint(out, n);
+    }
+
+    fn double(out: &mut Vec<u8>, tag: u32, x: f64) {
+        key(out, tag, 1);
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+
+    /// An `Any` holding a value as YAML (JSON is YAML).
+    fn any(out: &mut Vec<u8>, tag: u32, v: &Value) {
+        let mut a = Vec::new();
+        bytes(&mut a, 2, v.to_string().as_bytes());
+        bytes(out, tag, &a);
+    }
+
+    fn named(name: &str, value: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut n = Vec::new();
+        bytes(&mut n, 1, name.as_bytes());
+        value(&mut n);
+        n
+    }
+
+    /// A JSON schema as an `openapi.v2.Schema`.
+    pub fn schema(v: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, x) in v.as_object().into_iter().flatten() {
+            match (k.as_str(), x) {
+                ("$ref", Value::String(s)) => bytes(&mut out, 1, s.as_bytes()),
+                ("format", Value::String(s)) => bytes(&mut out, 2, s.as_bytes()),
+                ("title", Value::String(s)) => bytes(&mut out, 3, s.as_bytes()),
+                ("description", Value::String(s)) => bytes(&mut out, 4, s.as_bytes()),
+                ("default", x) => any(&mut out, 5, x),
+                ("multipleOf", Value::Number(n)) => double(&mut out, 6, n.as_f64().unwrap_or(0.0)),
+                ("maximum", Value::Number(n)) => double(&mut out, 7, n.as_f64().unwrap_or(0.0)),
+                ("exclusiveMaximum", Value::Bool(b)) => int(&mut out, 8, u64::from(*b)),
+                ("minimum", Value::Number(n)) => double(&mut out, 9, n.as_f64().unwrap_or(0.0)),
+                ("exclusiveMinimum", Value::Bool(b)) => int(&mut out, 10, u64::from(*b)),
+                ("maxLength", Value::Number(n)) => int(&mut out, 11, n.as_u64().unwrap_or(0)),
+                ("minLength", Value::Number(n)) => int(&mut out, 12, n.as_u64().unwrap_or(0)),
+                ("pattern", Value::String(s)) => bytes(&mut out, 13, s.as_bytes()),
+                ("maxItems", Value::Number(n)) => int(&mut out, 14, n.as_u64().unwrap_or(0)),
+                ("minItems", Value::Number(n)) => int(&mut out, 15, n.as_u64().unwrap_or(0)),
+                ("uniqueItems", Value::Bool(b)) => int(&mut out, 16, u64::from(*b)),
+                ("maxProperties", Value::Number(n)) => int(&mut out, 17, n.as_u64().unwrap_or(0)),
+                ("minProperties", Value::Number(n)) => int(&mut out, 18, n.as_u64().unwrap_or(0)),
+                ("required", Value::Array(a)) => {
+                    for r in a.iter().filter_map(Value::as_str) {
+                        bytes(&mut out, 19, r.as_bytes());
+                    }
+                }
+                ("enum", Value::Array(a)) => a.iter().for_each(|e| any(&mut out, 20, e)),
+                ("additionalProperties", x) => {
+                    let mut item = Vec::new();
+                    match x {
+                        Value::Bool(b) => int(&mut item, 2, u64::from(*b)),
+                        x => bytes(&mut item, 1, &schema(x)),
+                    }
+                    bytes(&mut out, 21, &item);
+                }
+                ("type", x) => {
+                    let mut t = Vec::new();
+                    let types: Vec<&str> = match x {
+                        Value::String(s) => vec![s.as_str()],
+                        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                        _ => vec![],
+                    };
+                    types.iter().for_each(|ty| bytes(&mut t, 1, ty.as_bytes()));
+                    bytes(&mut out, 22, &t);
+                }
+                ("items", x) => {
+                    let mut items = Vec::new();
+                    match x {
+                        Value::Array(a) => a.iter().for_each(|i| bytes(&mut items, 1, &schema(i))),
+                        x => bytes(&mut items, 1, &schema(x)),
+                    }
+                    bytes(&mut out, 23, &items);
+                }
+                ("allOf", Value::Array(a)) => a.iter().for_each(|i| bytes(&mut out, 24, &schema(i))),
+                ("properties", Value::Object(m)) => {
+                    let mut props = Vec::new();
+                    for (name, p) in m {
+                        bytes(&mut props, 1, &named(name, |n| bytes(n, 2, &schema(p))));
+                    }
+                    bytes(&mut out, 25, &props);
+                }
+                ("readOnly", Value::Bool(b)) => int(&mut out, 27, u64::from(*b)),
+                ("example", x) => any(&mut out, 30, x),
+                (k, x) if k.starts_with("x-") => {
+                    bytes(&mut out, 31, &named(k, |n| any(n, 2, x)));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The whole document.
+    pub fn document(version: &str, definitions: &serde_json::Map<String, Value>) -> Vec<u8> {
+        let mut info = Vec::new();
+        bytes(&mut info, 1, b"Kubernetes");
+        bytes(&mut info, 2, version.as_bytes());
+        let mut defs = Vec::new();
+        for (name, sc) in definitions {
+            bytes(&mut defs, 1, &named(name, |n| bytes(n, 2, &schema(sc))));
+        }
+        let mut doc = Vec::new();
+        bytes(&mut doc, 1, b"2.0");
+        bytes(&mut doc, 2, &info);
+        bytes(&mut doc, 8, &[]);
+        bytes(&mut doc, 9, &defs);
+        doc
+    }
 }
 
-/// `/openapi/v2`: as JSON, Swagger 2.0 definitions of every kind, built-in and custom.
-/// kubectl asks only for the protobuf form, where rk answers with an empty document
-/// (no paths, no definitions): kubectl reads v3 for everything it can, and falls back
-/// to v2 only for what v3 cannot say (a `kind: List`, create-only kinds such as
-/// TokenReview), where an empty document means "not known here, let the server
-/// validate" rather than the failure a 404 is.
+/// Swagger 2.0's form of a described reference: `{"$ref", "description"}` where
+/// OpenAPI 3 wraps the reference in `allOf` (kubectl's v2 reader follows only the
+/// former).
+fn v2_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let single =
+                m.get("allOf").and_then(Value::as_array).filter(|a| a.len() == 1).and_then(|a| a[0].get("$ref"));
+            if let Some(r) = single.cloned() {
+                m.remove("allOf");
+                m.insert("$ref".into(), r);
+            }
+            m.values_mut().for_each(v2_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(v2_refs),
+        _ => {}
+    }
+}
+
+/// The last `/openapi/v2` made, with the definitions it was made from (the served
+/// custom resources' addresses): both forms are made once per set of CRDs.
+static V2_CACHE: std::sync::Mutex<Option<(Vec<usize>, bytes::Bytes, bytes::Bytes)>> = std::sync::Mutex::new(None);
+
+/// `/openapi/v2`: Swagger 2.0 definitions of every kind, built-in and custom, as JSON
+/// or in the protobuf form kubectl asks for. (kubectl reads v3 for everything it can,
+/// and v2 for `explain --output=plaintext-openapiv2` and what v3 cannot say, such as
+/// a `kind: List`.)
 pub fn openapi_v2(reg: &Registry, headers: &HeaderMap) -> Result<Resp, crate::api::status::ApiError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if accept.contains("protobuf") {
-        return Ok(bytes_response(200, OPENAPI_V2_PROTOBUF, bytes::Bytes::from(openapi_v2_protobuf())));
-    }
-    if !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
+    let protobuf = accept.contains("protobuf");
+    if !protobuf && !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
         return Err(crate::api::status::ApiError::no_route());
     }
-    let builtin: Vec<&ResourceDef> = reg.all().iter().copied().filter(|d| d.custom.is_none()).collect();
     let custom: Vec<&ResourceDef> = reg.all().iter().copied().filter(|d| d.custom.is_some()).collect();
-    let mut defs = crate::api::schema::openapi_schemas(&builtin);
-    defs.extend(crate::api::schema::custom_openapi_schemas(&custom));
-    let mut body = serde_json::to_string(&json!({
-        "swagger": "2.0",
-        "info": {"title": "Kubernetes", "version": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0")},
-        "paths": {},
-        "definitions": defs,
-    }))
-    .expect("serialisable");
-    body = body.replace("#/components/schemas/", "#/definitions/");
-    Ok(bytes_response(200, "application/json", bytes::Bytes::from(body)))
+    let made_from: Vec<usize> = custom.iter().map(|d| std::ptr::from_ref(*d) as usize).collect();
+    let mut cache = V2_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let (json_body, proto_body) = match &*cache {
+        Some((from, j, p)) if *from == made_from => (j.clone(), p.clone()),
+        _ => {
+            let builtin: Vec<&ResourceDef> = reg.all().iter().copied().filter(|d| d.custom.is_none()).collect();
+            let mut defs = crate::api::schema::openapi_schemas(&builtin);
+            defs.extend(crate::api::schema::custom_openapi_schemas(&custom));
+            let version = format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0");
+            let body = serde_json::to_string(&json!({
+                "swagger": "2.0",
+                "info": {"title": "Kubernetes", "version": version},
+                "paths": {},
+                "definitions": defs,
+            }))
+            .expect("serialisable")
+            .replace("#/components/schemas/", "#/definitions/");
+            let mut defs: Value = serde_json::from_str(&body).expect("just made");
+            v2_refs(&mut defs);
+            let body = defs.to_string();
+            let empty = serde_json::Map::new();
+            let proto = v2_protobuf::document(&version, defs["definitions"].as_object().unwrap_or(&empty));
+            let made = (bytes::Bytes::from(body), bytes::Bytes::from(proto));
+            *cache = Some((made_from, made.0.clone(), made.1.clone()));
+            made
+        }
+    };
+    drop(cache);
+    Ok(if protobuf {
+        bytes_response(200, OPENAPI_V2_PROTOBUF, proto_body)
+    } else {
+        bytes_response(200, "application/json", json_body)
+    })
 }
