@@ -17,6 +17,8 @@ use cel::common::value::{CowVal, Val};
 use cel::{Context, DeclarationError, Env, ExecutionError, Program};
 use serde_json::Value;
 
+use super::crd::formats;
+
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
     let added = env
@@ -167,28 +169,24 @@ fn find_all_n(this: &CelString<'_>, re: &CelString<'_>, n: &CelInt) -> Result<Ce
     matches_list(this.inner(), re.inner(), *n.inner())
 }
 
-/// Go's `url.Parse` of an absolute URI or an absolute path, as `isURL` takes it.
+/// An absolute URI or an absolute path, as `isURL` (and the schema format `uri`)
+/// takes it.
 fn is_url(s: &CelString<'_>) -> CelBool {
-    let s = s.inner();
-    let ok = !s.is_empty()
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-        && (s.starts_with('/')
-            || s.split_once(':').is_some_and(|(scheme, _)| {
-                let mut cs = scheme.chars();
-                cs.next().is_some_and(|c| c.is_ascii_alphabetic())
-                    && cs.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-            }));
-    ok.into()
+    formats::check("uri", s.inner()).unwrap_or(false).into()
 }
 
-/// An IP address in canonical form (no IPv4-mapped IPv6, no zone), as `isIP` wants.
+/// An IP address in canonical form (no IPv4-mapped IPv6, no zone), as `isIP` and
+/// `ip()` want.
+fn canonical_ip(s: &str) -> bool {
+    !s.contains('%') && s.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_string() == s.to_lowercase())
+}
+
 fn is_ip(s: &CelString<'_>) -> CelBool {
-    let s = s.inner();
-    (!s.contains('%') && s.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_string() == s.to_lowercase())).into()
+    canonical_ip(s.inner()).into()
 }
 
 fn is_cidr(s: &CelString<'_>) -> CelBool {
-    s.inner().parse::<ipnet::IpNet>().is_ok().into()
+    formats::check("cidr", s.inner()).unwrap_or(false).into()
 }
 
 fn is_quantity(s: &CelString<'_>) -> CelBool {
@@ -201,7 +199,7 @@ fn fail<T>(function: &str, message: impl std::fmt::Display) -> Result<T, Executi
 
 /// A URL's parts: scheme, host (with port), path. Only absolute URLs and paths.
 fn url_parts(function: &str, s: &str) -> Result<(String, String, String), ExecutionError> {
-    if !*is_url(&CelString::from(s.to_string())).inner() {
+    if formats::check("uri", s) != Some(true) {
         return fail(function, format!("URL parse error during conversion from string: {s:?}"));
     }
     if s.starts_with('/') {
@@ -259,7 +257,7 @@ fn get_escaped_path(s: &CelString<'_>) -> Result<CelString<'static>, ExecutionEr
 }
 
 fn parse_ip(function: &str, s: &str) -> Result<std::net::IpAddr, ExecutionError> {
-    if !*is_ip(&CelString::from(s.to_string())).inner() {
+    if !canonical_ip(s) {
         return fail(function, format!("IP Address {s:?} parse error during conversion from string"));
     }
     s.parse().map_err(|e| ExecutionError::function_error(function, e))

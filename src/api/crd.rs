@@ -12,7 +12,7 @@ use super::registry::ResourceDef;
 use super::schema::{Ty, TyRef};
 use super::status::Cause;
 
-mod formats;
+pub mod formats;
 pub mod naming;
 
 /// The finalizer that holds a CRD until its objects are gone.

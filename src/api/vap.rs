@@ -201,7 +201,7 @@ pub fn judge(policies: &[Value], bindings: &[Value], params: &Params, r: &Reques
                 ("namespaceObject", ns_obj),
                 ("params", param),
             ];
-            judge_one(&mut v, pspec, &vars, fail_open, &actions, pname, bname, &prefix);
+            judge_one(&mut v, pspec, &vars, fail_open, &actions, (pname, bname, &prefix));
         }
     }
     v
@@ -231,113 +231,106 @@ fn deny(v: &mut Verdict, actions: &[&str], (pname, bname, prefix): (&str, &str, 
 /// A problem: HTTP code, message, and the index of the validation that failed.
 type Problem = (u16, String, Option<usize>);
 
-/// One policy, with one set of params, against one request.
-#[allow(clippy::too_many_arguments)]
+/// One policy, with one set of params, against one request; `who` is the policy,
+/// the binding and the denial's prefix.
 fn judge_one(
     v: &mut Verdict,
     pspec: &Value,
     vars: &[(&str, &Value)],
     fail_open: bool,
     actions: &[&str],
-    pname: &str,
-    bname: &str,
-    prefix: &str,
+    who: (&str, &str, &str),
 ) {
-    {
-        // Variables, in order; each may use the ones before.
-        let mut variables = serde_json::Map::new();
-        let mut failed: Option<String> = None;
-        for var in pspec["variables"].as_array().into_iter().flatten() {
-            let (name, expr) = (var["name"].as_str().unwrap_or(""), var["expression"].as_str().unwrap_or(""));
-            match eval(expr, vars, &variables) {
-                Ok(val) => {
-                    variables.insert(name.to_string(), val);
-                }
-                Err(e) => failed = Some(format!("variable '{name}' resulted in error: {e}")),
+    // Variables, in order; each may use the ones before.
+    let mut variables = serde_json::Map::new();
+    let mut failed: Option<String> = None;
+    for var in pspec["variables"].as_array().into_iter().flatten() {
+        let (name, expr) = (var["name"].as_str().unwrap_or(""), var["expression"].as_str().unwrap_or(""));
+        match eval(expr, vars, &variables) {
+            Ok(val) => {
+                variables.insert(name.to_string(), val);
+            }
+            Err(e) => failed = Some(format!("variable '{name}' resulted in error: {e}")),
+        }
+    }
+    // matchConditions: all true, or the policy does not apply.
+    let mut applies = true;
+    for c in pspec["matchConditions"].as_array().into_iter().flatten() {
+        let expr = c["expression"].as_str().unwrap_or("");
+        match eval(expr, vars, &variables) {
+            Ok(Value::Bool(true)) => {}
+            Ok(_) => applies = false,
+            Err(e) => {
+                failed = Some(format!("failed to evaluate match condition '{}': {e}", c["name"].as_str().unwrap_or("")))
             }
         }
-        // matchConditions: all true, or the policy does not apply.
-        let mut applies = true;
-        for c in pspec["matchConditions"].as_array().into_iter().flatten() {
-            let expr = c["expression"].as_str().unwrap_or("");
+    }
+    if !applies {
+        return;
+    }
+    let mut problems: Vec<Problem> = Vec::new();
+    if let Some(f) = failed {
+        if !fail_open {
+            problems.push((422, f, None));
+        }
+    } else {
+        for (index, val) in pspec["validations"].as_array().into_iter().flatten().enumerate() {
+            let expr = val["expression"].as_str().unwrap_or("");
+            // Upstream answers with the validation's reason, Invalid when it has none.
+            let code = match val["reason"].as_str().unwrap_or("Invalid") {
+                "Forbidden" => 403,
+                "Unauthorized" => 401,
+                "RequestEntityTooLarge" => 413,
+                _ => 422,
+            };
             match eval(expr, vars, &variables) {
                 Ok(Value::Bool(true)) => {}
-                Ok(_) => applies = false,
+                Ok(Value::Bool(false)) => {
+                    let message = val["messageExpression"]
+                        .as_str()
+                        .and_then(|m| eval(m, vars, &variables).ok())
+                        .and_then(|m| m.as_str().map(String::from))
+                        .or_else(|| val["message"].as_str().filter(|m| !m.is_empty()).map(String::from))
+                        .unwrap_or_else(|| format!("failed expression: {expr}"));
+                    problems.push((code, message, Some(index)));
+                }
+                Ok(other) => {
+                    if !fail_open {
+                        problems.push((
+                            422,
+                            format!("expression '{expr}' resulted in error: no such overload: {other} is not a bool"),
+                            Some(index),
+                        ));
+                    }
+                }
                 Err(e) => {
-                    failed =
-                        Some(format!("failed to evaluate match condition '{}': {e}", c["name"].as_str().unwrap_or("")))
-                }
-            }
-        }
-        if !applies {
-            return;
-        }
-        let mut problems: Vec<Problem> = Vec::new();
-        if let Some(f) = failed {
-            if !fail_open {
-                problems.push((422, f, None));
-            }
-        } else {
-            for (index, val) in pspec["validations"].as_array().into_iter().flatten().enumerate() {
-                let expr = val["expression"].as_str().unwrap_or("");
-                // Upstream answers with the validation's reason, Invalid when it has none.
-                let code = match val["reason"].as_str().unwrap_or("Invalid") {
-                    "Forbidden" => 403,
-                    "Unauthorized" => 401,
-                    "RequestEntityTooLarge" => 413,
-                    _ => 422,
-                };
-                match eval(expr, vars, &variables) {
-                    Ok(Value::Bool(true)) => {}
-                    Ok(Value::Bool(false)) => {
-                        let message = val["messageExpression"]
-                            .as_str()
-                            .and_then(|m| eval(m, vars, &variables).ok())
-                            .and_then(|m| m.as_str().map(String::from))
-                            .or_else(|| val["message"].as_str().filter(|m| !m.is_empty()).map(String::from))
-                            .unwrap_or_else(|| format!("failed expression: {expr}"));
-                        problems.push((code, message, Some(index)));
-                    }
-                    Ok(other) => {
-                        if !fail_open {
-                            problems.push((
-                                422,
-                                format!(
-                                    "expression '{expr}' resulted in error: no such overload: {other} is not a bool"
-                                ),
-                                Some(index),
-                            ));
-                        }
-                    }
-                    Err(e) => {
-                        if !fail_open {
-                            problems.push((422, format!("expression '{expr}' resulted in error: {e}"), Some(index)));
-                        }
+                    if !fail_open {
+                        problems.push((422, format!("expression '{expr}' resulted in error: {e}"), Some(index)));
                     }
                 }
             }
-            // auditAnnotations: a string value is recorded as `<policy>/<key>`; null
-            // records nothing.
-            for a in pspec["auditAnnotations"].as_array().into_iter().flatten() {
-                let (key, expr) = (a["key"].as_str().unwrap_or(""), a["valueExpression"].as_str().unwrap_or(""));
-                match eval(expr, vars, &variables) {
-                    Ok(Value::String(value)) => v.audit.push((format!("{pname}/{key}"), value)),
-                    Ok(Value::Null) => {}
-                    Ok(other) => problems.push((
-                        422,
-                        format!("valueExpression '{expr}' resulted in error: {other} is not a string"),
-                        None,
-                    )),
-                    Err(e) if !fail_open => {
-                        problems.push((422, format!("valueExpression '{expr}' resulted in error: {e}"), None))
-                    }
-                    Err(_) => {}
+        }
+        // auditAnnotations: a string value is recorded as `<policy>/<key>`; null
+        // records nothing.
+        for a in pspec["auditAnnotations"].as_array().into_iter().flatten() {
+            let (key, expr) = (a["key"].as_str().unwrap_or(""), a["valueExpression"].as_str().unwrap_or(""));
+            match eval(expr, vars, &variables) {
+                Ok(Value::String(value)) => v.audit.push((format!("{}/{key}", who.0), value)),
+                Ok(Value::Null) => {}
+                Ok(other) => problems.push((
+                    422,
+                    format!("valueExpression '{expr}' resulted in error: {other} is not a string"),
+                    None,
+                )),
+                Err(e) if !fail_open => {
+                    problems.push((422, format!("valueExpression '{expr}' resulted in error: {e}"), None))
                 }
+                Err(_) => {}
             }
         }
-        for problem in problems {
-            deny(v, actions, (pname, bname, prefix), problem);
-        }
+    }
+    for problem in problems {
+        deny(v, actions, who, problem);
     }
 }
 

@@ -56,10 +56,7 @@ async fn establish(crds: &Api<Crd>, c: &Crd, naming: &Naming) -> Result<(), kube
     {
         stored.push(s);
     }
-    let old: Vec<Value> = status
-        .and_then(|s| s.conditions.as_ref())
-        .map(|cs| cs.iter().filter_map(|x| serde_json::to_value(x).ok()).collect())
-        .unwrap_or_default();
+    let old = conditions_of(c);
     let accepted = match &naming.conflict {
         None => ("True", "NoConflicts", "no conflicts found".to_string()),
         Some((reason, message)) => ("False", *reason, message.clone()),
@@ -95,6 +92,12 @@ async fn establish(crds: &Api<Crd>, c: &Crd, naming: &Naming) -> Result<(), kube
     Ok(())
 }
 
+/// A CRD's status conditions, as JSON.
+fn conditions_of(c: &Crd) -> Vec<Value> {
+    let cs = c.status.as_ref().and_then(|s| s.conditions.as_ref());
+    cs.map(|cs| cs.iter().filter_map(|x| serde_json::to_value(x).ok()).collect()).unwrap_or_default()
+}
+
 /// Puts a condition in a CRD's list, keeping its transition time while its status
 /// stays the same.
 fn set_condition(conditions: &mut Vec<Value>, ty: &str, (status, reason, message): (&str, &str, String)) {
@@ -116,12 +119,7 @@ async fn cleanup(client: &kube::Client, crds: &Api<Crd>, c: &Crd) -> Result<(), 
     if !c.metadata.finalizers.iter().flatten().any(|f| f == CLEANUP_FINALIZER) {
         return Ok(());
     }
-    let old: Vec<Value> = c
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .map(|cs| cs.iter().filter_map(|x| serde_json::to_value(x).ok()).collect())
-        .unwrap_or_default();
+    let old = conditions_of(c);
     let mut conditions = old.clone();
     let progress = ("True", "InstanceDeletionInProgress", "CustomResource deletion is in progress".to_string());
     set_condition(&mut conditions, "Terminating", progress);
