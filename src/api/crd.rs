@@ -305,7 +305,7 @@ const MAX_SELECTABLE_FIELDS: usize = 8;
 /// A version's `selectableFields`: simple paths (no array notation, not in
 /// metadata) to a string, integer or boolean field of its schema, each once.
 fn selectable_fields(v: &Value, sc: &Value, at: &str, out: &mut Vec<Cause>) {
-    let fields = v.get("selectableFields").and_then(Value::as_array).cloned().unwrap_or_default();
+    let fields = v.get("selectableFields").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
     if fields.len() > MAX_SELECTABLE_FIELDS {
         out.push(Cause {
             reason: "FieldValueTooMany",

@@ -291,8 +291,6 @@ impl ApiServer {
         r.map_err(|why| Self::refused(call, obj, &why))
     }
 
-    /// ValidatingAdmissionPolicy (see [`crate::api::vap`]): refuses a write a bound
-    /// policy's validation fails with a Deny action; returns the Warn actions' warnings.
     /// The params of each binding whose policy has a `paramKind`: the object its
     /// `paramRef` names, or those its selector picks, in the paramRef's namespace (or
     /// the request's, for a namespaced param kind).
@@ -365,6 +363,8 @@ impl ApiServer {
         Ok(out)
     }
 
+    /// ValidatingAdmissionPolicy (see [`crate::api::vap`]): refuses a write a bound
+    /// policy's validation fails with a Deny action; returns the Warn actions' warnings.
     pub(super) async fn admit_policies(
         &self,
         call: &Call,

@@ -515,9 +515,10 @@ mod v2_protobuf {
     }
 }
 
-/// Swagger 2.0's form of a described reference: `{"$ref", "description"}` where
-/// OpenAPI 3 wraps the reference in `allOf` (kubectl's v2 reader follows only the
-/// former).
+/// Swagger 2.0's form of references: `#/definitions/<name>` for OpenAPI 3's
+/// `#/components/schemas/<name>`, and a described reference as `{"$ref",
+/// "description"}` where OpenAPI 3 wraps it in `allOf` (kubectl's v2 reader follows
+/// only the former).
 fn v2_refs(v: &mut Value) {
     match v {
         Value::Object(m) => {
@@ -526,6 +527,11 @@ fn v2_refs(v: &mut Value) {
             if let Some(r) = single.cloned() {
                 m.remove("allOf");
                 m.insert("$ref".into(), r);
+            }
+            if let Some(Value::String(r)) = m.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                *r = format!("#/definitions/{name}");
             }
             m.values_mut().for_each(v2_refs);
         }
@@ -558,19 +564,17 @@ pub fn openapi_v2(reg: &Registry, headers: &HeaderMap) -> Result<Resp, crate::ap
             let mut defs = crate::api::schema::openapi_schemas(&builtin);
             defs.extend(crate::api::schema::custom_openapi_schemas(&custom));
             let version = format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0");
-            let body = serde_json::to_string(&json!({
+            let mut defs = Value::Object(defs);
+            v2_refs(&mut defs);
+            let Value::Object(defs) = defs else { unreachable!("an object stays one") };
+            let proto = v2_protobuf::document(&version, &defs);
+            let body = json!({
                 "swagger": "2.0",
                 "info": {"title": "Kubernetes", "version": version},
                 "paths": {},
                 "definitions": defs,
-            }))
-            .expect("serialisable")
-            .replace("#/components/schemas/", "#/definitions/");
-            let mut defs: Value = serde_json::from_str(&body).expect("just made");
-            v2_refs(&mut defs);
-            let body = defs.to_string();
-            let empty = serde_json::Map::new();
-            let proto = v2_protobuf::document(&version, defs["definitions"].as_object().unwrap_or(&empty));
+            })
+            .to_string();
             let made = (bytes::Bytes::from(body), bytes::Bytes::from(proto));
             *cache = Some((made_from, made.0.clone(), made.1.clone()));
             made

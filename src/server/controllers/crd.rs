@@ -27,7 +27,7 @@ pub(super) async fn run(api: Arc<ApiServer>, client: kube::Client, shutdown: Can
         if !terminating {
             api.serve_custom(&values);
         }
-        let namings = crate::api::crd::naming::accept_names(&values);
+        let namings = naming::accept_names(&values);
         for (c, naming) in all.iter().zip(&namings) {
             let r = if c.metadata.deletion_timestamp.is_some() {
                 cleanup(&client, &crds, c).await
