@@ -13,9 +13,11 @@ use crate::api::registry::{Registry, ResourceDef};
 use crate::api::status::ApiError;
 
 /// The resources made for each CRD, by name, with the (uid, generation, accepted
-/// names) they were made from, so an unchanged CRD keeps its definitions.
+/// names) they were made from, so an unchanged CRD keeps its definitions; and the
+/// UIDs of the CRDs this server removed from the store, never served again (a look
+/// at the CRDs taken before the removal may still list one).
 #[derive(Default)]
-pub struct CustomDefs(std::sync::Mutex<HashMap<String, Made>>);
+pub struct CustomDefs(std::sync::Mutex<(HashMap<String, Made>, std::collections::HashSet<String>)>);
 
 /// The (uid, generation, accepted names) of a CRD and the resources made from it.
 type Made = ((String, i64, String), Vec<&'static ResourceDef>);
@@ -28,11 +30,15 @@ impl ApiServer {
     /// if it was established before the clash.
     pub(crate) fn serve_custom(&self, crds: &[Value]) {
         let namings = crd::naming::accept_names(crds);
-        let mut cache = self.custom.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.custom.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (cache, gone) = &mut *guard;
         let mut extra = Vec::new();
         let mut keep = std::collections::HashSet::new();
         for (c, naming) in crds.iter().zip(&namings) {
             if naming.conflict.is_some() && !crd::is_established(c) {
+                continue;
+            }
+            if gone.contains(crate::api::meta::meta_str(c, "uid").unwrap_or("")) {
                 continue;
             }
             let name = crate::api::meta::name(c).to_string();
@@ -61,6 +67,21 @@ impl ApiServer {
         if changed {
             self.set_reg(next);
         }
+    }
+
+    /// Stops serving a CRD's resources as the CRD leaves the store, so that once a
+    /// client sees the CRD gone its resources are gone too (the CRD controller would
+    /// otherwise drop them only when its watch catches up).
+    pub(crate) fn stop_serving(&self, removed: &Value) {
+        let mut guard = self.custom.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (cache, gone) = &mut *guard;
+        let name = crate::api::meta::name(removed);
+        gone.insert(crate::api::meta::meta_str(removed, "uid").unwrap_or("").to_string());
+        cache.remove(name);
+        let reg = self.reg();
+        let extra: Vec<&'static ResourceDef> =
+            reg.all().iter().copied().filter(|d| d.custom.as_ref().is_some_and(|c| c.crd != name)).collect();
+        self.set_reg(Registry::builtin().with(&extra));
     }
 
     /// Refuses a create of a custom object while its CRD is being deleted (its

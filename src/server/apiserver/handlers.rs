@@ -871,6 +871,9 @@ impl ApiServer {
         }
         if meta::is_deleting(&obj) && meta::finalizers(&obj).is_empty() {
             let (rev, _) = self.store.delete(&cur.key, Some(cur.mod_rev)).await.map_err(|e| storage_error(t, e))?;
+            if is_crd(call.def) {
+                self.stop_serving(&obj);
+            }
             return Ok(with_rv(obj, rev));
         }
         let encoded = call.encode_within_limit(&obj)?;
@@ -1140,7 +1143,12 @@ impl ApiServer {
                     return Ok(obj);
                 }
                 match self.store.delete(&cur.key, Some(cur.mod_rev)).await {
-                    Ok(_) => return Ok(obj),
+                    Ok(_) => {
+                        if is_crd(call.def) {
+                            self.stop_serving(&obj);
+                        }
+                        return Ok(obj);
+                    }
                     Err(StorageError::Conflict { .. }) => continue,
                     Err(e) => return Err(storage_error(t, e)),
                 }
