@@ -241,3 +241,105 @@ async fn hostile_corpus_gets_4xx_while_ordinary_traffic_goes_on() {
     assert!(rss_after < rss_before + 600 * 1024, "RSS grew from {rss_before} kB to {rss_after} kB");
     drop(slow);
 }
+
+/// A TLS connection to the test server, ALPN as given, with the admin's client
+/// certificate if `admin`.
+async fn tls_connect(
+    s: &TestServer,
+    alpn: &[&[u8]],
+    admin: bool,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(s.running.identity.ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut c = if admin {
+        let id = &s.running.identity.admin;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(id.cert_pem.as_bytes()).map(|c| c.unwrap());
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap();
+        c.with_client_auth_cert(certs.collect(), key).unwrap()
+    } else {
+        c.with_no_client_auth()
+    };
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(s.running.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(c)).connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// Slowloris after the TLS handshake: clients that send nothing, half an HTTP/2
+/// preface, a request head a byte at a time, or a body that never completes. They do
+/// not hold up anyone else, and the server cuts each of them off (a head must arrive
+/// within 32 s, as kube-apiserver's ReadHeaderTimeout; a body within its 60 s request
+/// timeout, answered 408).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_after_tls_are_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let s = TestServer::api_only().await;
+    let c = s.client().await;
+    let rss_before = rss_kb();
+    let mut slow = Vec::new();
+    for i in 0..200 {
+        let mut t = tls_connect(&s, if i % 4 == 1 { &[b"h2"] } else { &[b"http/1.1"] }, i % 2 == 1).await;
+        match i % 4 {
+            0 => {}
+            1 => t.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap(),
+            2 => t.write_all(b"GET /api/v1/namespaces HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").await.unwrap(),
+            _ => t
+                .write_all(
+                    format!(
+                        "POST {CMS} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{{\"apiVersion\":"
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap(),
+        }
+        t.flush().await.unwrap();
+        slow.push((i % 4, t));
+    }
+    // One client keeps its head coming, a byte every second.
+    let mut dribble = tls_connect(&s, &[b"http/1.1"], true).await;
+    let dribbler = tokio::spawn(async move {
+        let head = b"GET /api/v1/namespaces HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        for b in head {
+            if dribble.write_all(&[*b]).await.is_err() || dribble.flush().await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        false
+    });
+
+    // Everyone else is served meanwhile.
+    for i in 0..50 {
+        let name = format!("meanwhile-{i}");
+        assert_eq!(send(&c, "POST", CMS, "application/json", cm(&name, "")).await, 201);
+        assert_eq!(send(&c, "GET", &format!("{CMS}/{name}"), "", vec![]).await, 200);
+    }
+
+    // Each slow connection is closed by the server; a slow body first gets its 408.
+    let mut cut = BTreeMap::<usize, usize>::new();
+    for (kind, mut t) in slow {
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(120), t.read_to_end(&mut got)).await;
+        assert!(r.is_ok(), "slow client of kind {kind} still connected after 120 s");
+        if kind == 3 {
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 408"), "slow body answered: {text}");
+            assert!(text.contains(r#""reason":"Timeout""#), "slow body answered: {text}");
+        }
+        *cut.entry(kind).or_default() += 1;
+    }
+    assert!(dribbler.await.unwrap(), "a head dribbled over 32 s was not cut off");
+    println!("slow clients cut off, by kind (silent, h2 preface, head, body): {cut:?}");
+    assert_eq!(send(&c, "GET", "/readyz", "", vec![]).await, 200, "the server is alive");
+    let rss_after = rss_kb();
+    println!("RSS {} MB -> {} MB", rss_before / 1024, rss_after / 1024);
+    assert!(rss_after < rss_before + 200 * 1024, "RSS grew from {rss_before} kB to {rss_after} kB");
+}

@@ -210,6 +210,11 @@ impl ApiError {
         ApiError::new(503, "ServiceUnavailable", message)
     }
 
+    /// 408 Timeout: the client did not send its request in time.
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError::new(408, "Timeout", message)
+    }
+
     /// 504 Timeout, with a retry hint.
     pub fn timeout(message: impl Into<String>, retry_after: u64) -> ApiError {
         let mut e = ApiError::new(504, "Timeout", message);

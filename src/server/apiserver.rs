@@ -43,6 +43,10 @@ use crate::server::tls::ClientCerts;
 
 /// Paths anyone may read without credentials, as Kubernetes's
 /// `system:public-info-viewer` allows.
+/// How long a client has to send a request's head, as kube-apiserver's
+/// `ReadHeaderTimeout` ("just shy of" its 34 s request-timeout upper bound).
+const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(32);
+
 const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/cacerts", "/v1-rk"];
 
 /// The API server: stateless over its store, shared by every connection.
@@ -736,19 +740,35 @@ impl ApiServer {
         };
         let user = tls.get_ref().1.peer_certificates().and_then(|c| certs.authenticate(c));
         let user = Arc::new(user);
+        let started = Arc::new(AtomicBool::new(false));
+        let first = started.clone();
         let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
             let (api, user) = (self.clone(), user.clone());
+            first.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(peer);
             async move { Ok::<_, Infallible>(api.handle(req, user.as_ref().as_ref()).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // One buffer per response: over TLS, vectored writes would become a TLS record
-        // (and a TCP segment) for the head and another for the body.
-        builder.http1().writev(false);
+        // (and a TCP segment) for the head and another for the body. A request's head
+        // must arrive within READ_HEADER_TIMEOUT. hyper also applies it to an idle
+        // HTTP/1 keep-alive connection (Go's server keeps those), which clients' pools
+        // see closed and replace.
+        builder.http1().writev(false).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(READ_HEADER_TIMEOUT);
+        builder.http2().timer(hyper_util::rt::TokioTimer::new());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
+        // A client that completes TLS and then sends nothing (or only part of the HTTP/2
+        // preface) never reaches hyper's header timeout: the protocol is not chosen yet.
+        let silent = async {
+            tokio::time::sleep(READ_HEADER_TIMEOUT).await;
+            if started.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await
+            }
+        };
         tokio::select! {
             r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended with an error") },
+            _ = silent => tracing::debug!(%peer, "no request within {READ_HEADER_TIMEOUT:?}; connection closed"),
             _ = token.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;

@@ -54,9 +54,26 @@ impl Query {
 /// still writing would otherwise get a broken pipe); beyond this the connection drops.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
+/// How long a request's body may take to arrive: kube-apiserver's default
+/// `--request-timeout`.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Reads a body up to [`MAX_BODY`]; a larger one is refused (413) without being kept
-/// or parsed.
+/// or parsed, one that has not arrived within [`BODY_TIMEOUT`] gets 408.
 pub async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(BODY_TIMEOUT, read_body_now(headers, body)).await {
+        Ok(r) => r,
+        Err(_) => {
+            Err(ApiError::request_timeout(format!("request body not received within {}s", BODY_TIMEOUT.as_secs())))
+        }
+    }
+}
+
+async fn read_body_now<B>(headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
