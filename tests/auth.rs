@@ -747,6 +747,68 @@ spec: {policyName: keep-protected, validationActions: [Deny]}
     assert!(err.contains("denied request: protected objects stay"), "{err}");
     s.kubectl_ok(&["-n", "staging", "label", "configmap", "limits", "protected-"]).await;
     s.kubectl_ok(&["-n", "staging", "delete", "configmap", "limits"]).await;
+
+    // The authorizer: only who may delete ConfigMaps may give one an owner, and the
+    // namespace's default service account is asked about too.
+    let owners = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: owner-label}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: ["v1"], operations: ["CREATE", "UPDATE"], resources: ["configmaps"]}
+  validations:
+  - expression: "!('owner' in object.metadata.?labels.orValue({})) || authorizer.requestResource.check('delete').allowed()"
+    messageExpression: "'only who may delete configmaps may set an owner; ' + request.userInfo.username + ' may not'"
+  - expression: "!authorizer.serviceAccount(request.namespace, 'default').group('').resource('configmaps').namespace(request.namespace).check('create').allowed()"
+    message: the default service account must not write configmaps
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: owner-label}
+spec: {policyName: owner-label, validationActions: [Deny]}
+"#;
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(owners)).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.kubectl_ok(&["-n", "staging", "create", "role", "cm-writer", "--verb=create,get", "--resource=configmaps"]).await;
+    s.kubectl_ok(&["-n", "staging", "create", "rolebinding", "jane-cm", "--role=cm-writer", "--user=jane"]).await;
+    for _ in 0..50 {
+        let out = s.kubectl(&["-n", "staging", "auth", "can-i", "--as", "jane", "create", "configmaps"]).await;
+        if out.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let jane_owned = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: janes, labels: {owner: jane}}\n";
+    let out = s.kubectl_stdin(&["-n", "staging", "create", "--as", "jane", "-f", "-"], Some(jane_owned)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("denied request: only who may delete configmaps may set an owner; jane may not"), "{err}");
+    s.kubectl_ok(&["-n", "staging", "create", "--as", "jane", "configmap", "plain"]).await;
+    s.kubectl_stdin(&["-n", "staging", "create", "-f", "-"], Some(jane_owned)).await;
+    s.kubectl_ok(&["-n", "staging", "get", "configmap", "janes"]).await;
+    // Once the default service account may write ConfigMaps, the second rule refuses.
+    s.kubectl_ok(&[
+        "-n",
+        "staging",
+        "create",
+        "rolebinding",
+        "sa-cm",
+        "--role=cm-writer",
+        "--serviceaccount=staging:default",
+    ])
+    .await;
+    // (RBAC is read from a watch: the new binding may take a moment to count.)
+    let mut err = String::new();
+    for _ in 0..50 {
+        let out = s.kubectl(&["-n", "staging", "create", "configmap", "after", "--dry-run=server"]).await;
+        err = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(err.contains("denied request: the default service account must not write configmaps"), "{err}");
 }
 
 /// Every file under `dir`, read whole.

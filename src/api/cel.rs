@@ -5,7 +5,8 @@
 //! of Kubernetes's own libraries the list functions (`sum`, `min`, `max`,
 //! `isSorted`, `indexOf`, `lastIndexOf`), regular expressions (`find`, `findAll`),
 //! and URLs, IPs, CIDRs and quantities (`url(s).getHost()`, `ip(s).family()`,
-//! `cidr(s).containsIP(ip)`, `quantity(s).compareTo(quantity('1Gi'))`, `isURL`, ...).
+//! `cidr(s).containsIP(ip)`, `quantity(s).compareTo(quantity('1Gi'))`, `isURL`, ...),
+//! and for admission policies the authorizer ([`authz`]).
 //! Those four are carried as their (checked, canonical) strings, so `type()` of one
 //! says `string` where Kubernetes names its own type. Compiled once, shared by every
 //! evaluation.
@@ -19,13 +20,16 @@ use serde_json::Value;
 
 use super::crd::formats;
 
+pub mod authz;
+
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     let mut env = Env::stdlib();
     let added = env
         .add_extension(cel::extensions::strings)
         .and_then(|_| env.add_extension(cel::extensions::lists))
         .and_then(|_| env.add_extension(cel::extensions::math))
-        .and_then(|_| env.add_extension(kubernetes));
+        .and_then(|_| env.add_extension(kubernetes))
+        .and_then(|_| env.add_extension(authz::library));
     if let Err(e) = added {
         tracing::error!(error = ?e, "a CEL library could not be added");
     }
@@ -54,18 +58,39 @@ pub fn eval_with_optional(
     vars: &[(&str, &Value)],
     optional: Option<(&str, Option<&Value>)>,
 ) -> Result<Value, String> {
+    run(expr, vars, |ctx| {
+        if let Some((name, v)) = optional {
+            let inner = match v {
+                Some(v) => Some(Box::<dyn Val>::try_from(value(v)).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            ctx.add_variable_as_val(name, Box::new(cel::common::types::CelOptional::from(inner)));
+        }
+        Ok(())
+    })
+}
+
+/// [`eval`], plus variables that are CEL values already (the [`authz`] library's).
+pub fn eval_with_values(expr: &str, vars: &[(&str, &Value)], values: &[(&str, cel::Value)]) -> Result<Value, String> {
+    run(expr, vars, |ctx| {
+        for (k, v) in values {
+            ctx.add_variable_from_value(*k, v.clone());
+        }
+        Ok(())
+    })
+}
+
+fn run(
+    expr: &str,
+    vars: &[(&str, &Value)],
+    bind: impl FnOnce(&mut Context<'static, 'static>) -> Result<(), String>,
+) -> Result<Value, String> {
     let program = compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
     let mut ctx = context();
     for (k, v) in vars {
         ctx.add_variable_from_value(*k, value(v));
     }
-    if let Some((name, v)) = optional {
-        let inner = match v {
-            Some(v) => Some(Box::<dyn Val>::try_from(value(v)).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        ctx.add_variable_as_val(name, Box::new(cel::common::types::CelOptional::from(inner)));
-    }
+    bind(&mut ctx)?;
     program.execute(&ctx).map_err(|e| e.to_string())?.json().map_err(|e| e.to_string())
 }
 

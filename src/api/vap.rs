@@ -42,6 +42,9 @@ pub struct Request<'a> {
     pub user_info: Value,
     /// Whether this is a dry run.
     pub dry_run: bool,
+    /// Answers the `authorizer` variable's checks for the request's user; without one,
+    /// `authorizer` is undeclared.
+    pub authorizer: Option<super::cel::authz::Authorizer>,
 }
 
 /// What the policies say about one request.
@@ -132,12 +135,18 @@ fn resources_match(m: &Value, r: &Request, require_rules: bool) -> bool {
     selector_matches(&m["namespaceSelector"], &ns_labels.unwrap_or(Value::Null))
 }
 
+/// The variables of a policy's expressions: JSON ones, and the authorizer's.
+struct Vars<'a> {
+    json: &'a [(&'a str, &'a Value)],
+    values: &'a [(&'a str, cel::Value)],
+}
+
 /// Evaluates one CEL expression; Ok(value) or the error text.
-fn eval(expr: &str, vars: &[(&str, &Value)], variables: &serde_json::Map<String, Value>) -> Result<Value, String> {
+fn eval(expr: &str, vars: &Vars, variables: &serde_json::Map<String, Value>) -> Result<Value, String> {
     let variables = Value::Object(variables.clone());
-    let mut all = vars.to_vec();
+    let mut all = vars.json.to_vec();
     all.push(("variables", &variables));
-    super::cel::eval(expr, &all)
+    super::cel::eval_with_values(expr, &all, vars.values)
 }
 
 /// The params each binding's `paramRef` found (by binding name), for the bindings
@@ -156,6 +165,20 @@ pub fn judge(policies: &[Value], bindings: &[Value], params: &Params, r: &Reques
     });
     let (object, old) = (r.object.unwrap_or(&null), r.old_object.unwrap_or(&null));
     let ns_obj = r.namespace_object.unwrap_or(&null);
+    let mut values = Vec::new();
+    if let Some(a) = &r.authorizer {
+        use super::cel::authz;
+        let this = authz::Check {
+            group: r.group.to_string(),
+            resource: r.resource.to_string(),
+            subresource: r.subresource.to_string(),
+            namespace: r.namespace.to_string(),
+            name: r.name.to_string(),
+            ..Default::default()
+        };
+        values.push(("authorizer", authz::authorizer(a.clone())));
+        values.push(("authorizer.requestResource", authz::request_resource(a.clone(), this)));
+    }
     for b in bindings {
         let pname = b["spec"]["policyName"].as_str().unwrap_or("");
         let Some(p) = policies.iter().find(|p| p["metadata"]["name"] == pname) else { continue };
@@ -201,6 +224,7 @@ pub fn judge(policies: &[Value], bindings: &[Value], params: &Params, r: &Reques
                 ("namespaceObject", ns_obj),
                 ("params", param),
             ];
+            let vars = Vars { json: &vars, values: &values };
             judge_one(&mut v, pspec, &vars, fail_open, &actions, (pname, bname, &prefix));
         }
     }
@@ -233,14 +257,7 @@ type Problem = (u16, String, Option<usize>);
 
 /// One policy, with one set of params, against one request; `who` is the policy,
 /// the binding and the denial's prefix.
-fn judge_one(
-    v: &mut Verdict,
-    pspec: &Value,
-    vars: &[(&str, &Value)],
-    fail_open: bool,
-    actions: &[&str],
-    who: (&str, &str, &str),
-) {
+fn judge_one(v: &mut Verdict, pspec: &Value, vars: &Vars, fail_open: bool, actions: &[&str], who: (&str, &str, &str)) {
     // Variables, in order; each may use the ones before.
     let mut variables = serde_json::Map::new();
     let mut failed: Option<String> = None;
@@ -376,7 +393,80 @@ mod tests {
             namespace_object: None,
             user_info: json!({"username": "jane", "groups": ["system:authenticated"]}),
             dry_run: false,
+            authorizer: None,
         }
+    }
+
+    #[test]
+    fn the_authorizer_variable() {
+        use crate::api::cel::authz::{Check, Decision};
+        // jane may scale deployments in d, and list pods as the builder service account.
+        let answer: crate::api::cel::authz::Authorizer = std::sync::Arc::new(|c: &Check| {
+            let allowed = match &c.service_account {
+                Some((ns, n)) => {
+                    (ns.as_str(), n.as_str(), c.resource.as_str(), c.verb.as_str()) == ("d", "builder", "pods", "list")
+                }
+                None => {
+                    (
+                        c.group.as_str(),
+                        c.resource.as_str(),
+                        c.subresource.as_str(),
+                        c.namespace.as_str(),
+                        c.verb.as_str(),
+                    ) == ("apps", "deployments", "scale", "d", "update")
+                        || c.path.as_deref() == Some("/healthz")
+                }
+            };
+            Decision { allowed, reason: if allowed { "ok".into() } else { String::new() }, error: String::new() }
+        });
+        let obj = deploy(3);
+        let mut r = req("CREATE", &obj);
+        r.authorizer = Some(answer);
+        let checks = [
+            ("authorizer.requestResource.subresource('scale').check('update').allowed()", true),
+            ("authorizer.requestResource.check('update').allowed()", false),
+            (
+                "authorizer.group('apps').resource('deployments').subresource('scale').namespace('d').name('web').check('update').allowed()",
+                true,
+            ),
+            (
+                "authorizer.group('apps').resource('deployments').subresource('scale').namespace('e').check('update').allowed()",
+                false,
+            ),
+            (
+                "authorizer.path('/healthz').check('get').allowed() && authorizer.path('/healthz').check('get').reason() == 'ok'",
+                true,
+            ),
+            (
+                "authorizer.serviceAccount('d', 'builder').group('').resource('pods').namespace('d').check('list').allowed()",
+                true,
+            ),
+            (
+                "authorizer.serviceAccount('d', 'other').group('').resource('pods').namespace('d').check('list').allowed()",
+                false,
+            ),
+            (
+                "!authorizer.group('').resource('pods').check('get').errored() && authorizer.group('').resource('pods').check('get').error() == ''",
+                true,
+            ),
+            (
+                "authorizer.group('').resource('pods').fieldSelector('spec.nodeName=n').labelSelector('a=b').check('list').reason() == ''",
+                true,
+            ),
+        ];
+        for (expr, want) in checks {
+            let p = policy(json!([{"expression": expr}]), json!({}));
+            let v = judge_no_params(&[p], &[binding(json!(["Deny"]))], &r);
+            match &v.denied {
+                None => assert!(want, "{expr} was true"),
+                Some((_, m)) => assert!(!want && m.contains("failed expression"), "{expr}: {m}"),
+            }
+        }
+        // Without an authorizer (as in CRD rules) the variable does not exist.
+        r.authorizer = None;
+        let p = policy(json!([{"expression": "authorizer.path('/healthz').check('get').allowed()"}]), json!({}));
+        let v = judge_no_params(&[p], &[binding(json!(["Deny"]))], &r);
+        assert!(v.denied.as_ref().is_some_and(|(_, m)| m.contains("Undeclared reference")), "{v:?}");
     }
 
     fn judge_no_params(policies: &[Value], bindings: &[Value], r: &Request) -> Verdict {

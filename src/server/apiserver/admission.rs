@@ -395,6 +395,7 @@ impl ApiServer {
             namespace_object: ns_obj.as_ref(),
             user_info: call.user.as_ref().map(|u| u.user_info()).unwrap_or_else(|| serde_json::json!({})),
             dry_run: call.dry_run()?,
+            authorizer: call.user.as_ref().map(|u| self.cel_authorizer(u)),
         };
         let params = self.policy_params(&policies, &bindings, ns).await?;
         let v = crate::api::vap::judge(&policies, &bindings, &params, &r);

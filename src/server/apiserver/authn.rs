@@ -203,6 +203,51 @@ impl ApiServer {
         Ok(out)
     }
 
+    /// The `authorizer` of admission policies' CEL for `user`: the authorizers'
+    /// answers without waiting on the store, so a node's check that needs a look at
+    /// its pods (a Secret they mount) is answered by RBAC alone.
+    pub(crate) fn cel_authorizer(&self, user: &User) -> crate::api::cel::authz::Authorizer {
+        use crate::api::cel::authz::{Check, Decision as CelDecision};
+        let (user, rbac) = (user.clone(), self.rbac.get().cloned());
+        std::sync::Arc::new(move |c: &Check| {
+            let who = match &c.service_account {
+                Some((ns, name)) => User::new(
+                    format!("system:serviceaccount:{ns}:{name}"),
+                    &[
+                        crate::server::auth::SERVICE_ACCOUNTS,
+                        &format!("{}:{ns}", crate::server::auth::SERVICE_ACCOUNTS),
+                    ],
+                ),
+                None => user.clone(),
+            };
+            let a = match &c.path {
+                Some(p) => Attrs::path(&c.verb, p),
+                None => Attrs::resource(&c.verb, &c.group, &c.resource, &c.subresource, &c.namespace, &c.name),
+            };
+            let judged = match who.node() {
+                Some(n) => match node::judge(n, &a) {
+                    Need::Decided(d) => d,
+                    _ => Decision::NoOpinion,
+                },
+                None => Decision::NoOpinion,
+            };
+            let d = match judged {
+                Decision::NoOpinion if who.is_master() => Decision::Allow,
+                Decision::NoOpinion => match &rbac {
+                    Some(r) if r.allows(&who, &a) => Decision::Allow,
+                    Some(_) => Decision::NoOpinion,
+                    None => return CelDecision { error: "the authorizer is starting".into(), ..Default::default() },
+                },
+                d => d,
+            };
+            match d {
+                Decision::Allow => CelDecision { allowed: true, ..Default::default() },
+                Decision::Deny(reason) => CelDecision { reason, ..Default::default() },
+                Decision::NoOpinion => CelDecision::default(),
+            }
+        })
+    }
+
     /// What the authorizers say about `a` for `user`.
     pub(crate) async fn authorize(&self, user: &User, a: &Attrs) -> Decision {
         if user.is_master() {
