@@ -303,10 +303,20 @@ impl ApiServer {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Some(log) = self.audit.get() else { return self.serve_request(req, user, &mut Trail::off()).await };
+        use futures::FutureExt;
+        let Some(log) = self.audit.get() else {
+            let mut off = Trail::off();
+            let served = std::panic::AssertUnwindSafe(self.serve_request(req, user, &mut off));
+            return served.catch_unwind().await.unwrap_or_else(|p| panicked(p.as_ref()).1);
+        };
         let mut trail = Trail::start(&req);
-        let resp = self.serve_request(req, user, &mut trail).await;
-        log.finish(trail, resp).await
+        match std::panic::AssertUnwindSafe(self.serve_request(req, user, &mut trail)).catch_unwind().await {
+            Ok(resp) => log.finish(trail, resp).await,
+            Err(p) => {
+                let (message, resp) = panicked(p.as_ref());
+                log.panicked(trail, &message, resp).await
+            }
+        }
     }
 
     /// 403 unless `user` may do `a`; the decision goes into the audit record.
@@ -775,6 +785,20 @@ impl ApiServer {
             }
         }
     }
+}
+
+/// A handler's panic, caught: its message, and the 500 kube-apiserver's panic
+/// recovery answers with.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> (String, Resp) {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    tracing::error!(panic = %message, "a request handler panicked");
+    let text = "This request caused apiserver to panic. Look in the logs for details.\n";
+    let resp = request::bytes_response(500, "text/plain; charset=utf-8", Bytes::from_static(text.as_bytes()));
+    (message, resp)
 }
 
 #[cfg(test)]

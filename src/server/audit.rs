@@ -372,6 +372,37 @@ impl AuditLog {
         Resp::from_parts(parts, body)
     }
 
+    /// Writes the Events of a request whose handler panicked, as kube-apiserver's audit
+    /// filter does: RequestReceived, then Panic with a 500 InternalError status
+    /// saying `APIServer panic'd: <message>`. Returns `resp` with the `Audit-Id` header.
+    pub async fn panicked(&self, t: Trail, message: &str, mut resp: Resp) -> Resp {
+        let Some(mut rec) = t.0 else { return resp };
+        if let Ok(v) = HeaderValue::from_str(&rec.id) {
+            resp.headers_mut().insert("audit-id", v);
+        }
+        let attrs = rec.attrs.take().unwrap_or_else(|| Attrs::path(&rec.method.to_ascii_lowercase(), &rec.path));
+        let d = self.policy.decide(rec.who(), &attrs);
+        rec.attrs = Some(attrs);
+        if d.level == Level::None {
+            return resp;
+        }
+        let mut ev = Event { rec, level: d.level, strip: d.omit_managed_fields, request_object: None };
+        if d.level >= Level::Request {
+            ev.request_object = ev.rec.request_object().map(|v| ev.strip(v));
+        }
+        let mut lines = String::new();
+        if !d.omit_stages.contains(&Stage::RequestReceived) {
+            lines = ev.line(Stage::RequestReceived, ev.rec.received, None, None);
+        }
+        if !d.omit_stages.contains(&Stage::Panic) {
+            let status = serde_json::json!({"metadata": {}, "status": "Failure",
+                "message": format!("APIServer panic'd: {message}"), "reason": "InternalError", "code": 500});
+            push_line(&mut lines, ev.line(Stage::Panic, Utc::now(), Some(&Status::Full(&status)), None));
+        }
+        self.send(lines).await;
+        resp
+    }
+
     /// Queues lines (newline-separated, none at the end) for the writer.
     async fn send(&self, lines: String) {
         if !lines.is_empty() {
@@ -1007,6 +1038,42 @@ rules:
             let e = Policy::parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_logged_at_the_panic_stage() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("audit.log");
+        let cfg = AuditConfig {
+            path: path.clone(),
+            policy: Arc::new(Policy::metadata_for_all()),
+            max_age_days: 0,
+            max_backups: 0,
+            max_size_mb: 0,
+        };
+        let log = AuditLog::open(&cfg).unwrap();
+        let req = Request::get("/api/v1/namespaces/default/pods").body(()).unwrap();
+        let resp = crate::server::apiserver::request::bytes_response(500, "text/plain", Bytes::from_static(b"x"));
+        let resp = log.panicked(Trail::start(&req), "index out of bounds", resp).await;
+        assert!(resp.headers().contains_key("audit-id"));
+        let mut lines = Vec::new();
+        for _ in 0..200 {
+            lines = std::fs::read_to_string(&path).unwrap_or_default().lines().map(String::from).collect();
+            if lines.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let evs: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(evs.len(), 2, "{lines:?}");
+        assert_eq!(evs[0]["stage"], "RequestReceived");
+        assert_eq!(evs[1]["stage"], "Panic");
+        assert_eq!(evs[1]["auditID"], evs[0]["auditID"]);
+        assert_eq!(
+            evs[1]["responseStatus"],
+            serde_json::json!({"metadata": {}, "status": "Failure", "message": "APIServer panic'd: index out of bounds",
+                               "reason": "InternalError", "code": 500})
+        );
     }
 
     #[test]
