@@ -296,27 +296,8 @@ impl AuditLog {
     /// Writes the Events of a finished (or, when long-running, started) request and
     /// returns its response with the `Audit-Id` header.
     pub async fn finish(&self, t: Trail, mut resp: Resp) -> Resp {
-        let Some(mut rec) = t.0 else { return resp };
-        if let Ok(v) = HeaderValue::from_str(&rec.id) {
-            resp.headers_mut().insert("audit-id", v);
-        }
-        if rec.attrs.is_none() {
-            rec.attrs = Some(Attrs::path(&rec.method.to_ascii_lowercase(), &rec.path));
-        }
-        let d = self.policy.decide(rec.who(), rec.attrs.as_ref().expect("set above"));
-        if d.level == Level::None {
-            return resp;
-        }
+        let Some((ev, d, mut lines)) = self.begin(t, &mut resp) else { return resp };
         let code = resp.status().as_u16();
-        let mut ev = Event { rec, level: d.level, strip: d.omit_managed_fields, request_object: None };
-        if d.level >= Level::Request {
-            ev.request_object = ev.rec.request_object().map(|v| ev.strip(v));
-        }
-        // A request's Events go to the writer together, one queue slot for all.
-        let mut lines = String::new();
-        if !d.omit_stages.contains(&Stage::RequestReceived) {
-            lines = ev.line(Stage::RequestReceived, ev.rec.received, None, None);
-        }
         let ok = Status::Code { metadata: Empty {}, code };
         if ev.rec.long_running && code < 300 {
             if !d.omit_stages.contains(&Stage::ResponseStarted) {
@@ -376,7 +357,22 @@ impl AuditLog {
     /// filter does: RequestReceived, then Panic with a 500 InternalError status
     /// saying `APIServer panic'd: <message>`. Returns `resp` with the `Audit-Id` header.
     pub async fn panicked(&self, t: Trail, message: &str, mut resp: Resp) -> Resp {
-        let Some(mut rec) = t.0 else { return resp };
+        let Some((ev, d, mut lines)) = self.begin(t, &mut resp) else { return resp };
+        if !d.omit_stages.contains(&Stage::Panic) {
+            let status = serde_json::json!({"metadata": {}, "status": "Failure",
+                "message": format!("APIServer panic'd: {message}"), "reason": "InternalError", "code": 500});
+            push_line(&mut lines, ev.line(Stage::Panic, Utc::now(), Some(&Status::Full(&status)), None));
+        }
+        self.send(lines).await;
+        resp
+    }
+
+    /// What every request's Events start with: the `Audit-Id` header on `resp`, the
+    /// policy's decision, and the RequestReceived line unless omitted. None when the
+    /// request is not audited. A request's Events go to the writer together, one
+    /// queue slot for all.
+    fn begin(&self, t: Trail, resp: &mut Resp) -> Option<(Event, Decided, String)> {
+        let mut rec = t.0?;
         if let Ok(v) = HeaderValue::from_str(&rec.id) {
             resp.headers_mut().insert("audit-id", v);
         }
@@ -384,7 +380,7 @@ impl AuditLog {
         let d = self.policy.decide(rec.who(), &attrs);
         rec.attrs = Some(attrs);
         if d.level == Level::None {
-            return resp;
+            return None;
         }
         let mut ev = Event { rec, level: d.level, strip: d.omit_managed_fields, request_object: None };
         if d.level >= Level::Request {
@@ -394,13 +390,7 @@ impl AuditLog {
         if !d.omit_stages.contains(&Stage::RequestReceived) {
             lines = ev.line(Stage::RequestReceived, ev.rec.received, None, None);
         }
-        if !d.omit_stages.contains(&Stage::Panic) {
-            let status = serde_json::json!({"metadata": {}, "status": "Failure",
-                "message": format!("APIServer panic'd: {message}"), "reason": "InternalError", "code": 500});
-            push_line(&mut lines, ev.line(Stage::Panic, Utc::now(), Some(&Status::Full(&status)), None));
-        }
-        self.send(lines).await;
-        resp
+        Some((ev, d, lines))
     }
 
     /// Queues lines (newline-separated, none at the end) for the writer.
@@ -1040,17 +1030,22 @@ rules:
         }
     }
 
+    /// Metadata for all, into `path`: rotated at 1 MB, two backups kept for 30 days.
+    fn config(path: &std::path::Path) -> AuditConfig {
+        AuditConfig {
+            path: path.to_path_buf(),
+            policy: Arc::new(Policy::metadata_for_all()),
+            max_age_days: 30,
+            max_backups: 2,
+            max_size_mb: 1,
+        }
+    }
+
     #[tokio::test]
     async fn a_panic_is_logged_at_the_panic_stage() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("audit.log");
-        let cfg = AuditConfig {
-            path: path.clone(),
-            policy: Arc::new(Policy::metadata_for_all()),
-            max_age_days: 0,
-            max_backups: 0,
-            max_size_mb: 0,
-        };
+        let cfg = AuditConfig { max_backups: 0, max_size_mb: 0, ..config(&path) };
         let log = AuditLog::open(&cfg).unwrap();
         let req = Request::get("/api/v1/namespaces/default/pods").body(()).unwrap();
         let resp = crate::server::apiserver::request::bytes_response(500, "text/plain", Bytes::from_static(b"x"));
@@ -1080,13 +1075,7 @@ rules:
     fn the_file_rotates_by_size_and_keeps_max_backups() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("audit.log");
-        let cfg = AuditConfig {
-            path: path.clone(),
-            policy: Arc::new(Policy::metadata_for_all()),
-            max_age_days: 30,
-            max_backups: 2,
-            max_size_mb: 1,
-        };
+        let cfg = config(&path);
         let mut sink = Sink::open(&cfg).unwrap();
         let line = "x".repeat(1023);
         let mut rotations = 0;
