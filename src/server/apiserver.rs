@@ -41,12 +41,12 @@ use crate::server::audit::Trail;
 use crate::server::auth::{self, Attrs, User};
 use crate::server::tls::ClientCerts;
 
-/// Paths anyone may read without credentials, as Kubernetes's
-/// `system:public-info-viewer` allows.
 /// How long a client has to send a request's head, as kube-apiserver's
 /// `ReadHeaderTimeout` ("just shy of" its 34 s request-timeout upper bound).
 const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(32);
 
+/// Paths anyone may read without credentials, as Kubernetes's
+/// `system:public-info-viewer` allows.
 const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/cacerts", "/v1-rk"];
 
 /// The API server: stateless over its store, shared by every connection.

@@ -48,6 +48,15 @@ impl User {
         User { name: name.into(), groups, ..Default::default() }
     }
 
+    /// The service account `ns`/`name`, in `system:serviceaccounts` and
+    /// `system:serviceaccounts:<ns>`.
+    pub fn service_account_user(ns: &str, name: &str) -> User {
+        User::new(
+            format!("system:serviceaccount:{ns}:{name}"),
+            &[SERVICE_ACCOUNTS, &format!("{SERVICE_ACCOUNTS}:{ns}")],
+        )
+    }
+
     /// Whether the user is in `group`.
     pub fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|g| g == group)

@@ -138,7 +138,7 @@ impl ApiServer {
         if !c.jti.is_empty() {
             extra.insert("authentication.kubernetes.io/credential-id".to_string(), vec![format!("JTI={}", c.jti)]);
         }
-        let mut u = User::new(c.sub.clone(), &[SERVICE_ACCOUNTS, &format!("{SERVICE_ACCOUNTS}:{ns}")]);
+        let mut u = User::service_account_user(ns, &sa.name);
         u.uid = sa.uid.clone();
         u.extra = extra;
         Ok(u)
@@ -210,15 +210,13 @@ impl ApiServer {
         use crate::api::cel::authz::{Check, Decision as CelDecision};
         let (user, rbac) = (user.clone(), self.rbac.get().cloned());
         std::sync::Arc::new(move |c: &Check| {
+            let account;
             let who = match &c.service_account {
-                Some((ns, name)) => User::new(
-                    format!("system:serviceaccount:{ns}:{name}"),
-                    &[
-                        crate::server::auth::SERVICE_ACCOUNTS,
-                        &format!("{}:{ns}", crate::server::auth::SERVICE_ACCOUNTS),
-                    ],
-                ),
-                None => user.clone(),
+                Some((ns, name)) => {
+                    account = User::service_account_user(ns, name);
+                    &account
+                }
+                None => &user,
             };
             let a = match &c.path {
                 Some(p) => Attrs::path(&c.verb, p),
@@ -234,7 +232,7 @@ impl ApiServer {
             let d = match judged {
                 Decision::NoOpinion if who.is_master() => Decision::Allow,
                 Decision::NoOpinion => match &rbac {
-                    Some(r) if r.allows(&who, &a) => Decision::Allow,
+                    Some(r) if r.allows(who, &a) => Decision::Allow,
                     Some(_) => Decision::NoOpinion,
                     None => return CelDecision { error: "the authorizer is starting".into(), ..Default::default() },
                 },
