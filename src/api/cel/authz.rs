@@ -175,30 +175,6 @@ fn setter<'b, 'v>(
     step(a, Step::Resource)
 }
 
-fn resource<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    setter("resource", args, |c, v| c.resource = v)
-}
-
-fn subresource<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    setter("subresource", args, |c, v| c.subresource = v)
-}
-
-fn namespace<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    setter("namespace", args, |c, v| c.namespace = v)
-}
-
-fn name<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    setter("name", args, |c, v| c.name = v)
-}
-
-fn field_selector<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    setter("fieldSelector", args, |c, v| c.field_selector = v)
-}
-
-fn label_selector<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    setter("labelSelector", args, |c, v| c.label_selector = v)
-}
-
 fn check<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
     let mut a = this("check", &args)?;
     a.check.verb = string("check", &args, 1)?;
@@ -242,24 +218,24 @@ pub fn library(env: &mut Env) -> Result<(), DeclarationError> {
         vec![s(), s()],
         service_account,
     )?;
-    env.add_member_overload("resource", "groupcheck_resource", t(GROUP_CHECK), vec![s()], resource)?;
-    env.add_member_overload("subresource", "resourcecheck_subresource", t(RESOURCE_CHECK), vec![s()], subresource)?;
-    env.add_member_overload("namespace", "resourcecheck_namespace", t(RESOURCE_CHECK), vec![s()], namespace)?;
-    env.add_member_overload("name", "resourcecheck_name", t(RESOURCE_CHECK), vec![s()], name)?;
-    env.add_member_overload(
-        "fieldSelector",
-        "resourcecheck_fieldselector",
-        t(RESOURCE_CHECK),
-        vec![s()],
-        field_selector,
-    )?;
-    env.add_member_overload(
-        "labelSelector",
-        "resourcecheck_labelselector",
-        t(RESOURCE_CHECK),
-        vec![s()],
-        label_selector,
-    )?;
+    // The steps that set one field of a check: upstream's name, overload id, receiver.
+    let setters: [(&str, &str, &str, cel::common::functions::Function); 6] = [
+        ("resource", "groupcheck_resource", GROUP_CHECK, |a| setter("resource", a, |c, v| c.resource = v)),
+        ("subresource", "resourcecheck_subresource", RESOURCE_CHECK, |a| {
+            setter("subresource", a, |c, v| c.subresource = v)
+        }),
+        ("namespace", "resourcecheck_namespace", RESOURCE_CHECK, |a| setter("namespace", a, |c, v| c.namespace = v)),
+        ("name", "resourcecheck_name", RESOURCE_CHECK, |a| setter("name", a, |c, v| c.name = v)),
+        ("fieldSelector", "resourcecheck_fieldselector", RESOURCE_CHECK, |a| {
+            setter("fieldSelector", a, |c, v| c.field_selector = v)
+        }),
+        ("labelSelector", "resourcecheck_labelselector", RESOURCE_CHECK, |a| {
+            setter("labelSelector", a, |c, v| c.label_selector = v)
+        }),
+    ];
+    for (name, id, target, f) in setters {
+        env.add_member_overload(name, id, t(target), vec![s()], f)?;
+    }
     env.add_member_overload("check", "resourcecheck_check", t(RESOURCE_CHECK), vec![s()], check)?;
     env.add_member_overload("check", "pathcheck_check", t(PATH_CHECK), vec![s()], check)?;
     env.add_member_overload("allowed", "decision_allowed", t(DECISION), vec![], allowed)?;
