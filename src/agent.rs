@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub eviction: kubelet::eviction::EvictionArgs,
     /// `--container-runtime-endpoint`: use this containerd instead of starting one.
     pub runtime_endpoint: Option<PathBuf>,
+    /// `--private-registry`: mirrors, credentials and TLS for rk's containerd.
+    pub registries: runtime::registries::Registries,
     /// The cluster DNS Service IP given to pods.
     pub cluster_dns: String,
     /// The cluster domain.
@@ -83,6 +85,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             vxlan: cfg.pod_network == net::routes::PodNetwork::Vxlan,
             cluster_domain: cfg.cluster_domain.clone(),
             runtime_endpoint: cfg.runtime_endpoint.clone(),
+            registries: cfg.registries.clone(),
             kubeconfig: kubeconfig.clone(),
         };
         let ncfg = net::NetConfig {

@@ -281,6 +281,10 @@ pub struct NodeArgs {
     /// Use this containerd socket instead of starting rk's own containerd.
     #[arg(long, env = "RK_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<PathBuf>,
+    /// Registry mirrors, credentials and TLS (k3s's registries.yaml format) for rk's
+    /// containerd [default: /etc/rk/registries.yaml, if it exists].
+    #[arg(long, env = "RK_PRIVATE_REGISTRY", value_name = "FILE")]
+    pub private_registry: Option<PathBuf>,
     /// Node-pressure eviction and image garbage collection.
     #[command(flatten)]
     pub eviction: crate::agent::kubelet::eviction::EvictionArgs,
@@ -411,6 +415,7 @@ impl AgentArgs {
             node_taints: taints,
             eviction: self.node.eviction,
             runtime_endpoint: self.node.container_runtime_endpoint,
+            registries: crate::agent::runtime::registries::Registries::load(self.node.private_registry.as_deref())?,
             cluster_dns: self.cluster_dns.to_string(),
             cluster_domain: self.cluster_domain,
         })
@@ -611,6 +616,10 @@ impl ServerArgs {
             node_taints,
             eviction: self.node.eviction,
             runtime_endpoint: self.node.container_runtime_endpoint,
+            registries: match self.disable_agent {
+                true => Default::default(),
+                false => crate::agent::runtime::registries::Registries::load(self.node.private_registry.as_deref())?,
+            },
         })
     }
 }

@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub eviction: crate::agent::kubelet::eviction::EvictionArgs,
     /// The own agent's `--container-runtime-endpoint`.
     pub runtime_endpoint: Option<PathBuf>,
+    /// The own agent's `--private-registry`.
+    pub registries: crate::agent::runtime::registries::Registries,
     /// The audit log, when `--audit-log-path` is given.
     pub audit: Option<audit::AuditConfig>,
     /// Snapshots of the store.
@@ -138,6 +140,7 @@ impl ServerConfig {
             node_taints: vec![],
             eviction: Default::default(),
             runtime_endpoint: None,
+            registries: Default::default(),
             audit: None,
             snapshots: SnapshotConfig {
                 dir: crate::embedded::snapshot::default_dir(&dir.join("data")),
@@ -175,6 +178,7 @@ impl ServerConfig {
             node_taints: self.node_taints.clone(),
             eviction: self.eviction.clone(),
             runtime_endpoint: self.runtime_endpoint.clone(),
+            registries: self.registries.clone(),
             cluster_dns: self.dns_ip().to_string(),
             cluster_domain: self.cluster_domain.clone(),
         }

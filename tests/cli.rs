@@ -141,6 +141,28 @@ fn bad_input_is_one_line_before_start() {
         err.contains("config.yaml: percentageOfNodesToScore: Invalid value: 120: not in valid range [0-100]"),
         "{err}"
     );
+    // registries.yaml: a named file that is missing, or a bad one, stops the start.
+    std::fs::write(&f, "mirrors:\n  docker.io:\n    endpoint: [\"ftp://mirror\"]\n").unwrap();
+    for (file, want) in [
+        ("/nonexistent/registries.yaml", "--private-registry /nonexistent/registries.yaml: No such file"),
+        (
+            f.to_str().unwrap(),
+            "config.yaml: mirrors.\"docker.io\": endpoint \"ftp://mirror\" has scheme \"ftp\" (http or https)",
+        ),
+    ] {
+        for cmd in [&["server"][..], &["agent", "--join", "https://127.0.0.1:1", "--token", "K10abc::server:def"]] {
+            let mut a: Vec<&str> = cmd.to_vec();
+            a.extend(["--config", "/dev/null", "--private-registry", file]);
+            match cmd[0] {
+                "server" => a.extend(p.iter().map(String::as_str)),
+                _ => a.extend(["--data-dir", data.to_str().unwrap()]),
+            }
+            let (code, _, err) = rk(&a, &[]);
+            assert_eq!(code, 2, "{cmd:?} {file}: {err}");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(err.contains(want), "{cmd:?}: {err}");
+        }
+    }
     assert!(!data.exists(), "nothing was started or written");
 }
 

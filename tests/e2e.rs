@@ -123,7 +123,27 @@ fn real_pods_on_two_nodes() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web, namespace: kube-system}\nspec:\n  containers:\n  - {name: httpd, image: busybox:1.35, command: [httpd, -f, -p, '8081']}\n",
     )
     .unwrap();
-    let mut server = lab.spawn_server(&[]);
+    // A registry mirror (registries.yaml): `registry.rk.test` is served by a registry
+    // on the server host's loopback, port 5000, whose credentials are in the file.
+    let archive = lab.path("hello-image.tar");
+    lab::busybox_image(&archive);
+    let mirror = common::registry::Registry::start(
+        &lab.hosts[0],
+        5000,
+        &std::fs::read(&archive).unwrap(),
+        "rk/hello",
+        "1",
+        ("mirror", "m1rr0r"),
+    );
+    let registries = lab.path("registries.yaml");
+    std::fs::write(
+        &registries,
+        "mirrors:\n  registry.rk.test:\n    endpoint: [\"http://127.0.0.1:5000\"]\n\
+         configs:\n  \"127.0.0.1:5000\":\n    auth: {username: mirror, password: m1rr0r}\n",
+    )
+    .unwrap();
+    let server_flags = ["--private-registry", registries.to_str().unwrap()];
+    let mut server = lab.spawn_server(&server_flags);
     let token = lab.server_token();
 
     // A second node, joined with the token over the lab link.
@@ -281,10 +301,9 @@ fn real_pods_on_two_nodes() {
     // host's loopback, behind basic auth): with the pod's pull secret, made by
     // `kubectl create secret docker-registry`, the image is pulled and runs; without
     // it the pull fails with the registry's 401 and backs off.
-    let archive = lab.path("hello-image.tar");
-    lab::busybox_image(&archive);
     let reg = common::registry::Registry::start(
         &lab.hosts[0],
+        0,
         &std::fs::read(&archive).unwrap(),
         "rk/hello",
         "1",
@@ -334,13 +353,27 @@ spec:
     assert!(reg.served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert!(reg.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 
+    // Through the mirror, with its credentials from registries.yaml: no pull secret.
+    let out = lab.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: mirrored}\nspec:\n  nodeName: server\n  \
+             containers: [{name: main, image: registry.rk.test/rk/hello:1, command: [sleep, '3600']}]\n",
+        ),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the mirrored pod Running", 60, || {
+        jsonpath(&lab, &["get", "pod", "mirrored"], "{.status.phase}") == "Running"
+    });
+    assert!(mirror.served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
     // kill -9 rk: containers keep running; after a restart the pods are unchanged.
     let before =
         jsonpath(&lab, &["get", "pod", "probes"], "{.status.containerStatuses[?(@.name==\"unready\")].containerID}");
     assert!(before.starts_with("containerd://"), "{before:?}");
     lab.signal(server, Signal::SIGKILL);
     lab.reap(server);
-    server = lab.spawn_server(&[]);
+    server = lab.spawn_server(&server_flags);
     wait_for("the API after restart", 30, || lab.kubectl(&["get", "--raw", "/readyz"]).status.success());
     wait_for("the server node Ready again", 30, || {
         jsonpath(&lab, &["get", "node", "server"], "{.status.conditions[?(@.type==\"Ready\")].status}") == "True"

@@ -48,6 +48,8 @@ pub struct KubeletConfig {
     pub cluster_domain: String,
     /// An existing containerd socket (`--container-runtime-endpoint`); else rk runs its own.
     pub runtime_endpoint: Option<PathBuf>,
+    /// `--private-registry`, for rk's own containerd.
+    pub registries: runtime::registries::Registries,
     /// The node's kubeconfig (server URL and credentials), for the kubelet tunnel.
     pub kubeconfig: String,
 }
@@ -73,10 +75,17 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
                 }
             };
             tracing::info!(socket = %sock.display(), "using the given containerd (its sandbox_image should be {})", runtime::pause::PAUSE_IMAGE);
+            if cfg.registries != Default::default() {
+                tracing::warn!(
+                    "registries.yaml applies to rk's own containerd; configure the given containerd's registries yourself"
+                );
+            }
             (cri, sock.clone())
         }
         None => {
-            let sup = runtime::containerd::start(&paths, runtime::pause::PAUSE_IMAGE, shutdown.clone()).await?;
+            let sup =
+                runtime::containerd::start(&paths, runtime::pause::PAUSE_IMAGE, &cfg.registries, shutdown.clone())
+                    .await?;
             let cri = runtime::connect_cri(&sup.socket).await?;
             (cri, sup.socket.clone())
         }

@@ -5,6 +5,7 @@
 pub mod containerd;
 pub mod image;
 pub mod pause;
+pub mod registries;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -32,8 +32,16 @@ struct Content {
 
 impl Registry {
     /// Serves the image in `archive` (an OCI layout tar) as `<repo>:<tag>` to clients
-    /// presenting `user`/`password`, inside network namespace `netns`.
-    pub fn start(netns: &str, archive: &[u8], repo: &str, tag: &str, (user, password): (&str, &str)) -> Registry {
+    /// presenting `user`/`password`, inside network namespace `netns`, on `port` of its
+    /// loopback (0: one the kernel picks).
+    pub fn start(
+        netns: &str,
+        port: u16,
+        archive: &[u8],
+        repo: &str,
+        tag: &str,
+        (user, password): (&str, &str),
+    ) -> Registry {
         let mut files: HashMap<String, Vec<u8>> = HashMap::new();
         let mut ar = tar::Archive::new(archive);
         for e in ar.entries().unwrap() {
@@ -60,7 +68,7 @@ impl Registry {
         let ns = std::fs::File::open(format!("/var/run/netns/{netns}")).unwrap();
         let listener = std::thread::spawn(move || {
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the lab host's netns");
-            TcpListener::bind("127.0.0.1:0").unwrap()
+            TcpListener::bind(("127.0.0.1", port)).unwrap()
         })
         .join()
         .unwrap();
@@ -87,7 +95,9 @@ fn serve(conn: TcpStream, c: &Content, refused: &AtomicUsize, served: &AtomicUsi
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let method = parts.next().unwrap_or("").to_string();
+        // A mirror is asked with `?ns=<registry>` (containerd's way); the query is not the path.
+        let path = parts.next().unwrap_or("").split('?').next().unwrap_or("").to_string();
         let mut authorization = String::new();
         loop {
             let mut h = String::new();
