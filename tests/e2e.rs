@@ -545,3 +545,97 @@ fn node_pressure_rejects_evicts_and_frees_images() {
     assert_eq!(cond("MemoryPressure"), "True");
     assert_eq!(field("kube-system", "critical", "{.status.phase}"), "Running");
 }
+
+const STORAGE_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: emptydir-hog}
+spec:
+  nodeName: server
+  volumes: [{name: scratch, emptyDir: {sizeLimit: 1Mi}}]
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sh, -c, "dd if=/dev/zero of=/scratch/f bs=1048576 count=3 && sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: layer-hog}
+spec:
+  nodeName: server
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sh, -c, "dd if=/dev/zero of=/tmp/f bs=1048576 count=4 && sleep 3600"]
+    resources: {limits: {ephemeral-storage: 2Mi}}
+  - name: side
+    image: busybox:1.35
+    command: [sleep, "3600"]
+    resources: {limits: {ephemeral-storage: 10Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-hog}
+spec:
+  nodeName: server
+  volumes: [{name: disk, emptyDir: {}}]
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sh, -c, "dd if=/dev/zero of=/disk/f bs=1048576 count=3 && sleep 3600"]
+    resources: {limits: {ephemeral-storage: 2Mi}}
+    volumeMounts: [{name: disk, mountPath: /disk}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: modest}
+spec:
+  nodeName: server
+  volumes: [{name: scratch, emptyDir: {sizeLimit: 8Mi}}]
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sh, -c, "dd if=/dev/zero of=/tmp/f bs=1048576 count=1 && dd if=/dev/zero of=/scratch/f bs=1048576 count=1 && sleep 3600"]
+    resources: {limits: {ephemeral-storage: 20Mi}}
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+"#;
+
+/// Local storage limits, enforced as the kubelet does whatever the node's pressure: an
+/// emptyDir over its sizeLimit, a container whose writable layer is over its
+/// ephemeral-storage limit (the pod's sum not reached), and a pod whose emptyDir puts
+/// it over its containers' limits are evicted with the kubelet's messages and events; a pod within its limits
+/// runs on.
+#[test]
+fn local_storage_limits_evict_pods() {
+    if let Some(why) = lab::unavailable() {
+        eprintln!("skipping the end-to-end test: {why}");
+        return;
+    }
+    let mut lab = Lab::with_hosts(1);
+    lab::busybox_image(&lab.path("server/agent/images/busybox.tar"));
+    lab.spawn_server(&[]);
+    lab.server_token();
+    wait_for("the node Ready", 60, || {
+        jsonpath(&lab, &["get", "node", "server"], "{.status.conditions[?(@.type==\"Ready\")].status}") == "True"
+    });
+    let out = lab.kubectl_stdin(&["apply", "-f", "-"], Some(STORAGE_PODS));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let field = |pod: &str, path: &str| jsonpath(&lab, &["get", "pod", pod], path);
+    for (pod, msg) in [
+        ("emptydir-hog", "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". "),
+        ("layer-hog", "Container main exceeded its local ephemeral storage limit \"2Mi\". "),
+        ("pod-hog", "Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. "),
+    ] {
+        wait_for(&format!("{pod} evicted"), 90, || field(pod, "{.status.phase}") == "Failed");
+        assert_eq!(field(pod, "{.status.reason}|{.status.message}"), format!("Evicted|{msg}"));
+        assert_eq!(field(pod, "{.status.conditions[?(@.type==\"DisruptionTarget\")].reason}"), "");
+    }
+    wait_for("the Evicted events", 30, || {
+        let ev = jsonpath(&lab, &["get", "events"], "{range .items[*]}{.involvedObject.name}={.reason} {end}");
+        ["emptydir-hog", "layer-hog", "pod-hog"].iter().all(|p| ev.contains(&format!("{p}=Evicted")))
+    });
+    assert_eq!(field("modest", "{.status.phase}"), "Running");
+    let ev = jsonpath(&lab, &["get", "events"], "{range .items[*]}{.involvedObject.name}={.reason} {end}");
+    assert!(!ev.contains("modest=Evicted"), "{ev}");
+}

@@ -142,6 +142,7 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
         pressure: pressure_rx.clone(),
         evictions: Default::default(),
         wake: watch::channel(()).0,
+        pods: Default::default(),
     });
     let evictions =
         eviction::Manager::new(ctx.clone(), ncfg.eviction.clone(), cfg.data_dir.clone(), imagefs, pressure_tx).run();
@@ -256,6 +257,7 @@ async fn dispatch(ctx: Arc<pod_worker::NodeCtx>, shutdown: CancellationToken) ->
     let send = |workers: &mut HashMap<String, watch::Sender<Option<Arc<Pod>>>>, p: Pod| {
         let uid = p.uid().unwrap_or_default();
         let p = Arc::new(p);
+        ctx.pods.lock().expect("pods").insert(uid.clone(), p.clone());
         match workers.get(&uid) {
             Some(tx) if !tx.is_closed() => {
                 let _ = tx.send(Some(p));
@@ -301,6 +303,7 @@ async fn dispatch(ctx: Arc<pod_worker::NodeCtx>, shutdown: CancellationToken) ->
             Err(e) => tracing::debug!(error = %e, "pod watch error"),
         }
         workers.retain(|_, tx| !tx.is_closed());
+        ctx.pods.lock().expect("pods").retain(|uid, _| workers.contains_key(uid));
     }
     Ok(())
 }

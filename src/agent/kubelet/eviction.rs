@@ -15,6 +15,14 @@
 //!   pod's worker kills it at once (a hard threshold has no grace period) and reports
 //!   it Failed with reason `Evicted`, the kubelet's message and a `DisruptionTarget`
 //!   condition; an `Evicted` Warning event says the same.
+//!
+//! Before the thresholds, whatever the node's pressure, it enforces each pod's local
+//! storage limits as the kubelet's `localStorageEviction` does: an emptyDir over its
+//! `sizeLimit`, a pod whose ephemeral storage (its containers' writable layers and logs
+//! and its disk-backed emptyDirs) is over the sum of its containers'
+//! `ephemeral-storage` limits, or a container whose writable layer and logs are over
+//! its own limit gets the pod evicted at once, with the kubelet's message and no
+//! `DisruptionTarget` condition (the node is not short of anything).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +32,6 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
 use tokio::sync::watch;
 
 use super::pod_worker::{NodeCtx, Termination};
@@ -209,6 +216,82 @@ impl Usage {
     }
 }
 
+/// What a pod uses of the node's disk, for its local storage limits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StorageUsage {
+    /// Bytes in each emptyDir volume, by volume name.
+    pub empty_dirs: HashMap<String, f64>,
+    /// Bytes of each container's writable layer and logs, by container name.
+    pub containers: HashMap<String, f64>,
+}
+
+fn limit(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> Option<(f64, String)> {
+    let q = c.resources.as_ref()?.limits.as_ref()?.get(resource)?;
+    crate::server::scheduler::parse_quantity(&q.0).filter(|v| *v > 0.0).map(|v| (v, q.0.clone()))
+}
+
+/// The pod's `ephemeral-storage` limit as the kubelet sums it (`PodLimits`): its
+/// containers' limits added up, or an init container's if larger; None when no
+/// container sets one.
+fn pod_storage_limit(pod: &Pod) -> Option<f64> {
+    let spec = pod.spec.as_ref()?;
+    let limits: Vec<f64> = spec.containers.iter().filter_map(|c| limit(c, "ephemeral-storage").map(|l| l.0)).collect();
+    let init = spec.init_containers.iter().flatten().filter_map(|c| limit(c, "ephemeral-storage").map(|l| l.0));
+    let init: Vec<f64> = init.collect();
+    if limits.is_empty() && init.is_empty() {
+        return None;
+    }
+    Some(init.into_iter().fold(limits.iter().sum::<f64>(), f64::max))
+}
+
+/// Whether the pod sets any local storage limit (only those pods are measured).
+pub fn has_storage_limits(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else { return false };
+    pod_storage_limit(pod).is_some()
+        || spec.volumes.iter().flatten().any(|v| v.empty_dir.as_ref().is_some_and(|e| e.size_limit.is_some()))
+}
+
+/// The kubelet's `localStorageEviction` for one pod, in its order: an emptyDir over its
+/// `sizeLimit`, the pod over its containers' summed limit, a container over its own.
+/// The eviction message when one is exceeded.
+pub fn storage_limit_exceeded(pod: &Pod, u: &StorageUsage) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    for v in spec.volumes.iter().flatten() {
+        let Some(size) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) else { continue };
+        let (Some(limit), Some(used)) = (crate::server::scheduler::parse_quantity(&size.0), u.empty_dirs.get(&v.name))
+        else {
+            continue;
+        };
+        if limit > 0.0 && *used > limit {
+            return Some(format!("Usage of EmptyDir volume {:?} exceeds the limit {:?}. ", v.name, size.0));
+        }
+    }
+    if let Some(limit) = pod_storage_limit(pod) {
+        let memory = |name: &str| {
+            spec.volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == name && v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()) == Some("Memory"))
+        };
+        let volumes: f64 = u.empty_dirs.iter().filter(|(n, _)| !memory(n)).map(|(_, b)| b).sum();
+        let total = u.containers.values().sum::<f64>() + volumes;
+        if total > limit {
+            return Some(format!(
+                "Pod ephemeral local storage usage exceeds the total limit of containers {}. ",
+                binary_si(limit)
+            ));
+        }
+    }
+    for c in &spec.containers {
+        if let (Some((limit, text)), Some(used)) = (limit(c, "ephemeral-storage"), u.containers.get(&c.name))
+            && *used > limit
+        {
+            return Some(format!("Container {} exceeded its local ephemeral storage limit {text:?}. ", c.name));
+        }
+    }
+    None
+}
+
 /// What a container requests of `resource` (0 when it does not say).
 fn request(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> f64 {
     c.resources
@@ -358,10 +441,67 @@ impl Manager {
             *cur = under;
             true
         });
+        if self.local_storage_eviction().await {
+            return;
+        }
         met.sort_by_key(|m| urgency(m.signal));
         if let Some(m) = met.first() {
             self.evict_one(m).await;
         }
+    }
+
+    /// The pods on the node that are running or about to: not finished, not being
+    /// deleted, not already chosen for eviction.
+    fn active_pods(&self) -> Vec<Arc<Pod>> {
+        let pending = self.ctx.evictions.lock().expect("evictions").keys().cloned().collect::<Vec<_>>();
+        let pods = self.ctx.pods.lock().expect("pods").values().cloned().collect::<Vec<_>>();
+        pods.into_iter()
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+                !matches!(phase, "Succeeded" | "Failed")
+                    && p.metadata.deletion_timestamp.is_none()
+                    && !pending.contains(&p.uid().unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Evicts every pod over one of its local storage limits; whether any was.
+    async fn local_storage_eviction(&self) -> bool {
+        let pods: Vec<Arc<Pod>> = self.active_pods().into_iter().filter(|p| has_storage_limits(p)).collect();
+        if pods.is_empty() {
+            return false;
+        }
+        let layers = self.usage().await;
+        let mut evicted = false;
+        for pod in pods {
+            let uid = pod.uid().unwrap_or_default();
+            let mut u = StorageUsage::default();
+            let dirs = self.ctx.pods_root.join(&uid).join("volumes").join("kubernetes.io~empty-dir");
+            for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).filter(|v| v.empty_dir.is_some()) {
+                u.empty_dirs.insert(v.name.clone(), dir_size(&dirs.join(&v.name)));
+            }
+            let logs =
+                self.ctx.logs_root.join(format!("{}_{}_{uid}", pod.namespace().unwrap_or_default(), pod.name_any()));
+            for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                let layer =
+                    layers.get(&uid).and_then(|l| l.containers.iter().find(|x| x.0 == c.name)).map_or(0.0, |x| x.2);
+                u.containers.insert(c.name.clone(), layer + dir_size(&logs.join(&c.name)));
+            }
+            let Some(msg) = storage_limit_exceeded(&pod, &u) else { continue };
+            if is_critical(&pod) {
+                tracing::warn!(pod = %pod.name_any(), message = %msg, "a critical pod is over its local storage limit; not evicting it");
+                continue;
+            }
+            tracing::info!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), message = %msg, "evicting a pod");
+            super::pod_worker::pod_event(&self.ctx, &pod, None, true, "Evicted", msg.clone());
+            let t = Termination { reason: "Evicted".into(), message: msg, grace: 0, disruption: false };
+            self.ctx.evictions.lock().expect("evictions").insert(uid, t);
+            evicted = true;
+        }
+        if evicted {
+            self.ctx.wake.send_replace(());
+        }
+        evicted
     }
 
     /// Removes unused images, least recently used first, until `want` bytes are
@@ -449,25 +589,7 @@ impl Manager {
 
     /// Evicts the first pod in the kubelet's order for `met` that may be evicted.
     async fn evict_one(&self, met: &Met) {
-        let api: Api<Pod> = Api::all(self.ctx.client.clone());
-        let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.ctx.node));
-        let pods = match api.list(&lp).await {
-            Ok(l) => l.items,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing the node's pods for eviction failed");
-                return;
-            }
-        };
-        let pending = self.ctx.evictions.lock().expect("evictions").keys().cloned().collect::<Vec<_>>();
-        let active: Vec<Pod> = pods
-            .into_iter()
-            .filter(|p| {
-                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-                !matches!(phase, "Succeeded" | "Failed")
-                    && p.metadata.deletion_timestamp.is_none()
-                    && !pending.contains(&p.uid().unwrap_or_default())
-            })
-            .collect();
+        let active: Vec<Pod> = self.active_pods().into_iter().map(Arc::unwrap_or_clone).collect();
         if active.is_empty() {
             return;
         }
@@ -531,6 +653,53 @@ mod tests {
 
     fn usage(mem: f64) -> Usage {
         Usage { containers: vec![("c".into(), mem, 0.0)], pod_disk: 0.0, pids: 0.0 }
+    }
+
+    #[test]
+    fn local_storage_limits_follow_the_kubelet() {
+        let p = pod(
+            "a",
+            json!({"spec": {
+                "containers": [
+                    {"name": "app", "image": "x", "resources": {"limits": {"ephemeral-storage": "2Mi"}}},
+                    {"name": "side", "image": "x", "resources": {"limits": {"ephemeral-storage": "1Mi"}}},
+                    {"name": "free", "image": "x"}
+                ],
+                "initContainers": [{"name": "init", "image": "x", "resources": {"limits": {"ephemeral-storage": "1Mi"}}}],
+                "volumes": [
+                    {"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}},
+                    {"name": "ram", "emptyDir": {"medium": "Memory"}},
+                    {"name": "disk", "emptyDir": {}}
+                ]
+            }}),
+        );
+        assert!(has_storage_limits(&p));
+        assert_eq!(pod_storage_limit(&p), Some(3.0 * 1048576.0));
+        let mib = 1048576.0;
+        let u = |scratch: f64, ram: f64, disk: f64, app: f64, side: f64| StorageUsage {
+            empty_dirs: [("scratch", scratch), ("ram", ram), ("disk", disk)].map(|(k, v)| (k.to_string(), v)).into(),
+            containers: [("app", app), ("side", side), ("free", 0.0)].map(|(k, v)| (k.to_string(), v)).into(),
+        };
+        assert_eq!(storage_limit_exceeded(&p, &u(mib, 0.0, 0.0, mib, 0.0)), None, "at the limits is within them");
+        assert_eq!(
+            storage_limit_exceeded(&p, &u(2.0 * mib, 0.0, 0.0, 0.0, 0.0)).as_deref(),
+            Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ")
+        );
+        assert_eq!(
+            storage_limit_exceeded(&p, &u(0.0, 0.0, 2.5 * mib, mib, 0.0)).as_deref(),
+            Some("Pod ephemeral local storage usage exceeds the total limit of containers 3Mi. ")
+        );
+        assert_eq!(storage_limit_exceeded(&p, &u(0.0, 64.0 * mib, 0.0, mib, 0.0)), None, "memory is not disk");
+        assert_eq!(
+            storage_limit_exceeded(&p, &u(0.0, 0.0, 0.0, 0.5 * mib, 1.5 * mib)).as_deref(),
+            Some("Container side exceeded its local ephemeral storage limit \"1Mi\". ")
+        );
+        let plain = pod(
+            "b",
+            json!({"spec": {"containers": [{"name": "c", "image": "x"}], "volumes": [{"name": "v", "emptyDir": {}}]}}),
+        );
+        assert!(!has_storage_limits(&plain));
+        assert_eq!(storage_limit_exceeded(&plain, &u(9e9, 9e9, 9e9, 9e9, 9e9)), None);
     }
 
     #[test]

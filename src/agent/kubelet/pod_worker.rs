@@ -57,6 +57,8 @@ pub struct NodeCtx {
     pub evictions: std::sync::Mutex<HashMap<String, Termination>>,
     /// Wakes every worker to look at `evictions`.
     pub wake: watch::Sender<()>,
+    /// The pods bound to this node as the kubelet's watch last saw them, by UID.
+    pub pods: std::sync::Mutex<HashMap<String, Arc<Pod>>>,
 }
 
 /// Why the kubelet ends a pod that is not being deleted, as its status will say.
