@@ -296,6 +296,7 @@ pub type NodeFlags = (std::collections::BTreeMap<String, String>, Vec<k8s_openap
 impl NodeArgs {
     /// Labels and taints, checked.
     pub fn parse(&self) -> anyhow::Result<NodeFlags> {
+        self.eviction.check().map_err(anyhow::Error::msg)?;
         let mut labels = std::collections::BTreeMap::new();
         for l in &self.node_label {
             let Some((k, v)) = l.split_once('=') else {

@@ -639,3 +639,67 @@ fn local_storage_limits_evict_pods() {
     let ev = jsonpath(&lab, &["get", "events"], "{range .items[*]}{.involvedObject.name}={.reason} {end}");
     assert!(!ev.contains("modest=Evicted"), "{ev}");
 }
+
+/// A soft eviction threshold: the node reports MemoryPressure at once, but the pod is
+/// evicted only once the threshold has stayed crossed for its grace period, and gets
+/// `--eviction-max-pod-grace-period` (not its own 60 s) to stop.
+#[test]
+fn soft_eviction_waits_out_its_grace_period() {
+    if let Some(why) = lab::unavailable() {
+        eprintln!("skipping the end-to-end test: {why}");
+        return;
+    }
+    let mut lab = Lab::with_hosts(1);
+    lab::busybox_image(&lab.path("server/agent/images/busybox.tar"));
+    lab.spawn_server(&[
+        "--eviction-soft=memory.available<1Pi",
+        "--eviction-soft-grace-period=memory.available=20s",
+        "--eviction-max-pod-grace-period=2",
+        "--eviction-pressure-transition-period=0s",
+    ]);
+    lab.server_token();
+    let cond = |t: &str, f: &str| {
+        jsonpath(&lab, &["get", "node", "server"], &format!("{{.status.conditions[?(@.type==\"{t}\")].{f}}}"))
+    };
+    wait_for("the node Ready under memory pressure", 60, || {
+        cond("Ready", "status") == "True" && cond("MemoryPressure", "status") == "True"
+    });
+    let pressure_since = cond("MemoryPressure", "lastTransitionTime");
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  nodeName: server
+  terminationGracePeriodSeconds: 600
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sh, -c, "trap '' TERM; while true; do sleep 1; done"]
+    resources: {requests: {memory: 1Mi}}
+"#;
+    let out = lab.kubectl_stdin(&["apply", "-f", "-"], Some(pod));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the pod evicted, its grace period cut to 2 s", 90, || {
+        jsonpath(&lab, &["get", "pod", "stubborn"], "{.status.phase}") == "Failed"
+    });
+    let msg = jsonpath(&lab, &["get", "pod", "stubborn"], "{.status.reason}|{.status.message}");
+    assert!(
+        msg.starts_with("Evicted|The node was low on resource: memory. Threshold quantity: 1Pi, available: "),
+        "{msg}"
+    );
+    let event = |f: &str| {
+        let sel = ["get", "events", "--field-selector", "involvedObject.name=stubborn,reason=Evicted"];
+        jsonpath(&lab, &sel, &format!("{{.items[0].{f}}}"))
+    };
+    let evicted_at =
+        [event("eventTime"), event("lastTimestamp")].into_iter().find(|t| !t.is_empty()).unwrap_or_default();
+    let secs = |t: &str| {
+        let out = std::process::Command::new("date").args(["-d", t, "+%s"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse::<i64>().unwrap_or_else(|_| panic!("a time: {t:?}"))
+    };
+    assert!(
+        secs(&evicted_at) - secs(&pressure_since) >= 20,
+        "evicted at {evicted_at}, under pressure since {pressure_since}"
+    );
+}

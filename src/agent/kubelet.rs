@@ -97,7 +97,7 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
 
     let ncfg = cfg.node.clone();
     let imagefs = node::imagefs(&cfg.data_dir);
-    let under = ncfg.eviction.eviction_hard.pressure(&pressure::observe(&cfg.data_dir, &imagefs));
+    let under = ncfg.eviction.pressure(&pressure::observe(&cfg.data_dir, &imagefs));
     let (pressure_tx, pressure_rx) = watch::channel(under.clone());
     let st = node::status(
         &ncfg,
@@ -178,10 +178,16 @@ pub async fn run(client: kube::Client, cfg: KubeletConfig, shutdown: Cancellatio
                         Ok(()) => {
                             tracing::info!(%cidr, "pod network configured");
                             let _ = net_tx.send(true);
-                            let under = pressure.borrow().clone();
-                            let st = node::status(&ncfg, &data_dir, &rv, (true, ""), &under);
-                            let _ = node::register(&client, &ncfg, st).await;
-                            return;
+                            // Written again if the pressure changed meanwhile: the
+                            // heartbeat's update for that change may have landed first.
+                            loop {
+                                let under = pressure.borrow().clone();
+                                let st = node::status(&ncfg, &data_dir, &rv, (true, ""), &under);
+                                let _ = node::register(&client, &ncfg, st).await;
+                                if *pressure.borrow() == under {
+                                    return;
+                                }
+                            }
                         }
                         Err(e) => tracing::warn!(error = %e, "writing the CNI config failed"),
                     }

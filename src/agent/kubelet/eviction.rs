@@ -8,11 +8,16 @@
 //! - removes unused images, oldest use first, when the image file system is fuller than
 //!   `--image-gc-high-threshold` (down to the low threshold) and, to reclaim the node's
 //!   own resources before any pod's, when a disk threshold is crossed;
+//! - soft thresholds (`--eviction-soft`) raise the condition at once but drive
+//!   eviction only after staying crossed for their `--eviction-soft-grace-period`; a
+//!   threshold that drove eviction stays crossed until its signal is
+//!   `--eviction-minimum-reclaim` past it (see [`Tracker`]);
 //! - while a threshold is still crossed, evicts one pod per pass: ranked as the kubelet
 //!   ranks them (pods using more than they request first, then lower priority, then
 //!   larger use above the request; for PIDs, priority then process count), never a
 //!   critical pod (static, or priority of `system-cluster-critical` and above). The
-//!   pod's worker kills it at once (a hard threshold has no grace period) and reports
+//!   pod's worker kills it at once for a hard threshold (a soft one gives it its own
+//!   grace period, up to `--eviction-max-pod-grace-period`) and reports
 //!   it Failed with reason `Evicted`, the kubelet's message and a `DisruptionTarget`
 //!   condition; an `Evicted` Warning event says the same.
 //!
@@ -35,7 +40,7 @@ use kube::ResourceExt;
 use tokio::sync::watch;
 
 use super::pod_worker::{NodeCtx, Termination};
-use super::pressure::{Condition, Met, Signal, Thresholds};
+use super::pressure::{Amount, Condition, GracePeriods, Met, MinimumReclaim, Observed, Signal, Thresholds};
 
 /// The eviction and image GC flags shared by `rk server` (for its own agent) and
 /// `rk agent`, named as the kubelet's.
@@ -52,6 +57,24 @@ pub struct EvictionArgs {
         default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%"
     )]
     pub eviction_hard: Thresholds,
+    /// Soft eviction thresholds: crossing one raises the node's pressure condition at
+    /// once, but pods are evicted only after it stays crossed for its
+    /// `--eviction-soft-grace-period`, and get up to `--eviction-max-pod-grace-period`
+    /// to stop.
+    #[arg(long, env = "RK_EVICTION_SOFT", value_name = "SIGNAL<QUANTITY,...", default_value = "")]
+    pub eviction_soft: Thresholds,
+    /// How long each soft threshold must stay crossed before pods are evicted for it
+    /// (every soft threshold needs one).
+    #[arg(long, env = "RK_EVICTION_SOFT_GRACE_PERIOD", value_name = "SIGNAL=DURATION,...", default_value = "")]
+    pub eviction_soft_grace_period: GracePeriods,
+    /// The most seconds a pod evicted for a soft threshold gets to stop (its own
+    /// terminationGracePeriodSeconds if less).
+    #[arg(long, env = "RK_EVICTION_MAX_POD_GRACE_PERIOD", value_name = "SECONDS", default_value_t = 0)]
+    pub eviction_max_pod_grace_period: i64,
+    /// How far past its threshold a signal must recover before the threshold counts as
+    /// resolved (and eviction for it stops).
+    #[arg(long, env = "RK_EVICTION_MINIMUM_RECLAIM", value_name = "SIGNAL=QUANTITY,...", default_value = "")]
+    pub eviction_minimum_reclaim: MinimumReclaim,
     /// How long a pressure condition stays after its threshold was last crossed.
     #[arg(long, env = "RK_EVICTION_PRESSURE_TRANSITION_PERIOD", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub eviction_pressure_transition_period: Duration,
@@ -71,11 +94,123 @@ impl Default for EvictionArgs {
     fn default() -> Self {
         EvictionArgs {
             eviction_hard: Thresholds::default(),
+            eviction_soft: Thresholds(vec![]),
+            eviction_soft_grace_period: GracePeriods::default(),
+            eviction_max_pod_grace_period: 0,
+            eviction_minimum_reclaim: MinimumReclaim::default(),
             eviction_pressure_transition_period: Duration::from_secs(300),
             image_gc_high_threshold: 85,
             image_gc_low_threshold: 80,
             image_minimum_gc_age: Duration::from_secs(120),
         }
+    }
+}
+
+impl EvictionArgs {
+    /// The kubelet's checks across flags: every soft threshold has a grace period.
+    pub fn check(&self) -> Result<(), String> {
+        for (s, _) in &self.eviction_soft.0 {
+            if !self.eviction_soft_grace_period.0.iter().any(|(g, _)| g == s) {
+                return Err(format!(
+                    "--eviction-soft: grace period must be specified for the soft eviction threshold {}",
+                    s.name()
+                ));
+            }
+        }
+        if self.eviction_max_pod_grace_period < 0 {
+            return Err("--eviction-max-pod-grace-period must not be negative".into());
+        }
+        Ok(())
+    }
+
+    /// The conditions under pressure now, by hard and soft thresholds alike.
+    pub fn pressure(&self, o: &Observed) -> Vec<Condition> {
+        Tracker::new(self.thresholds()).observe(o, Instant::now()).0
+    }
+
+    /// Every threshold, hard then soft, with its grace period and minimum reclaim.
+    fn thresholds(&self) -> Vec<Threshold> {
+        let reclaim = |s: Signal| self.eviction_minimum_reclaim.0.iter().find(|(r, _)| *r == s).map(|r| r.1);
+        let hard = self.eviction_hard.0.iter().map(|(s, a)| (*s, *a, None));
+        let soft = self.eviction_soft.0.iter().map(|(s, a)| {
+            let grace = self.eviction_soft_grace_period.0.iter().find(|(g, _)| g == s).map_or(Duration::ZERO, |g| g.1);
+            (*s, *a, Some(grace))
+        });
+        hard.chain(soft)
+            .map(|(signal, amount, grace)| Threshold { signal, amount, grace, min_reclaim: reclaim(signal) })
+            .collect()
+    }
+}
+
+/// One eviction threshold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    /// The signal.
+    pub signal: Signal,
+    /// Too little of it.
+    pub amount: Amount,
+    /// None for a hard threshold; a soft one's grace period.
+    pub grace: Option<Duration>,
+    /// `--eviction-minimum-reclaim` for the signal.
+    pub min_reclaim: Option<Amount>,
+}
+
+/// The kubelet's bookkeeping of thresholds across passes (`synchronize`): when each
+/// was first seen crossed, and which drove eviction last time (those stay crossed until
+/// the signal is their minimum reclaim past them).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    thresholds: Vec<Threshold>,
+    first_observed: Vec<(Threshold, Instant)>,
+    last: Vec<Threshold>,
+}
+
+impl Tracker {
+    /// A tracker of `thresholds`.
+    pub fn new(thresholds: Vec<Threshold>) -> Tracker {
+        Tracker { thresholds, ..Default::default() }
+    }
+
+    fn crossed(t: &Threshold, o: &Observed, min_reclaim: bool) -> Option<Met> {
+        let r = o.reading(t.signal)?;
+        let quantity = t.amount.of(r.capacity);
+        let margin = if min_reclaim { t.min_reclaim.map_or(0.0, |a| a.of(r.capacity)) } else { 0.0 };
+        (r.available < quantity + margin).then_some(Met { signal: t.signal, quantity, available: r.available })
+    }
+
+    /// One pass: the thresholds crossed now (or not yet reclaimed past), which give the
+    /// node's conditions, and of those the ones whose grace period is over, which
+    /// drive eviction, in the kubelet's order (memory, then disk, then PIDs; hard first).
+    pub fn observe(&mut self, o: &Observed, now: Instant) -> (Vec<Condition>, Vec<(Threshold, Met)>) {
+        let met: Vec<(Threshold, Met)> = self
+            .thresholds
+            .iter()
+            .filter_map(|t| Tracker::crossed(t, o, self.last.contains(t)).map(|m| (*t, m)))
+            .collect();
+        self.first_observed.retain(|(t, _)| met.iter().any(|(m, _)| m == t));
+        for (t, _) in &met {
+            if !self.first_observed.iter().any(|(f, _)| f == t) {
+                self.first_observed.push((*t, now));
+            }
+        }
+        let conditions = Condition::ALL.into_iter().filter(|c| met.iter().any(|(t, _)| t.signal.condition() == *c));
+        let conditions = conditions.collect();
+        let mut ready: Vec<(Threshold, Met)> = met
+            .into_iter()
+            .filter(|(t, _)| {
+                let since = self.first_observed.iter().find(|(f, _)| f == t).map_or(now, |f| f.1);
+                t.grace.is_none_or(|g| now.duration_since(since) >= g)
+            })
+            .collect();
+        ready.sort_by_key(|(t, _)| (urgency(t.signal), t.grace.is_some()));
+        self.last = ready.iter().map(|(t, _)| *t).collect();
+        (conditions, ready)
+    }
+
+    /// Of `ready`, those still crossed by their minimum reclaim after the node freed
+    /// what it could of its own (the kubelet's `reclaimNodeLevelResources`).
+    pub fn unresolved(ready: &[(Threshold, Met)], o: &Observed) -> Vec<(Threshold, Met)> {
+        ready.iter().filter_map(|(t, _)| Tracker::crossed(t, o, true).map(|m| (*t, m))).collect()
     }
 }
 
@@ -374,6 +509,8 @@ pub struct Manager {
     imagefs: PathBuf,
     /// When each condition's threshold was last crossed.
     last_met: HashMap<Condition, Instant>,
+    /// The thresholds across passes.
+    tracker: Tracker,
     /// Per image ID: when this kubelet first saw it, and when it last saw it in use.
     images: HashMap<String, (Instant, Instant)>,
     pressure: watch::Sender<Vec<Condition>>,
@@ -389,7 +526,8 @@ impl Manager {
         imagefs: PathBuf,
         pressure: watch::Sender<Vec<Condition>>,
     ) -> Manager {
-        Manager { ctx, args, nodefs, imagefs, last_met: HashMap::new(), images: HashMap::new(), pressure }
+        let tracker = Tracker::new(args.thresholds());
+        Manager { ctx, args, nodefs, imagefs, last_met: HashMap::new(), tracker, images: HashMap::new(), pressure }
     }
 
     /// Runs forever, one pass every 10 s.
@@ -418,15 +556,10 @@ impl Manager {
         if self.free_images(want).await > 0.0 {
             observed = super::pressure::observe(&self.nodefs, &self.imagefs);
         }
-        let mut met = self.args.eviction_hard.met(&observed);
-        // The node's own resources before any pod's: disk pressure frees unused images.
-        if met.iter().any(|m| m.signal.condition() == Condition::Disk) && self.free_images(f64::INFINITY).await > 0.0 {
-            observed = super::pressure::observe(&self.nodefs, &self.imagefs);
-            met = self.args.eviction_hard.met(&observed);
-        }
         let now = Instant::now();
-        for m in &met {
-            self.last_met.insert(m.signal.condition(), now);
+        let (crossed, mut ready) = self.tracker.observe(&observed, now);
+        for c in crossed {
+            self.last_met.insert(c, now);
         }
         let period = self.args.eviction_pressure_transition_period;
         let under: Vec<Condition> = Condition::ALL
@@ -441,12 +574,20 @@ impl Manager {
             *cur = under;
             true
         });
+        // The node's own resources before any pod's: disk pressure frees unused images
+        // (even while memory, evicted for first, is short too), and no pod goes for a
+        // threshold that this resolves (past its minimum reclaim).
+        if ready.iter().any(|(t, _)| t.signal.condition() == Condition::Disk)
+            && self.free_images(f64::INFINITY).await > 0.0
+        {
+            observed = super::pressure::observe(&self.nodefs, &self.imagefs);
+            ready = Tracker::unresolved(&ready, &observed);
+        }
         if self.local_storage_eviction().await {
             return;
         }
-        met.sort_by_key(|m| urgency(m.signal));
-        if let Some(m) = met.first() {
-            self.evict_one(m).await;
+        if let Some((t, m)) = ready.first() {
+            self.evict_one(t, m).await;
         }
     }
 
@@ -588,7 +729,7 @@ impl Manager {
     }
 
     /// Evicts the first pod in the kubelet's order for `met` that may be evicted.
-    async fn evict_one(&self, met: &Met) {
+    async fn evict_one(&self, threshold: &Threshold, met: &Met) {
         let active: Vec<Pod> = self.active_pods().into_iter().map(Arc::unwrap_or_clone).collect();
         if active.is_empty() {
             return;
@@ -613,7 +754,16 @@ impl Manager {
             let msg = message(met, pod, usage.get(&uid));
             tracing::info!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), message = %msg, "evicting a pod");
             super::pod_worker::pod_event(&self.ctx, pod, None, true, "Evicted", msg.clone());
-            let t = Termination { reason: "Evicted".into(), message: msg, grace: 0, disruption: true };
+            // A hard threshold kills at once; a soft one gives the pod its own grace
+            // period, up to --eviction-max-pod-grace-period.
+            let grace = match threshold.grace {
+                None => 0,
+                Some(_) => {
+                    let own = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+                    self.args.eviction_max_pod_grace_period.min(own)
+                }
+            };
+            let t = Termination { reason: "Evicted".into(), message: msg, grace, disruption: true };
             self.ctx.evictions.lock().expect("evictions").insert(uid, t);
             self.ctx.wake.send_replace(());
             return;
@@ -700,6 +850,75 @@ mod tests {
         );
         assert!(!has_storage_limits(&plain));
         assert_eq!(storage_limit_exceeded(&plain, &u(9e9, 9e9, 9e9, 9e9, 9e9)), None);
+    }
+
+    fn observed(mem_available: f64) -> Observed {
+        Observed {
+            memory: Some(super::super::pressure::Reading { available: mem_available, capacity: 1000.0 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn soft_thresholds_wait_out_their_grace_and_reclaim_goes_past_the_threshold() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            e: EvictionArgs,
+        }
+        let f = Flags::try_parse_from([
+            "rk",
+            "--eviction-hard=memory.available<100",
+            "--eviction-soft=memory.available<300",
+            "--eviction-soft-grace-period=memory.available=1m30s",
+            "--eviction-minimum-reclaim=memory.available=5%",
+            "--eviction-max-pod-grace-period=20",
+        ])
+        .unwrap();
+        f.e.check().unwrap();
+        let mut t = Tracker::new(f.e.thresholds());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Under the soft threshold: pressure at once, eviction only after 90 s of it.
+        let (c, ready) = t.observe(&observed(250.0), at(0));
+        assert_eq!((c, ready.len()), (vec![Condition::Memory], 0));
+        assert_eq!(t.observe(&observed(250.0), at(60)).1.len(), 0);
+        let (_, ready) = t.observe(&observed(250.0), at(90));
+        assert_eq!(ready.len(), 1);
+        assert_eq!(
+            (ready[0].0.grace, ready[0].1.quantity, ready[0].1.available),
+            (Some(Duration::from_secs(90)), 300.0, 250.0)
+        );
+        // Just above the threshold is not yet resolved: 5% of 1000 more is needed.
+        let (c, ready) = t.observe(&observed(320.0), at(100));
+        assert_eq!((c, ready.len()), (vec![Condition::Memory], 1));
+        let (c, ready) = t.observe(&observed(360.0), at(110));
+        assert_eq!((c.len(), ready.len()), (0, 0));
+        // Crossing again starts the grace period over; the hard threshold has none, and
+        // comes first.
+        assert_eq!(t.observe(&observed(250.0), at(120)).1.len(), 0);
+        let (_, ready) = t.observe(&observed(50.0), at(121));
+        assert_eq!(ready.iter().map(|(t, _)| t.grace).collect::<Vec<_>>(), [None]);
+        let (_, ready) = t.observe(&observed(50.0), at(210));
+        assert_eq!(ready.iter().map(|(t, _)| t.grace.is_some()).collect::<Vec<_>>(), [false, true]);
+        // After node-level reclaim, only what is still short by the minimum reclaim stays.
+        assert_eq!(Tracker::unresolved(&ready, &observed(200.0)).len(), 1);
+        assert_eq!(Tracker::unresolved(&ready, &observed(400.0)).len(), 0);
+
+        let bad = Flags::try_parse_from(["rk", "--eviction-soft=memory.available<1Gi"]).unwrap();
+        assert_eq!(
+            bad.e.check().unwrap_err(),
+            "--eviction-soft: grace period must be specified for the soft eviction threshold memory.available"
+        );
+        for args in [
+            "--eviction-soft-grace-period=memory.available",
+            "--eviction-soft-grace-period=memory.available=soon",
+            "--eviction-minimum-reclaim=memory.free=1Mi",
+            "--eviction-minimum-reclaim=memory.available=1Mi,memory.available=2Mi",
+        ] {
+            assert!(Flags::try_parse_from(["rk", args]).is_err(), "{args}");
+        }
     }
 
     #[test]

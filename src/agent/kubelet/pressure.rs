@@ -1,6 +1,7 @@
-//! Node pressure, as the kubelet's eviction manager judges it: hard eviction
-//! thresholds (`--eviction-hard`, kubelet's defaults `memory.available<100Mi`,
-//! `nodefs.available<10%`, `nodefs.inodesFree<5%`, `imagefs.available<15%`) against
+//! Node pressure, as the kubelet's eviction manager judges it: eviction thresholds
+//! (`--eviction-hard`, kubelet's defaults `memory.available<100Mi`,
+//! `nodefs.available<10%`, `nodefs.inodesFree<5%`, `imagefs.available<15%`, and
+//! `--eviction-soft`; the other eviction flags' per-signal values are here too) against
 //! what the node has left, giving the MemoryPressure, DiskPressure and PIDPressure
 //! conditions. The node lifecycle controller turns them into the
 //! `node.kubernetes.io/*-pressure` NoSchedule taints, so new pods go elsewhere.
@@ -29,6 +30,18 @@ pub enum Signal {
 }
 
 impl Signal {
+    /// The signal's name as the kubelet's flags write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory.available",
+            Signal::NodefsAvailable => "nodefs.available",
+            Signal::NodefsInodesFree => "nodefs.inodesFree",
+            Signal::ImagefsAvailable => "imagefs.available",
+            Signal::ImagefsInodesFree => "imagefs.inodesFree",
+            Signal::PidAvailable => "pid.available",
+        }
+    }
+
     fn parse(s: &str) -> Option<Signal> {
         Some(match s {
             "memory.available" => Signal::MemoryAvailable,
@@ -85,7 +98,82 @@ pub enum Amount {
     Fraction(f64),
 }
 
-/// The hard eviction thresholds.
+impl Amount {
+    /// The amount as a quantity of a signal whose whole is `capacity`.
+    pub fn of(self, capacity: f64) -> f64 {
+        match self {
+            Amount::Quantity(q) => q,
+            Amount::Fraction(f) => f * capacity,
+        }
+    }
+
+    /// `100Mi` or `10%`, as the kubelet's flags write amounts.
+    fn parse(part: &str, value: &str) -> Result<Amount, String> {
+        let value = value.trim();
+        match value.strip_suffix('%') {
+            Some(p) => match p.parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => Ok(Amount::Fraction(p / 100.0)),
+                _ => Err(format!("{part:?}: {value:?} is not a percentage from 0% to 100%")),
+            },
+            None => match crate::server::scheduler::parse_quantity(value) {
+                Some(q) if q >= 0.0 => Ok(Amount::Quantity(q)),
+                _ => Err(format!("{part:?}: {value:?} is not a quantity")),
+            },
+        }
+    }
+}
+
+fn signal(name: &str) -> Result<Signal, String> {
+    Signal::parse(name.trim()).ok_or_else(|| {
+        format!(
+            "{name:?} is not an eviction signal (memory.available, nodefs.available, nodefs.inodesFree, \
+             imagefs.available, imagefs.inodesFree, pid.available)"
+        )
+    })
+}
+
+/// `signal=value,...` (the kubelet's map flags), each signal at most once.
+fn per_signal<T>(s: &str, value: impl Fn(&str, &str) -> Result<T, String>) -> Result<Vec<(Signal, T)>, String> {
+    let mut out: Vec<(Signal, T)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, v) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected signal=value"))?;
+        let sig = signal(name)?;
+        if out.iter().any(|(s, _)| *s == sig) {
+            return Err(format!("{name:?} is given twice"));
+        }
+        out.push((sig, value(part, v)?));
+    }
+    Ok(out)
+}
+
+/// `--eviction-soft-grace-period`: how long each soft threshold must stay crossed
+/// before pods are evicted for it (`memory.available=1m30s,...`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GracePeriods(pub Vec<(Signal, std::time::Duration)>);
+
+impl std::str::FromStr for GracePeriods {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<GracePeriods, String> {
+        per_signal(s, |part, v| super::eviction::parse_duration(v.trim()).map_err(|e| format!("{part:?}: {e}")))
+            .map(GracePeriods)
+    }
+}
+
+/// `--eviction-minimum-reclaim`: how far past its threshold a signal must recover
+/// before an eviction threshold counts as resolved (`nodefs.available=500Mi,...`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MinimumReclaim(pub Vec<(Signal, Amount)>);
+
+impl std::str::FromStr for MinimumReclaim {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MinimumReclaim, String> {
+        per_signal(s, Amount::parse).map(MinimumReclaim)
+    }
+}
+
+/// The hard (or soft) eviction thresholds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds(pub Vec<(Signal, Amount)>);
 
@@ -112,23 +200,8 @@ impl std::str::FromStr for Thresholds {
             let (name, value) = part
                 .split_once('<')
                 .ok_or_else(|| format!("{part:?}: expected signal<quantity, e.g. memory.available<100Mi"))?;
-            let signal = Signal::parse(name.trim()).ok_or_else(|| {
-                format!(
-                    "{name:?} is not an eviction signal (memory.available, nodefs.available, nodefs.inodesFree, \
-                     imagefs.available, imagefs.inodesFree, pid.available)"
-                )
-            })?;
-            let value = value.trim();
-            let amount = match value.strip_suffix('%') {
-                Some(p) => match p.parse::<f64>() {
-                    Ok(p) if (0.0..=100.0).contains(&p) => Amount::Fraction(p / 100.0),
-                    _ => return Err(format!("{part:?}: {value:?} is not a percentage from 0% to 100%")),
-                },
-                None => match crate::server::scheduler::parse_quantity(value) {
-                    Some(q) if q >= 0.0 => Amount::Quantity(q),
-                    _ => return Err(format!("{part:?}: {value:?} is not a quantity")),
-                },
-            };
+            let signal = signal(name)?;
+            let amount = Amount::parse(part, value)?;
             if out.iter().any(|(s, _)| *s == signal) {
                 return Err(format!("{name:?} is given twice"));
             }
@@ -205,7 +278,8 @@ pub fn observe(nodefs: &Path, imagefs: &Path) -> Observed {
 }
 
 impl Observed {
-    fn reading(&self, s: Signal) -> Option<Reading> {
+    /// One signal's reading.
+    pub fn reading(&self, s: Signal) -> Option<Reading> {
         match s {
             Signal::MemoryAvailable => self.memory,
             Signal::NodefsAvailable => self.nodefs.map(|f| f.0),
@@ -218,40 +292,10 @@ impl Observed {
 }
 
 impl Thresholds {
-    /// The thresholds crossed: what is available is below the threshold (kubelet's
-    /// `LessThan`). Each comes with the threshold's quantity and what is available.
-    pub fn met(&self, o: &Observed) -> Vec<Met> {
-        let mut out = Vec::new();
-        for (signal, amount) in &self.0 {
-            let Some(r) = o.reading(*signal) else { continue };
-            let quantity = match amount {
-                Amount::Quantity(q) => *q,
-                Amount::Fraction(f) => f * r.capacity,
-            };
-            if r.available < quantity {
-                out.push(Met { signal: *signal, quantity, available: r.available });
-            }
-        }
-        out
-    }
-
-    /// The conditions under pressure (see [`Thresholds::met`]), in [`Condition::ALL`] order.
-    pub fn pressure(&self, o: &Observed) -> Vec<Condition> {
-        let met = self.met(o);
-        Condition::ALL.into_iter().filter(|c| met.iter().any(|m| m.signal.condition() == *c)).collect()
-    }
-
     /// The memory the kubelet keeps back from allocatable (the `memory.available`
     /// threshold, as kubelet's allocatable subtracts it).
     pub fn memory_reserve(&self, capacity: f64) -> f64 {
-        self.0
-            .iter()
-            .find(|(s, _)| *s == Signal::MemoryAvailable)
-            .map(|(_, a)| match a {
-                Amount::Quantity(q) => *q,
-                Amount::Fraction(f) => f * capacity,
-            })
-            .unwrap_or(0.0)
+        self.0.iter().find(|(s, _)| *s == Signal::MemoryAvailable).map(|(_, a)| a.of(capacity)).unwrap_or(0.0)
     }
 }
 
@@ -282,6 +326,10 @@ mod tests {
         }
     }
 
+    fn hard(t: Thresholds) -> super::super::eviction::EvictionArgs {
+        super::super::eviction::EvictionArgs { eviction_hard: t, ..Default::default() }
+    }
+
     #[test]
     fn crossing_a_threshold_raises_its_condition() {
         let o = Observed {
@@ -291,10 +339,9 @@ mod tests {
             pids: Some(Reading { available: 30000.0, capacity: 32768.0 }),
         };
         // 50 MB left is under 100Mi; 0.1% of inodes is under 5%.
-        assert_eq!(Thresholds::default().pressure(&o), vec![Condition::Memory, Condition::Disk]);
-        let t: Thresholds = "pid.available<31000".parse().unwrap();
-        assert_eq!(t.pressure(&o), vec![Condition::Pid]);
-        assert_eq!(Thresholds(vec![]).pressure(&o), vec![]);
+        assert_eq!(hard(Thresholds::default()).pressure(&o), vec![Condition::Memory, Condition::Disk]);
+        assert_eq!(hard("pid.available<31000".parse().unwrap()).pressure(&o), vec![Condition::Pid]);
+        assert_eq!(hard(Thresholds(vec![])).pressure(&o), vec![]);
     }
 
     #[test]
@@ -303,7 +350,6 @@ mod tests {
         assert!(o.memory.is_some_and(|m| m.capacity > 0.0 && m.available > 0.0));
         assert!(o.nodefs.is_some() && o.pids.is_some());
         // Asking for more free memory than the machine has is pressure.
-        let t: Thresholds = "memory.available<1Pi".parse().unwrap();
-        assert_eq!(t.pressure(&o), vec![Condition::Memory]);
+        assert_eq!(hard("memory.available<1Pi".parse().unwrap()).pressure(&o), vec![Condition::Memory]);
     }
 }
