@@ -546,6 +546,20 @@ fn node_pressure_rejects_evicts_and_frees_images() {
     assert_eq!(field("kube-system", "critical", "{.status.phase}"), "Running");
 }
 
+/// A one-host lab running `rk server` (with its agent and the busybox image) with
+/// `flags`, its join token written; None (and a note) where the lab cannot run.
+fn one_node(flags: &[&str]) -> Option<Lab> {
+    if let Some(why) = lab::unavailable() {
+        eprintln!("skipping the end-to-end test: {why}");
+        return None;
+    }
+    let mut lab = Lab::with_hosts(1);
+    lab::busybox_image(&lab.path("server/agent/images/busybox.tar"));
+    lab.spawn_server(flags);
+    lab.server_token();
+    Some(lab)
+}
+
 const STORAGE_PODS: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -608,14 +622,7 @@ spec:
 /// runs on.
 #[test]
 fn local_storage_limits_evict_pods() {
-    if let Some(why) = lab::unavailable() {
-        eprintln!("skipping the end-to-end test: {why}");
-        return;
-    }
-    let mut lab = Lab::with_hosts(1);
-    lab::busybox_image(&lab.path("server/agent/images/busybox.tar"));
-    lab.spawn_server(&[]);
-    lab.server_token();
+    let Some(lab) = one_node(&[]) else { return };
     wait_for("the node Ready", 60, || {
         jsonpath(&lab, &["get", "node", "server"], "{.status.conditions[?(@.type==\"Ready\")].status}") == "True"
     });
@@ -645,19 +652,14 @@ fn local_storage_limits_evict_pods() {
 /// `--eviction-max-pod-grace-period` (not its own 60 s) to stop.
 #[test]
 fn soft_eviction_waits_out_its_grace_period() {
-    if let Some(why) = lab::unavailable() {
-        eprintln!("skipping the end-to-end test: {why}");
-        return;
-    }
-    let mut lab = Lab::with_hosts(1);
-    lab::busybox_image(&lab.path("server/agent/images/busybox.tar"));
-    lab.spawn_server(&[
+    let Some(lab) = one_node(&[
         "--eviction-soft=memory.available<1Pi",
         "--eviction-soft-grace-period=memory.available=20s",
         "--eviction-max-pod-grace-period=2",
         "--eviction-pressure-transition-period=0s",
-    ]);
-    lab.server_token();
+    ]) else {
+        return;
+    };
     let cond = |t: &str, f: &str| {
         jsonpath(&lab, &["get", "node", "server"], &format!("{{.status.conditions[?(@.type==\"{t}\")].{f}}}"))
     };

@@ -621,8 +621,7 @@ impl Manager {
             for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).filter(|v| v.empty_dir.is_some()) {
                 u.empty_dirs.insert(v.name.clone(), dir_size(&dirs.join(&v.name)));
             }
-            let logs =
-                self.ctx.logs_root.join(format!("{}_{}_{uid}", pod.namespace().unwrap_or_default(), pod.name_any()));
+            let logs = self.ctx.log_dir(&pod.namespace().unwrap_or_default(), &pod.name_any(), &uid);
             for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
                 let layer =
                     layers.get(&uid).and_then(|l| l.containers.iter().find(|x| x.0 == c.name)).map_or(0.0, |x| x.2);
@@ -633,16 +632,20 @@ impl Manager {
                 tracing::warn!(pod = %pod.name_any(), message = %msg, "a critical pod is over its local storage limit; not evicting it");
                 continue;
             }
-            tracing::info!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), message = %msg, "evicting a pod");
-            super::pod_worker::pod_event(&self.ctx, &pod, None, true, "Evicted", msg.clone());
-            let t = Termination { reason: "Evicted".into(), message: msg, grace: 0, disruption: false };
-            self.ctx.evictions.lock().expect("evictions").insert(uid, t);
+            self.evict(&pod, msg, 0, false);
             evicted = true;
         }
-        if evicted {
-            self.ctx.wake.send_replace(());
-        }
         evicted
+    }
+
+    /// Hands `pod` to its worker to be killed (`grace` seconds after SIGTERM) and
+    /// reported `Evicted` with `message`, with an `Evicted` event.
+    fn evict(&self, pod: &Pod, message: String, grace: i64, disruption: bool) {
+        tracing::info!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), %message, "evicting a pod");
+        super::pod_worker::pod_event(&self.ctx, pod, None, true, "Evicted", message.clone());
+        let t = Termination { reason: "Evicted".into(), message, grace, disruption };
+        self.ctx.evictions.lock().expect("evictions").insert(pod.uid().unwrap_or_default(), t);
+        self.ctx.wake.send_replace(());
     }
 
     /// Removes unused images, least recently used first, until `want` bytes are
@@ -739,8 +742,7 @@ impl Manager {
             let uid = p.uid().unwrap_or_default();
             let u = usage.entry(uid.clone()).or_default();
             u.pod_disk = dir_size(&self.ctx.pods_root.join(&uid));
-            let logs = format!("{}_{}_{uid}", p.namespace().unwrap_or_default(), p.name_any());
-            u.pod_disk += dir_size(&self.ctx.logs_root.join(logs));
+            u.pod_disk += dir_size(&self.ctx.log_dir(&p.namespace().unwrap_or_default(), &p.name_any(), &uid));
             u.pids = std::fs::read_to_string(format!("/sys/fs/cgroup{}/pod{uid}/pids.current", self.ctx.cgroup_root))
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
@@ -750,10 +752,7 @@ impl Manager {
             if is_critical(pod) {
                 continue;
             }
-            let uid = pod.uid().unwrap_or_default();
-            let msg = message(met, pod, usage.get(&uid));
-            tracing::info!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), message = %msg, "evicting a pod");
-            super::pod_worker::pod_event(&self.ctx, pod, None, true, "Evicted", msg.clone());
+            let msg = message(met, pod, usage.get(&pod.uid().unwrap_or_default()));
             // A hard threshold kills at once; a soft one gives the pod its own grace
             // period, up to --eviction-max-pod-grace-period.
             let grace = match threshold.grace {
@@ -763,9 +762,7 @@ impl Manager {
                     self.args.eviction_max_pod_grace_period.min(own)
                 }
             };
-            let t = Termination { reason: "Evicted".into(), message: msg, grace, disruption: true };
-            self.ctx.evictions.lock().expect("evictions").insert(uid, t);
-            self.ctx.wake.send_replace(());
+            self.evict(pod, msg, grace, true);
             return;
         }
         tracing::warn!(signal = ?met.signal, "a threshold is crossed but no pod may be evicted");

@@ -61,6 +61,14 @@ pub struct NodeCtx {
     pub pods: std::sync::Mutex<HashMap<String, Arc<Pod>>>,
 }
 
+impl NodeCtx {
+    /// A pod's log directory, `<logs-root>/<namespace>_<name>_<uid>`, as the kubelet
+    /// names it.
+    pub fn log_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
+        self.logs_root.join(format!("{namespace}_{name}_{uid}"))
+    }
+}
+
 /// Why the kubelet ends a pod that is not being deleted, as its status will say.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Termination {
@@ -578,7 +586,7 @@ impl Worker {
                 attempt,
             }),
             hostname: if host_network { String::new() } else { hostname },
-            log_directory: self.ctx.logs_root.join(format!("{ns}_{name}_{uid}")).display().to_string(),
+            log_directory: self.ctx.log_dir(&ns, &name, &uid).display().to_string(),
             dns_config: dns,
             port_mappings: ports,
             labels,
@@ -1257,7 +1265,7 @@ pub async fn remove_pod(ctx: &NodeCtx, uid: &str) {
             tracing::warn!(pod = uid, error = %e, "removing a sandbox failed");
         }
         if let Some(md) = s.metadata {
-            let _ = std::fs::remove_dir_all(ctx.logs_root.join(format!("{}_{}_{}", md.namespace, md.name, md.uid)));
+            let _ = std::fs::remove_dir_all(ctx.log_dir(&md.namespace, &md.name, &md.uid));
         }
     }
     super::volumes::teardown(&ctx.pods_root, uid);
