@@ -870,10 +870,13 @@ impl ApiServer {
             return Ok(obj);
         }
         if meta::is_deleting(&obj) && meta::finalizers(&obj).is_empty() {
-            let (rev, _) = self.store.delete(&cur.key, Some(cur.mod_rev)).await.map_err(|e| storage_error(t, e))?;
+            // A terminating CRD's last finalizer went (its objects are gone): its
+            // resources stop being served before it leaves the store, so no client sees
+            // the CRD gone and its resources still there.
             if is_crd(call.def) {
                 self.stop_serving(&obj);
             }
+            let (rev, _) = self.store.delete(&cur.key, Some(cur.mod_rev)).await.map_err(|e| storage_error(t, e))?;
             return Ok(with_rv(obj, rev));
         }
         let encoded = call.encode_within_limit(&obj)?;
