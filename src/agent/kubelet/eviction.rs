@@ -360,9 +360,19 @@ pub struct StorageUsage {
     pub containers: HashMap<String, f64>,
 }
 
-fn limit(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> Option<(f64, String)> {
-    let q = c.resources.as_ref()?.limits.as_ref()?.get(resource)?;
-    crate::server::scheduler::parse_quantity(&q.0).filter(|v| *v > 0.0).map(|v| (v, q.0.clone()))
+type Container = k8s_openapi::api::core::v1::Container;
+
+/// A container's request (`limits` false) or limit of `resource`: its value and its
+/// text as the spec writes it.
+fn spec_quantity<'a>(c: &'a Container, resource: &str, limits: bool) -> Option<(f64, &'a str)> {
+    let r = c.resources.as_ref()?;
+    let q = if limits { r.limits.as_ref() } else { r.requests.as_ref() }?.get(resource)?;
+    crate::server::scheduler::parse_quantity(&q.0).map(|v| (v, q.0.as_str()))
+}
+
+/// A container's limit of `resource`, when it sets one above 0.
+fn limit<'a>(c: &'a Container, resource: &str) -> Option<(f64, &'a str)> {
+    spec_quantity(c, resource, true).filter(|l| l.0 > 0.0)
 }
 
 /// The pod's `ephemeral-storage` limit as the kubelet sums it (`PodLimits`): its
@@ -370,13 +380,10 @@ fn limit(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> Option<(f
 /// container sets one.
 fn pod_storage_limit(pod: &Pod) -> Option<f64> {
     let spec = pod.spec.as_ref()?;
-    let limits: Vec<f64> = spec.containers.iter().filter_map(|c| limit(c, "ephemeral-storage").map(|l| l.0)).collect();
-    let init = spec.init_containers.iter().flatten().filter_map(|c| limit(c, "ephemeral-storage").map(|l| l.0));
-    let init: Vec<f64> = init.collect();
-    if limits.is_empty() && init.is_empty() {
-        return None;
-    }
-    Some(init.into_iter().fold(limits.iter().sum::<f64>(), f64::max))
+    let of =
+        |cs: &[Container]| cs.iter().filter_map(|c| limit(c, "ephemeral-storage").map(|l| l.0)).collect::<Vec<_>>();
+    let (limits, init) = (of(&spec.containers), of(spec.init_containers.as_deref().unwrap_or_default()));
+    (!limits.is_empty() || !init.is_empty()).then(|| init.into_iter().fold(limits.iter().sum(), f64::max))
 }
 
 /// Whether the pod sets any local storage limit (only those pods are measured).
@@ -428,12 +435,8 @@ pub fn storage_limit_exceeded(pod: &Pod, u: &StorageUsage) -> Option<String> {
 }
 
 /// What a container requests of `resource` (0 when it does not say).
-fn request(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> f64 {
-    c.resources
-        .as_ref()
-        .and_then(|r| r.requests.as_ref()?.get(resource))
-        .and_then(|q| crate::server::scheduler::parse_quantity(&q.0))
-        .unwrap_or(0.0)
+fn request(c: &Container, resource: &str) -> f64 {
+    spec_quantity(c, resource, false).map_or(0.0, |q| q.0)
 }
 
 fn pod_request(pod: &Pod, resource: &str) -> f64 {
@@ -485,12 +488,7 @@ pub fn message(met: &Met, pod: &Pod, usage: Option<&Usage>) -> String {
         };
         let req = request(c, res);
         if used > req {
-            let req_s = c
-                .resources
-                .as_ref()
-                .and_then(|r| r.requests.as_ref()?.get(res))
-                .map(|q| q.0.clone())
-                .unwrap_or_else(|| "0".into());
+            let req_s = spec_quantity(c, res, false).map_or("0", |q| q.1);
             m += &format!(
                 "Container {} was using {}, request is {req_s}, has larger consumption of {res}. ",
                 c.name,
