@@ -1,8 +1,9 @@
 //! The scheduler: places each pod without a node on a feasible node and binds it
 //! through `pods/binding`, as kube-scheduler does.
 //!
-//! Caches of nodes, pods and namespaces (kube-runtime reflectors) feed passes that run
-//! whenever one changes or a backoff expires. Filters, in kube-scheduler's plugin
+//! Caches of nodes and namespaces (kube-runtime reflectors) and the controller
+//! manager's shared pod cache feed passes that run whenever one changes or a backoff
+//! expires. Filters, in kube-scheduler's plugin
 //! order: cordoned nodes, node readiness (as the `not-ready` taint would), taints and
 //! tolerations, `nodeSelector` and required node affinity, host ports, CPU / memory /
 //! pod-count requests against allocatable minus what is bound, topology spread
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::controllers::pod_cache::PodCache;
 use crate::events::{Event, EventType, Recorder, Reporter};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration};
@@ -364,7 +366,8 @@ struct Scheduler {
     client: kube::Client,
     cfg: Arc<SchedulerConfig>,
     nodes: Store<Node>,
-    pods: Store<Pod>,
+    /// The controller manager's shared pod cache.
+    pods: Arc<PodCache>,
     namespaces: Store<Namespace>,
     /// One event recorder per profile, reporting as its scheduler name.
     recorders: HashMap<String, Recorder>,
@@ -461,7 +464,7 @@ impl Scheduler {
     /// One pass over every pending pod; returns when the next backoff expires.
     async fn pass(&mut self) -> Option<Instant> {
         let cfg = self.cfg.clone();
-        let pods = self.pods.state();
+        let pods = self.pods.snapshot();
         // Pods without a node, including those assumed bound: an assumption the cache
         // has caught up with (bound, or gone) is forgotten.
         let unbound: HashSet<&str> =
@@ -826,25 +829,9 @@ impl PostFilter {
     }
 }
 
-/// Drops what the scheduler never reads of a pod before it enters the cache: at
-/// 30,000 pods the container environments, probes, mounts and statuses of a full copy
-/// were a few hundred MiB of the server.
-fn slim_pod(p: &mut Pod) {
-    p.metadata.annotations = None;
-    super::controllers::slim_containers(p);
-    if let Some(st) = p.status.as_mut() {
-        st.container_statuses = None;
-        st.init_container_statuses = None;
-        st.ephemeral_container_statuses = None;
-        st.pod_ips = None;
-        st.host_ips = None;
-    }
-}
-
 fn wake_on_change<K>(
     client: &kube::Client,
     writer: reflector::store::Writer<K>,
-    slim: fn(&mut K),
     wake: Arc<Notify>,
 ) -> impl std::future::Future<Output = ()> + use<K>
 where
@@ -852,7 +839,6 @@ where
 {
     let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .modify(super::controllers::trim_managed_fields)
-        .modify(slim)
         .default_backoff();
     reflector::reflector(writer, events).for_each(move |_| {
         wake.notify_one();
@@ -861,14 +847,21 @@ where
 }
 
 /// Runs the scheduler until `shutdown`.
-pub async fn run(client: kube::Client, cfg: SchedulerConfig, shutdown: CancellationToken) {
+pub async fn run(client: kube::Client, cfg: SchedulerConfig, pods: Arc<PodCache>, shutdown: CancellationToken) {
     let wake = Arc::new(Notify::new());
     let (nodes, nodes_w) = reflector::store::<Node>();
-    let (pods, pods_w) = reflector::store::<Pod>();
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
-    let feed_nodes = wake_on_change(&client, nodes_w, |_| {}, wake.clone());
-    let feed_pods = wake_on_change(&client, pods_w, slim_pod, wake.clone());
-    let feed_namespaces = wake_on_change(&client, namespaces_w, |_| {}, wake.clone());
+    let feed_nodes = wake_on_change(&client, nodes_w, wake.clone());
+    let feed_namespaces = wake_on_change(&client, namespaces_w, wake.clone());
+    let mut pod_changes = pods.changes();
+    let feed_pods = {
+        let wake = wake.clone();
+        async move {
+            while pod_changes.changed().await.is_ok() {
+                wake.notify_one();
+            }
+        }
+    };
     let recorders = cfg
         .profiles
         .iter()
@@ -890,7 +883,7 @@ pub async fn run(client: kube::Client, cfg: SchedulerConfig, shutdown: Cancellat
     };
     let main = async {
         if nodes.wait_until_ready().await.is_err()
-            || pods.wait_until_ready().await.is_err()
+            || pods.changes().wait_for(|&(listed, _)| listed).await.is_err()
             || namespaces.wait_until_ready().await.is_err()
         {
             return;
