@@ -3,9 +3,8 @@
 //!
 //! Caches of nodes and namespaces (kube-runtime reflectors) and the controller
 //! manager's shared pod cache feed passes that run whenever one changes or a backoff
-//! expires. Filters, in kube-scheduler's plugin
-//! order: cordoned nodes, node readiness (as the `not-ready` taint would), taints and
-//! tolerations, `nodeSelector` and required node affinity, host ports, CPU / memory /
+//! expires. Filters, in kube-scheduler's plugin order: cordoned nodes, node readiness
+//! (as the `not-ready` taint would), taints and tolerations, `nodeSelector` and required node affinity, host ports, CPU / memory /
 //! pod-count requests against allocatable minus what is bound, topology spread
 //! (`DoNotSchedule`), inter-pod affinity and anti-affinity (also existing pods'
 //! anti-affinity). Scores, weighted as kube-scheduler's default profile: least

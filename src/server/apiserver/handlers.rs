@@ -198,10 +198,9 @@ pub fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(with_rv(v, kv.mod_rev))
 }
 
-/// Encodes an object for storage (see [`super::wire`]).
-/// The stored form of `obj`, in an allocation of its exact length: the encoder's buffer
-/// grows by doubling, and the store keeps every value it is given (at 30,000 pods the
-/// slack was about a third of the store's memory).
+/// Encodes an object for storage (see [`super::wire`]), in an allocation of its exact
+/// length: the encoder's buffer grows by doubling, and the store keeps every value it
+/// is given (at 30,000 pods the slack was about a third of the store's memory).
 pub(super) fn encode(obj: &Value) -> Bytes {
     Bytes::copy_from_slice(&super::wire::encode(obj))
 }

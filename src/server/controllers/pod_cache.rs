@@ -273,7 +273,7 @@ impl PodCache {
         if self.seen.subscribe().wait_for(|&(ready, _)| ready).await.is_err() {
             return Vec::new();
         }
-        self.state.read().unwrap().pods.values().cloned().collect()
+        self.snapshot()
     }
 
     /// Every cached pod now, without waiting for the first list.
