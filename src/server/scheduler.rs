@@ -4,14 +4,15 @@
 //! Caches of nodes and namespaces (kube-runtime reflectors) and the controller
 //! manager's shared pod cache feed passes that run whenever one changes or a backoff
 //! expires. Filters, in kube-scheduler's plugin order: cordoned nodes, node readiness
-//! (as the `not-ready` taint would), taints and tolerations, `nodeSelector` and required node affinity, host ports, CPU / memory /
-//! pod-count requests against allocatable minus what is bound, topology spread
-//! (`DoNotSchedule`), inter-pod affinity and anti-affinity (also existing pods'
-//! anti-affinity). Scores, weighted as kube-scheduler's default profile: least
-//! allocated and balanced allocation (1 each), preferred node affinity, preferred
-//! inter-pod affinity and `ScheduleAnyway` spreading (2 each), `PreferNoSchedule`
-//! taints (3); ties broken round-robin. Only a share of the nodes is searched on big
-//! clusters ([`config::SchedulerConfig::feasible_to_find`]).
+//! (as the `not-ready` taint would), taints and tolerations, `nodeSelector` and
+//! required node affinity, host ports, CPU / memory / pod-count requests against
+//! allocatable minus what is bound, topology spread (`DoNotSchedule`), inter-pod
+//! affinity and anti-affinity (also existing pods' anti-affinity). Scores, weighted as
+//! kube-scheduler's default profile: least allocated and balanced allocation (1 each),
+//! preferred node affinity, preferred inter-pod affinity and `ScheduleAnyway` spreading
+//! (2 each), `PreferNoSchedule` taints (3); ties broken round-robin. Only a share of
+//! the nodes is searched on big clusters
+//! ([`config::SchedulerConfig::feasible_to_find`]).
 //!
 //! A pod that fits nowhere may preempt pods of lower priority ([`preemption`]);
 //! otherwise it gets `PodScheduled=False` with reason `Unschedulable` and a
