@@ -69,7 +69,6 @@ fn controller_uid(p: &Pod) -> Option<&str> {
 /// (five conditions take room for eight, one container status room for four), and the
 /// slack stayed in the cache for as long as the pod lived (about 3 KiB a pod). A clone
 /// allocates each list and string at its length.
-#[allow(clippy::assigning_clones)]
 fn compact(p: &mut Pod) {
     *p = p.clone();
 }
